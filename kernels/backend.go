@@ -1,0 +1,167 @@
+// Package kernels defines the Backend interface: the small set of fused ops the
+// trainer needs, over buffers a backend owns. kernels/cpu implements it in pure
+// Go; kernels/cuda on NVIDIA GPUs. kernels/kerneltest checks any backend
+// against the pure-Go reference, values and gradients.
+//
+// Conventions shared by every op:
+//   - Buffers are flat, row-major. Shapes are passed as ints next to them.
+//   - Backward ops ACCUMULATE into gradient buffers (dx += ...), so a tensor used
+//     twice gets the sum of both contributions. A nil gradient buffer means "this
+//     input does not need a gradient" and the op skips that work.
+//   - Compute is f32. BF16 buffers are accepted wherever an op reads a weight
+//     (MatMul, Embedding, RMSNorm weight); outputs and gradients are f32.
+package kernels
+
+import "fmt"
+
+// DType is a storage type.
+type DType uint8
+
+const (
+	F32 DType = iota
+	BF16
+)
+
+func (d DType) String() string {
+	switch d {
+	case F32:
+		return "F32"
+	case BF16:
+		return "BF16"
+	}
+	return fmt.Sprintf("DType(%d)", uint8(d))
+}
+
+// Size is the number of bytes per element.
+func (d DType) Size() int {
+	if d == BF16 {
+		return 2
+	}
+	return 4
+}
+
+// Buffer is backend-owned storage of Len elements of DType.
+type Buffer interface {
+	Len() int
+	DType() DType
+}
+
+// MatMulArgs describes a batched GEMM:
+//
+//	C[b] = Alpha * op(A[b]) · op(B[b]) + Beta * C[b]   for b in [0, Batch)
+//
+// op(A) is [M,K] (A stored [K,M] when TransA), op(B) is [K,N] (B stored [N,K]
+// when TransB), C is [M,N]. Consecutive batches are StrideA/StrideB/StrideC
+// elements apart; a stride of 0 broadcasts that operand over the batch.
+type MatMulArgs struct {
+	TransA, TransB            bool
+	M, N, K                   int
+	Batch                     int
+	StrideA, StrideB, StrideC int
+	Alpha, Beta               float32
+}
+
+// AttnArgs describes causal grouped-query attention over packed rows.
+//
+// Q is [Batch, Tq, Heads, HeadDim]; K and V are [Batch, Tk, KVHeads, HeadDim];
+// Out is [Batch, Tq, Heads, HeadDim]; LSE (softmax log-sum-exp per query, kept
+// for backward) is [Batch, Heads, Tq]. Query i sits at key position QOffset+i
+// (QOffset = Tk-Tq when decoding with a KV cache, 0 in training).
+//
+// DocStart, when non-nil, is [Batch, Tk]: the key index where the document of
+// each position starts. Query i may attend to key j only when
+// DocStart[b,QOffset+i] <= j <= QOffset+i, so tokens never see another
+// document of the same packed row.
+type AttnArgs struct {
+	Batch, Tq, Tk, Heads, KVHeads, HeadDim int
+	QOffset                                int
+	Scale                                  float32
+	DocStart                               []int32
+}
+
+// CEArgs describes the fused lm_head + cross-entropy: logits = H · Wᵀ are made
+// Chunk rows at a time, so [Tokens, Vocab] logits never live at once.
+// Labels holds the target id per row, or IgnoreIndex (-100) to skip it.
+// The op returns the SUM of per-token losses and the count of counted tokens;
+// gradients are of (sum · GradScale), so the caller normalizes (e.g. by the
+// trained-token count of a whole accumulated step).
+type CEArgs struct {
+	Tokens, Hidden, Vocab int
+	Chunk                 int
+	GradScale             float32
+}
+
+// IgnoreIndex marks a label that carries no loss.
+const IgnoreIndex = -100
+
+// AdamWArgs are the hyper-parameters of one decoupled-weight-decay Adam step.
+// Step is 1-based (bias correction uses it).
+type AdamWArgs struct {
+	LR, Beta1, Beta2, Eps, WeightDecay float32
+	Step                               int
+}
+
+// Backend is what a compute device provides.
+type Backend interface {
+	Name() string
+
+	// Memory.
+	Alloc(dt DType, n int) Buffer // zero-filled
+	FromF32(dt DType, v []float32) Buffer
+	ToF32(b Buffer) []float32 // a copy, converted to f32
+	Copy(dst, src Buffer)     // same length; converts dtype
+	Zero(b Buffer)
+	Free(b Buffer) // release now; the buffer must not be used again
+
+	// GEMM (f32 accumulate). A and B may be BF16; C is F32.
+	MatMul(a, b, c Buffer, args MatMulArgs)
+
+	// Embedding: out[t,:] = w[ids[t],:]; w is [vocab, dim].
+	Embedding(w Buffer, ids []int32, out Buffer, dim int)
+	// EmbeddingBackward: dw[ids[t],:] += dout[t,:] (scatter-add).
+	EmbeddingBackward(dout Buffer, ids []int32, dw Buffer, dim int)
+
+	// RMSNorm over the last dim: out = x * rstd * w, rstd = 1/sqrt(mean(x²)+eps),
+	// rstd [rows] saved for backward.
+	RMSNorm(x, w, out, rstd Buffer, rows, dim int, eps float32)
+	RMSNormBackward(dout, x, w, rstd, dx, dw Buffer, rows, dim int)
+
+	// RoPE, rotate-half convention of HF Llama, on x [tokens, heads, headDim]
+	// with position pos[t]. invFreq has headDim/2 entries. Inverse rotates by -θ
+	// (that is the backward).
+	RoPE(x, out Buffer, pos []int32, tokens, heads, headDim int, invFreq []float32, inverse bool)
+
+	// SwiGLU: out = silu(gate) * up, elementwise over n.
+	SwiGLU(gate, up, out Buffer, n int)
+	SwiGLUBackward(dout, gate, up, dgate, dup Buffer, n int)
+
+	// Attention (see AttnArgs). lse may be nil when no backward will follow.
+	Attention(q, k, v, out, lse Buffer, args AttnArgs)
+	AttentionBackward(q, k, v, out, lse, dout, dq, dk, dv Buffer, args AttnArgs)
+
+	// LinearCrossEntropy: see CEArgs. h [Tokens,Hidden], w [Vocab,Hidden].
+	// dh and dw (either may be nil) receive the gradient of sum·GradScale.
+	LinearCrossEntropy(h, w Buffer, labels []int32, dh, dw Buffer, args CEArgs) (lossSum float64, count int)
+
+	// Elementwise on n elements (all F32).
+	Add(a, b, out Buffer)                 // out = a + b
+	AddScaled(dst, src Buffer, s float32) // dst += s * src
+	Scale(b Buffer, s float32)            // b *= s
+
+	// Reductions.
+	SumSquares(b Buffer) float64
+
+	// AdamW updates p (F32 or BF16 master-less) in place from grad g with f32
+	// moments m and v.
+	AdamW(p, g, m, v Buffer, args AdamWArgs)
+}
+
+// KeyRange is the inclusive range [first, last] of keys that query i of batch
+// row b may attend to.
+func (a AttnArgs) KeyRange(b, i int) (first, last int) {
+	last = a.QOffset + i
+	if a.DocStart != nil {
+		first = int(a.DocStart[b*a.Tk+last])
+	}
+	return first, last
+}

@@ -1,0 +1,160 @@
+// Package cpu is the pure-Go backend: every op of kernels.Backend, parallel
+// over cores, f32 compute. BF16 weights are widened on the fly.
+package cpu
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+
+	"github.com/llamatune/llamatune/kernels"
+)
+
+// Buffer is CPU storage: exactly one of F32/BF16 is set.
+type Buffer struct {
+	dt   kernels.DType
+	f32  []float32
+	bf16 []uint16
+}
+
+func (b *Buffer) Len() int {
+	if b.dt == kernels.BF16 {
+		return len(b.bf16)
+	}
+	return len(b.f32)
+}
+func (b *Buffer) DType() kernels.DType { return b.dt }
+
+// Backend is the CPU backend. The zero value is ready to use.
+type Backend struct{}
+
+// New returns the CPU backend.
+func New() *Backend { return &Backend{} }
+
+func (*Backend) Name() string { return "cpu" }
+
+// F32 returns the f32 storage of b (no copy). It panics for BF16 buffers.
+func F32(b kernels.Buffer) []float32 {
+	if b == nil {
+		return nil
+	}
+	cb := b.(*Buffer)
+	if cb.dt != kernels.F32 {
+		panic(fmt.Sprintf("cpu: want an F32 buffer, have %v of %d", cb.dt, cb.Len()))
+	}
+	return cb.f32
+}
+
+// BF16 returns the bf16 storage of b (no copy). It panics for F32 buffers.
+func BF16(b kernels.Buffer) []uint16 {
+	cb := b.(*Buffer)
+	if cb.dt != kernels.BF16 {
+		panic(fmt.Sprintf("cpu: want a BF16 buffer, have %v of %d", cb.dt, cb.Len()))
+	}
+	return cb.bf16
+}
+
+// WrapF32 makes a buffer that shares v.
+func WrapF32(v []float32) *Buffer { return &Buffer{dt: kernels.F32, f32: v} }
+
+// WrapBF16 makes a buffer that shares v.
+func WrapBF16(v []uint16) *Buffer { return &Buffer{dt: kernels.BF16, bf16: v} }
+
+// asF32 returns f32 values of b: the storage itself for F32, a widened copy for BF16.
+func asF32(b kernels.Buffer) []float32 {
+	cb := b.(*Buffer)
+	if cb.dt == kernels.F32 {
+		return cb.f32
+	}
+	out := make([]float32, len(cb.bf16))
+	parallelFor(len(out), 1<<14, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			out[i] = kernels.BF16ToF32(cb.bf16[i])
+		}
+	})
+	return out
+}
+
+func (*Backend) Alloc(dt kernels.DType, n int) kernels.Buffer {
+	if dt == kernels.BF16 {
+		return &Buffer{dt: dt, bf16: make([]uint16, n)}
+	}
+	return &Buffer{dt: kernels.F32, f32: make([]float32, n)}
+}
+
+func (be *Backend) FromF32(dt kernels.DType, v []float32) kernels.Buffer {
+	b := be.Alloc(dt, len(v))
+	be.Copy(b, WrapF32(v))
+	return b
+}
+
+func (*Backend) ToF32(b kernels.Buffer) []float32 {
+	cb := b.(*Buffer)
+	if cb.dt == kernels.F32 {
+		return append([]float32(nil), cb.f32...)
+	}
+	return asF32(b)
+}
+
+func (*Backend) Copy(dst, src kernels.Buffer) {
+	d, s := dst.(*Buffer), src.(*Buffer)
+	if d.Len() != s.Len() {
+		panic(fmt.Sprintf("cpu.Copy: length %d != %d", d.Len(), s.Len()))
+	}
+	switch {
+	case d.dt == s.dt && d.dt == kernels.F32:
+		copy(d.f32, s.f32)
+	case d.dt == s.dt:
+		copy(d.bf16, s.bf16)
+	case d.dt == kernels.F32:
+		for i, h := range s.bf16 {
+			d.f32[i] = kernels.BF16ToF32(h)
+		}
+	default:
+		for i, f := range s.f32 {
+			d.bf16[i] = kernels.F32ToBF16(f)
+		}
+	}
+}
+
+func (*Backend) Zero(b kernels.Buffer) {
+	cb := b.(*Buffer)
+	clear(cb.f32)
+	clear(cb.bf16)
+}
+
+// Free drops the storage; the Go GC reclaims it.
+func (*Backend) Free(b kernels.Buffer) {
+	if cb, ok := b.(*Buffer); ok {
+		cb.f32, cb.bf16 = nil, nil
+	}
+}
+
+// parallelFor splits [0,n) into contiguous chunks of at least minChunk and runs
+// them on up to GOMAXPROCS goroutines.
+func parallelFor(n, minChunk int, fn func(lo, hi int)) {
+	workers := runtime.GOMAXPROCS(0)
+	if minChunk < 1 {
+		minChunk = 1
+	}
+	if w := n / minChunk; w < workers {
+		workers = w
+	}
+	if workers <= 1 {
+		if n > 0 {
+			fn(0, n)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	chunk := (n + workers - 1) / workers
+	for lo := 0; lo < n; lo += chunk {
+		hi := min(lo+chunk, n)
+		wg.Add(1)
+		go func(lo, hi int) {
+			defer wg.Done()
+			fn(lo, hi)
+		}(lo, hi)
+	}
+	wg.Wait()
+}

@@ -1,0 +1,9 @@
+package cpu
+
+import (
+	"testing"
+
+	"github.com/llamatune/llamatune/kernels/kerneltest"
+)
+
+func TestConformance(t *testing.T) { kerneltest.Run(t, New()) }

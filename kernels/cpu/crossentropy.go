@@ -1,0 +1,98 @@
+package cpu
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/kernels/cpu/gemm"
+)
+
+// LinearCrossEntropy fuses lm_head and cross-entropy, Chunk tokens at a time,
+// so [Tokens, Vocab] logits never live at once. For each counted token t:
+//
+//	z    = h_t·Wᵀ                      (one chunk of logits)
+//	loss = logsumexp(z) − z[label_t]
+//	dz   = (softmax(z) − onehot(label_t)) · GradScale
+//	dh_t += dz·W ;  dW += dzᵀ·h_t
+//
+// The gradients are produced in the same pass as the loss (the logits chunk is
+// gone afterwards); the tape scales them by the upstream gradient later.
+func (*Backend) LinearCrossEntropy(h, w kernels.Buffer, labels []int32, dh, dw kernels.Buffer, a kernels.CEArgs) (float64, int) {
+	T, H, V := a.Tokens, a.Hidden, a.Vocab
+	if h.Len() != T*H || w.Len() != V*H || len(labels) != T {
+		panic(fmt.Sprintf("cpu.LinearCrossEntropy: h=%d w=%d labels=%d do not match %+v", h.Len(), w.Len(), len(labels), a))
+	}
+	chunk := a.Chunk
+	if chunk <= 0 {
+		chunk = 1024
+	}
+	hv, wv := F32(h), asF32(w)
+	var dhv, dwv []float32
+	if dh != nil {
+		dhv = F32(dh)
+	}
+	if dw != nil {
+		dwv = F32(dw)
+	}
+	logits := make([]float32, min(chunk, T)*V)
+	rowLoss := make([]float64, min(chunk, T))
+	var sum float64
+	count := 0
+	for c0 := 0; c0 < T; c0 += chunk {
+		c1 := min(c0+chunk, T)
+		n := c1 - c0
+		any := false
+		for t := c0; t < c1; t++ {
+			if l := labels[t]; l != kernels.IgnoreIndex {
+				if l < 0 || int(l) >= V {
+					panic(fmt.Sprintf("cpu.LinearCrossEntropy: label %d at token %d outside vocab %d", l, t, V))
+				}
+				any = true
+			}
+		}
+		if !any {
+			continue
+		}
+		z := logits[:n*V]
+		gemm.Sgemm(false, true, n, V, H, 1, hv[c0*H:], H, wv, H, 0, z, V)
+		parallelFor(n, 1, func(lo, hi int) {
+			for r := lo; r < hi; r++ {
+				row := z[r*V : (r+1)*V]
+				lab := labels[c0+r]
+				if lab == kernels.IgnoreIndex {
+					clear(row)
+					rowLoss[r] = 0
+					continue
+				}
+				m := row[0]
+				for _, x := range row {
+					m = max(m, x)
+				}
+				var s float64
+				for _, x := range row {
+					s += math.Exp(float64(x - m))
+				}
+				lse := float64(m) + math.Log(s)
+				rowLoss[r] = lse - float64(row[lab])
+				for j, x := range row {
+					row[j] = float32(math.Exp(float64(x)-lse)) * a.GradScale
+				}
+				row[lab] -= a.GradScale
+			}
+		})
+		for r := 0; r < n; r++ {
+			if labels[c0+r] != kernels.IgnoreIndex {
+				sum += rowLoss[r]
+				count++
+			}
+		}
+		if dhv != nil {
+			gemm.Sgemm(false, false, n, H, V, 1, z, V, wv, H, 1, dhv[c0*H:], H)
+		}
+		if dwv != nil {
+			gemm.Sgemm(true, false, V, H, n, 1, z, V, hv[c0*H:], H, 1, dwv, H)
+		}
+	}
+	return sum, count
+}

@@ -1,0 +1,298 @@
+// Package kerneltest is the conformance suite every kernels.Backend runs:
+// values against naive float64 references, gradients against central
+// differences of those references, with tolerances per dtype.
+//
+//	func TestConformance(t *testing.T) { kerneltest.Run(t, mybackend.New()) }
+package kerneltest
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/llamatune/llamatune/kernels"
+)
+
+// Tolerances: |got − want| ≤ tol·(1 + |want|).
+const (
+	tolF32  = 2e-4 // f32 compute against f64 reference
+	tolGrad = 2e-3 // f32 backward against f64 central differences
+)
+
+// Run runs every conformance test on be.
+func Run(t *testing.T, be kernels.Backend) {
+	t.Run("MatMul", func(t *testing.T) { testMatMul(t, be) })
+	t.Run("Embedding", func(t *testing.T) { testEmbedding(t, be) })
+	t.Run("RMSNorm", func(t *testing.T) { testRMSNorm(t, be) })
+	t.Run("RoPE", func(t *testing.T) { testRoPE(t, be) })
+	t.Run("SwiGLU", func(t *testing.T) { testSwiGLU(t, be) })
+	t.Run("Attention", func(t *testing.T) { testAttention(t, be) })
+	t.Run("LinearCrossEntropy", func(t *testing.T) { testCE(t, be) })
+	t.Run("Elementwise", func(t *testing.T) { testElementwise(t, be) })
+	t.Run("AdamW", func(t *testing.T) { testAdamW(t, be) })
+}
+
+type gen struct{ r *rand.Rand }
+
+func newGen(seed uint64) *gen { return &gen{rand.New(rand.NewPCG(seed, 7))} }
+
+// vec returns n values in [-scale, scale), rounded through dt so that the
+// f64 reference sees exactly what the backend stores.
+func (g *gen) vec(n int, scale float64, dt kernels.DType) []float64 {
+	v := make([]float64, n)
+	for i := range v {
+		x := float32((g.r.Float64()*2 - 1) * scale)
+		if dt == kernels.BF16 {
+			x = kernels.BF16ToF32(kernels.F32ToBF16(x))
+		}
+		v[i] = float64(x)
+	}
+	return v
+}
+
+func f32(v []float64) []float32 {
+	o := make([]float32, len(v))
+	for i, x := range v {
+		o[i] = float32(x)
+	}
+	return o
+}
+
+func upload(be kernels.Backend, dt kernels.DType, v []float64) kernels.Buffer {
+	return be.FromF32(dt, f32(v))
+}
+
+func check(t *testing.T, what string, got []float32, want []float64, tol float64) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d values, want %d", what, len(got), len(want))
+	}
+	worst, at := 0.0, -1
+	for i := range got {
+		e := math.Abs(float64(got[i])-want[i]) / (1 + math.Abs(want[i]))
+		if math.IsNaN(float64(got[i])) {
+			e = math.Inf(1)
+		}
+		if e > worst {
+			worst, at = e, i
+		}
+	}
+	if worst > tol {
+		t.Errorf("%s: worst relative error %.3g at [%d]: got %v want %v (tol %g)", what, worst, at, got[at], want[at], tol)
+	}
+}
+
+func testMatMul(t *testing.T, be kernels.Backend) {
+	g := newGen(1)
+	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
+		for _, ta := range []bool{false, true} {
+			for _, tb := range []bool{false, true} {
+				m, n, k, batch := 7, 13, 19, 3
+				a := g.vec(batch*m*k, 1, dt)
+				b := g.vec(n*k, 1, dt) // broadcast over the batch (stride 0)
+				c0 := g.vec(batch*m*n, 1, kernels.F32)
+				cb := upload(be, kernels.F32, c0)
+				be.MatMul(upload(be, dt, a), upload(be, dt, b), cb, kernels.MatMulArgs{
+					TransA: ta, TransB: tb, M: m, N: n, K: k, Batch: batch,
+					StrideA: m * k, StrideB: 0, StrideC: m * n, Alpha: 0.5, Beta: 1})
+				want := make([]float64, 0, batch*m*n)
+				for i := 0; i < batch; i++ {
+					ref := refMatMul(ta, tb, m, n, k, a[i*m*k:(i+1)*m*k], b)
+					for j, x := range ref {
+						want = append(want, 0.5*x+c0[i*m*n+j])
+					}
+				}
+				check(t, fmt.Sprintf("%v transA=%v transB=%v", dt, ta, tb), be.ToF32(cb), want, tolF32)
+			}
+		}
+	}
+}
+
+func testEmbedding(t *testing.T, be kernels.Backend) {
+	g := newGen(2)
+	vocab, dim := 11, 6
+	ids := []int32{3, 0, 10, 3, 3, 7}
+	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
+		w := g.vec(vocab*dim, 1, dt)
+		out := be.Alloc(kernels.F32, len(ids)*dim)
+		be.Embedding(upload(be, dt, w), ids, out, dim)
+		check(t, "embedding "+dt.String(), be.ToF32(out), refEmbedding(w, ids, dim), 0)
+	}
+	w := g.vec(vocab*dim, 1, kernels.F32)
+	c := g.vec(len(ids)*dim, 1, kernels.F32)
+	dw := be.Alloc(kernels.F32, vocab*dim)
+	be.EmbeddingBackward(upload(be, kernels.F32, c), ids, dw, dim)
+	num := numGrad(w, func() float64 { return dot64(c, refEmbedding(w, ids, dim)) })
+	check(t, "embedding dw", be.ToF32(dw), num, tolGrad)
+}
+
+func testRMSNorm(t *testing.T, be kernels.Backend) {
+	g := newGen(3)
+	rows, dim, eps := 5, 24, 1e-5
+	x := g.vec(rows*dim, 2, kernels.F32)
+	w := g.vec(dim, 1, kernels.F32)
+	out, rstd := be.Alloc(kernels.F32, rows*dim), be.Alloc(kernels.F32, rows)
+	be.RMSNorm(upload(be, kernels.F32, x), upload(be, kernels.F32, w), out, rstd, rows, dim, float32(eps))
+	check(t, "rmsnorm", be.ToF32(out), refRMSNorm(x, w, rows, dim, eps), tolF32)
+
+	c := g.vec(rows*dim, 1, kernels.F32)
+	dx, dw := be.Alloc(kernels.F32, rows*dim), be.Alloc(kernels.F32, dim)
+	be.RMSNormBackward(upload(be, kernels.F32, c), upload(be, kernels.F32, x), upload(be, kernels.F32, w), rstd, dx, dw, rows, dim)
+	loss := func() float64 { return dot64(c, refRMSNorm(x, w, rows, dim, eps)) }
+	check(t, "rmsnorm dx", be.ToF32(dx), numGrad(x, loss), tolGrad)
+	check(t, "rmsnorm dw", be.ToF32(dw), numGrad(w, loss), tolGrad)
+}
+
+func testRoPE(t *testing.T, be kernels.Backend) {
+	g := newGen(4)
+	tokens, heads, hd := 6, 3, 8
+	pos := []int32{0, 1, 2, 0, 1, 9}
+	inv := make([]float64, hd/2)
+	for i := range inv {
+		inv[i] = math.Pow(10000, -float64(2*i)/float64(hd))
+	}
+	x := g.vec(tokens*heads*hd, 1, kernels.F32)
+	out := be.Alloc(kernels.F32, len(x))
+	be.RoPE(upload(be, kernels.F32, x), out, pos, tokens, heads, hd, f32(inv), false)
+	check(t, "rope", be.ToF32(out), refRoPE(x, pos, tokens, heads, hd, inv), tolF32)
+
+	c := g.vec(len(x), 1, kernels.F32)
+	dx := be.Alloc(kernels.F32, len(x))
+	be.RoPE(upload(be, kernels.F32, c), dx, pos, tokens, heads, hd, f32(inv), true)
+	num := numGrad(x, func() float64 { return dot64(c, refRoPE(x, pos, tokens, heads, hd, inv)) })
+	check(t, "rope inverse = VJP", be.ToF32(dx), num, tolGrad)
+}
+
+func testSwiGLU(t *testing.T, be kernels.Backend) {
+	g := newGen(5)
+	n := 50
+	gt, up := g.vec(n, 4, kernels.F32), g.vec(n, 2, kernels.F32)
+	out := be.Alloc(kernels.F32, n)
+	be.SwiGLU(upload(be, kernels.F32, gt), upload(be, kernels.F32, up), out, n)
+	check(t, "swiglu", be.ToF32(out), refSwiGLU(gt, up), tolF32)
+
+	c := g.vec(n, 1, kernels.F32)
+	dg, du := be.Alloc(kernels.F32, n), be.Alloc(kernels.F32, n)
+	be.SwiGLUBackward(upload(be, kernels.F32, c), upload(be, kernels.F32, gt), upload(be, kernels.F32, up), dg, du, n)
+	loss := func() float64 { return dot64(c, refSwiGLU(gt, up)) }
+	check(t, "swiglu dgate", be.ToF32(dg), numGrad(gt, loss), tolGrad)
+	check(t, "swiglu dup", be.ToF32(du), numGrad(up, loss), tolGrad)
+}
+
+func testAttention(t *testing.T, be kernels.Backend) {
+	cases := []struct {
+		name                       string
+		B, Tq, Tk, H, KV, hd, qoff int
+		docs                       bool
+	}{
+		{"causal MHA", 1, 7, 7, 2, 2, 8, 0, false},
+		{"GQA packed documents", 2, 9, 9, 4, 2, 8, 0, true},
+		{"MQA", 1, 5, 5, 3, 1, 4, 0, false},
+		{"decode with KV cache", 2, 3, 8, 4, 2, 8, 5, false},
+	}
+	g := newGen(6)
+	for _, tc := range cases {
+		q := g.vec(tc.B*tc.Tq*tc.H*tc.hd, 1.5, kernels.F32)
+		k := g.vec(tc.B*tc.Tk*tc.KV*tc.hd, 1.5, kernels.F32)
+		v := g.vec(tc.B*tc.Tk*tc.KV*tc.hd, 1, kernels.F32)
+		var docs []int32
+		if tc.docs {
+			// row 0: documents [0,3) [3,4) [4,9); row 1: [0,6) [6,9)
+			docs = []int32{0, 0, 0, 3, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 6, 6, 6}
+		}
+		scale := 1 / math.Sqrt(float64(tc.hd))
+		args := kernels.AttnArgs{Batch: tc.B, Tq: tc.Tq, Tk: tc.Tk, Heads: tc.H, KVHeads: tc.KV, HeadDim: tc.hd,
+			QOffset: tc.qoff, Scale: float32(scale), DocStart: docs}
+		qb, kb, vb := upload(be, kernels.F32, q), upload(be, kernels.F32, k), upload(be, kernels.F32, v)
+		out, lse := be.Alloc(kernels.F32, len(q)), be.Alloc(kernels.F32, tc.B*tc.H*tc.Tq)
+		be.Attention(qb, kb, vb, out, lse, args)
+		ref := func() []float64 {
+			return refAttention(q, k, v, tc.B, tc.Tq, tc.Tk, tc.H, tc.KV, tc.hd, tc.qoff, scale, docs)
+		}
+		check(t, tc.name+" out", be.ToF32(out), ref(), tolF32)
+
+		c := g.vec(len(q), 1, kernels.F32)
+		dq, dk, dv := be.Alloc(kernels.F32, len(q)), be.Alloc(kernels.F32, len(k)), be.Alloc(kernels.F32, len(v))
+		be.AttentionBackward(qb, kb, vb, out, lse, upload(be, kernels.F32, c), dq, dk, dv, args)
+		loss := func() float64 { return dot64(c, ref()) }
+		check(t, tc.name+" dq", be.ToF32(dq), numGrad(q, loss), tolGrad)
+		check(t, tc.name+" dk", be.ToF32(dk), numGrad(k, loss), tolGrad)
+		check(t, tc.name+" dv", be.ToF32(dv), numGrad(v, loss), tolGrad)
+	}
+}
+
+func testCE(t *testing.T, be kernels.Backend) {
+	g := newGen(8)
+	T, H, V := 11, 8, 37
+	labels := []int32{3, -100, 36, 0, 5, -100, -100, 12, 12, 1, 30}
+	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
+		for _, chunk := range []int{4, 1024} {
+			h := g.vec(T*H, 1, kernels.F32)
+			w := g.vec(V*H, 1, dt)
+			dh, dw := be.Alloc(kernels.F32, T*H), be.Alloc(kernels.F32, V*H)
+			scale := float32(0.5)
+			sum, n := be.LinearCrossEntropy(upload(be, kernels.F32, h), upload(be, dt, w), labels, dh, dw,
+				kernels.CEArgs{Tokens: T, Hidden: H, Vocab: V, Chunk: chunk, GradScale: scale})
+			wantSum, wantN := refCrossEntropy(h, w, labels, T, H, V)
+			name := fmt.Sprintf("%v chunk=%d", dt, chunk)
+			if n != wantN {
+				t.Errorf("%s: counted %d tokens, want %d", name, n, wantN)
+			}
+			check(t, name+" loss", []float32{float32(sum)}, []float64{wantSum}, tolF32)
+			loss := func() float64 { s, _ := refCrossEntropy(h, w, labels, T, H, V); return float64(scale) * s }
+			check(t, name+" dh", be.ToF32(dh), numGrad(h, loss), tolGrad)
+			check(t, name+" dw", be.ToF32(dw), numGrad(w, loss), tolGrad)
+		}
+	}
+}
+
+func testElementwise(t *testing.T, be kernels.Backend) {
+	g := newGen(9)
+	n := 100
+	a, b := g.vec(n, 1, kernels.F32), g.vec(n, 1, kernels.F32)
+	out := be.Alloc(kernels.F32, n)
+	be.Add(upload(be, kernels.F32, a), upload(be, kernels.F32, b), out)
+	want := make([]float64, n)
+	var ss float64
+	for i := range want {
+		want[i] = a[i] + b[i]
+		ss += a[i] * a[i]
+	}
+	check(t, "add", be.ToF32(out), want, tolF32)
+	be.AddScaled(out, upload(be, kernels.F32, b), -1)
+	check(t, "addscaled", be.ToF32(out), a, tolF32)
+	be.Scale(out, 2)
+	for i := range want {
+		want[i] = 2 * a[i]
+	}
+	check(t, "scale", be.ToF32(out), want, tolF32)
+	check(t, "sumsquares", []float32{float32(be.SumSquares(upload(be, kernels.F32, a)))}, []float64{ss}, tolF32)
+}
+
+func testAdamW(t *testing.T, be kernels.Backend) {
+	g := newGen(10)
+	n := 64
+	p := g.vec(n, 1, kernels.F32)
+	pb := upload(be, kernels.F32, p)
+	mb, vb := be.Alloc(kernels.F32, n), be.Alloc(kernels.F32, n)
+	m, v := make([]float64, n), make([]float64, n)
+	args := kernels.AdamWArgs{LR: 1e-2, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.1}
+	for step := 1; step <= 3; step++ {
+		grad := g.vec(n, 1, kernels.F32)
+		args.Step = step
+		be.AdamW(pb, upload(be, kernels.F32, grad), mb, vb, args)
+		b1, b2, lr := 0.9, 0.999, 1e-2
+		for i := range p {
+			p[i] *= 1 - lr*0.1
+			m[i] = b1*m[i] + (1-b1)*grad[i]
+			v[i] = b2*v[i] + (1-b2)*grad[i]*grad[i]
+			mh := m[i] / (1 - math.Pow(b1, float64(step)))
+			vh := v[i] / (1 - math.Pow(b2, float64(step)))
+			p[i] -= lr * mh / (math.Sqrt(vh) + 1e-8)
+		}
+	}
+	check(t, "adamw params", be.ToF32(pb), p, tolF32)
+	check(t, "adamw m", be.ToF32(mb), m, tolF32)
+	check(t, "adamw v", be.ToF32(vb), v, tolF32)
+}

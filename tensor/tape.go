@@ -1,0 +1,120 @@
+package tensor
+
+import (
+	"fmt"
+
+	"github.com/llamatune/llamatune/kernels"
+)
+
+// Tape records ops for reverse-mode autograd (define-by-run).
+//
+// Each op appends a node holding its VJP closure. Backward walks the nodes in
+// reverse, seeding the loss gradient with 1; every VJP reads its output's
+// gradient and accumulates into the gradients of the inputs that require one.
+// After a node runs, its output gradients are freed. Release frees every
+// intermediate buffer the tape made.
+//
+// A nil *Tape, or one with NoGrad set, records nothing: ops just compute.
+type Tape struct {
+	be     kernels.Backend
+	NoGrad bool
+	nodes  []node
+	owned  []kernels.Buffer // intermediate buffers to free on Release
+}
+
+type node struct {
+	backward func()
+	outs     []*Tensor
+}
+
+// NewTape returns a recording tape on be.
+func NewTape(be kernels.Backend) *Tape { return &Tape{be: be} }
+
+// Backend returns the tape's backend.
+func (tp *Tape) Backend() kernels.Backend { return tp.be }
+
+func (tp *Tape) recording() bool { return !tp.NoGrad }
+
+// result makes an op's output over buf; it requires grad when recording and
+// any input does.
+func (tp *Tape) result(buf kernels.Buffer, shape []int, inputs ...*Tensor) *Tensor {
+	t := &Tensor{Shape: append([]int(nil), shape...), Buf: buf, be: tp.be}
+	if tp.recording() {
+		for _, in := range inputs {
+			if in != nil && in.requiresGrad {
+				t.requiresGrad = true
+				break
+			}
+		}
+	}
+	return t
+}
+
+// alloc makes an intermediate F32 buffer owned by the tape.
+func (tp *Tape) alloc(n int) kernels.Buffer {
+	b := tp.be.Alloc(kernels.F32, n)
+	tp.owned = append(tp.owned, b)
+	return b
+}
+
+// record appends a node whose backward runs once outs' gradients are final.
+func (tp *Tape) record(backward func(), outs ...*Tensor) {
+	tp.nodes = append(tp.nodes, node{backward: backward, outs: outs})
+}
+
+// Backward propagates from a scalar loss: d(loss)/d(loss) = 1.
+func (tp *Tape) Backward(loss *Tensor) {
+	if loss.Numel() != 1 {
+		panic(fmt.Sprintf("tensor.Backward: loss has shape %v, want a scalar", loss.Shape))
+	}
+	if !loss.requiresGrad {
+		panic("tensor.Backward: loss does not depend on any tensor that requires grad")
+	}
+	tp.be.Copy(loss.grad(), tp.be.FromF32(kernels.F32, []float32{1}))
+	tp.backwardAll()
+}
+
+// BackwardFrom propagates from out with a given upstream gradient (used by
+// activation recomputation).
+func (tp *Tape) BackwardFrom(out *Tensor, grad kernels.Buffer) {
+	if out.requiresGrad {
+		tp.be.Copy(out.grad(), grad)
+		tp.backwardAll()
+	}
+}
+
+func (tp *Tape) backwardAll() {
+	for i := len(tp.nodes) - 1; i >= 0; i-- {
+		n := tp.nodes[i]
+		ready := false
+		for _, o := range n.outs {
+			if o.Grad != nil {
+				ready = true
+			}
+		}
+		if ready {
+			for _, o := range n.outs {
+				o.grad()
+			}
+			n.backward()
+		}
+		for _, o := range n.outs {
+			if !o.leaf && o.Grad != nil {
+				tp.be.Free(o.Grad)
+				o.Grad = nil
+			}
+		}
+		tp.nodes[i] = node{}
+	}
+	tp.nodes = tp.nodes[:0]
+}
+
+// Release frees every intermediate buffer the tape made. Tensors computed on
+// the tape must not be used afterwards; leaves are untouched.
+func (tp *Tape) Release() {
+	for _, b := range tp.owned {
+		tp.be.Free(b)
+	}
+	tp.owned = nil
+	tp.nodes = nil
+}
