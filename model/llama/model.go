@@ -1,0 +1,305 @@
+package llama
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+
+	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/tensor"
+)
+
+// Adapter adds a trainable path next to a frozen linear layer:
+// y = x·Wᵀ + Forward(x). The lora package implements it.
+type Adapter interface {
+	Forward(tp *tensor.Tape, x *tensor.Tensor) *tensor.Tensor
+}
+
+// Layer holds one decoder layer's parameters.
+type Layer struct {
+	InputLayernorm, PostAttentionLayernorm *tensor.Tensor
+	QProj, KProj, VProj, OProj             *tensor.Tensor
+	GateProj, UpProj, DownProj             *tensor.Tensor
+}
+
+// Model is a LlamaForCausalLM.
+type Model struct {
+	Config      Config
+	EmbedTokens *tensor.Tensor
+	Layers      []Layer
+	Norm        *tensor.Tensor
+	LMHead      *tensor.Tensor // == EmbedTokens when tie_word_embeddings
+
+	// Adapters by module name ("model.layers.0.self_attn.q_proj", "lm_head").
+	Adapters map[string]Adapter
+	// Recompute re-runs each decoder layer in backward instead of keeping
+	// its activations.
+	Recompute bool
+	// CEChunk is how many tokens' logits the loss makes at once.
+	CEChunk int
+
+	be      kernels.Backend
+	invFreq []float32
+	names   []string
+	params  map[string]*tensor.Tensor
+}
+
+// ParamShapes lists every HF parameter name with its shape, in HF order.
+func ParamShapes(c Config) ([]string, map[string][]int) {
+	H, I, V := c.HiddenSize, c.IntermediateSize, c.VocabSize
+	hd := c.HeadDimension()
+	q, kv := c.NumAttentionHeads*hd, c.NumKeyValueHeads*hd
+	var names []string
+	shapes := map[string][]int{}
+	add := func(n string, s ...int) { names = append(names, n); shapes[n] = s }
+	add("model.embed_tokens.weight", V, H)
+	for i := 0; i < c.NumHiddenLayers; i++ {
+		p := fmt.Sprintf("model.layers.%d.", i)
+		add(p+"self_attn.q_proj.weight", q, H)
+		add(p+"self_attn.k_proj.weight", kv, H)
+		add(p+"self_attn.v_proj.weight", kv, H)
+		add(p+"self_attn.o_proj.weight", H, q)
+		add(p+"mlp.gate_proj.weight", I, H)
+		add(p+"mlp.up_proj.weight", I, H)
+		add(p+"mlp.down_proj.weight", H, I)
+		add(p+"input_layernorm.weight", H)
+		add(p+"post_attention_layernorm.weight", H)
+	}
+	add("model.norm.weight", H)
+	if !c.TieWordEmbeddings {
+		add("lm_head.weight", V, H)
+	}
+	return names, shapes
+}
+
+// New builds a model from named tensors (all of ParamShapes must be present
+// with matching shapes). Tensors are frozen until the caller marks them.
+func New(c Config, be kernels.Backend, params map[string]*tensor.Tensor) (*Model, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	names, shapes := ParamShapes(c)
+	for _, n := range names {
+		t, ok := params[n]
+		if !ok {
+			return nil, fmt.Errorf("missing parameter %s (shape %v)", n, shapes[n])
+		}
+		if !sameShape(t.Shape, shapes[n]) {
+			return nil, fmt.Errorf("parameter %s has shape %v, config.json implies %v", n, t.Shape, shapes[n])
+		}
+		t.Name = n
+	}
+	m := &Model{Config: c, be: be, invFreq: c.InvFreq(), names: names, params: params, CEChunk: 512,
+		Adapters: map[string]Adapter{}}
+	m.EmbedTokens = params["model.embed_tokens.weight"]
+	m.Norm = params["model.norm.weight"]
+	m.LMHead = params["lm_head.weight"]
+	if c.TieWordEmbeddings {
+		m.LMHead = m.EmbedTokens
+	}
+	for i := 0; i < c.NumHiddenLayers; i++ {
+		p := func(s string) *tensor.Tensor { return params[fmt.Sprintf("model.layers.%d.%s.weight", i, s)] }
+		m.Layers = append(m.Layers, Layer{
+			InputLayernorm: p("input_layernorm"), PostAttentionLayernorm: p("post_attention_layernorm"),
+			QProj: p("self_attn.q_proj"), KProj: p("self_attn.k_proj"), VProj: p("self_attn.v_proj"), OProj: p("self_attn.o_proj"),
+			GateProj: p("mlp.gate_proj"), UpProj: p("mlp.up_proj"), DownProj: p("mlp.down_proj"),
+		})
+	}
+	return m, nil
+}
+
+// NewRandom makes a randomly initialized model as transformers does
+// (normal(0, initializer_range) weights, unit norms), deterministic in seed.
+func NewRandom(c Config, be kernels.Backend, dt kernels.DType, seed uint64) (*Model, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	r := rand.New(rand.NewPCG(seed, 0x11a4a))
+	std := c.InitializerRange
+	if std <= 0 {
+		std = 0.02
+	}
+	names, shapes := ParamShapes(c)
+	params := map[string]*tensor.Tensor{}
+	for _, n := range names {
+		s := shapes[n]
+		v := make([]float32, numel(s))
+		if len(s) == 1 {
+			for i := range v {
+				v[i] = 1
+			}
+		} else {
+			for i := range v {
+				v[i] = float32(r.NormFloat64() * std)
+			}
+		}
+		params[n] = tensor.FromF32(be, dt, v, s...)
+	}
+	return New(c, be, params)
+}
+
+// Names lists the parameter names in HF order.
+func (m *Model) Names() []string { return m.names }
+
+// Param returns a parameter by HF name.
+func (m *Model) Param(name string) *tensor.Tensor { return m.params[name] }
+
+// Backend returns the model's backend.
+func (m *Model) Backend() kernels.Backend { return m.be }
+
+// Input is one batch of packed rows.
+type Input struct {
+	Rows, SeqLen int
+	InputIDs     []int32 // [Rows·SeqLen]
+	PositionIDs  []int32 // nil: 0..SeqLen-1 in every row
+	DocStart     []int32 // nil: one document per row (see kernels.AttnArgs)
+}
+
+func (in *Input) check(vocab int) error {
+	n := in.Rows * in.SeqLen
+	if len(in.InputIDs) != n || (in.PositionIDs != nil && len(in.PositionIDs) != n) || (in.DocStart != nil && len(in.DocStart) != n) {
+		return fmt.Errorf("llama: batch of %d×%d has %d ids, %d positions, %d doc starts",
+			in.Rows, in.SeqLen, len(in.InputIDs), len(in.PositionIDs), len(in.DocStart))
+	}
+	for i, id := range in.InputIDs {
+		if id < 0 || int(id) >= vocab {
+			return fmt.Errorf("llama: token id %d at row %d position %d is outside the vocabulary (size %d)", id, i/in.SeqLen, i%in.SeqLen, vocab)
+		}
+	}
+	return nil
+}
+
+func (in *Input) positions() []int32 {
+	if in.PositionIDs != nil {
+		return in.PositionIDs
+	}
+	p := make([]int32, in.Rows*in.SeqLen)
+	for i := range p {
+		p[i] = int32(i % in.SeqLen)
+	}
+	return p
+}
+
+// linear applies a frozen or trainable projection plus its adapter, if any.
+func (m *Model) linear(tp *tensor.Tape, name string, x, w *tensor.Tensor) *tensor.Tensor {
+	y := tp.Linear(x, w)
+	if a, ok := m.Adapters[name]; ok {
+		y = tp.Add(y, a.Forward(tp, x))
+	}
+	return y
+}
+
+// Hidden runs the decoder and the final norm: [Rows·SeqLen, hidden].
+func (m *Model) Hidden(tp *tensor.Tape, in *Input) (*tensor.Tensor, error) {
+	if err := in.check(m.Config.VocabSize); err != nil {
+		return nil, err
+	}
+	c := m.Config
+	pos := in.positions()
+	x := tp.Embedding(m.EmbedTokens, in.InputIDs)
+	hd := c.HeadDimension()
+	args := kernels.AttnArgs{Batch: in.Rows, Tq: in.SeqLen, Tk: in.SeqLen, Heads: c.NumAttentionHeads,
+		KVHeads: c.NumKeyValueHeads, HeadDim: hd, Scale: float32(1 / math.Sqrt(float64(hd))), DocStart: in.DocStart}
+	for i := range m.Layers {
+		block := func(tp *tensor.Tape, x *tensor.Tensor) *tensor.Tensor {
+			return m.layer(tp, i, x, pos, args)
+		}
+		if m.Recompute {
+			x = tp.Recompute(x, block)
+		} else {
+			x = block(tp, x)
+		}
+	}
+	return tp.RMSNorm(x, m.Norm, float32(c.RMSNormEps)), nil
+}
+
+// layer is one pre-norm decoder layer:
+//
+//	h = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1)))   n1 = rmsnorm(x)
+//	y = h + down_proj(silu(gate_proj(n2)) · up_proj(n2))                   n2 = rmsnorm(h)
+func (m *Model) layer(tp *tensor.Tape, i int, x *tensor.Tensor, pos []int32, args kernels.AttnArgs) *tensor.Tensor {
+	L, c := &m.Layers[i], m.Config
+	eps := float32(c.RMSNormEps)
+	p := fmt.Sprintf("model.layers.%d.", i)
+	h := tp.RMSNorm(x, L.InputLayernorm, eps)
+	q := tp.RoPE(m.linear(tp, p+"self_attn.q_proj", h, L.QProj), pos, args.Heads, args.HeadDim, m.invFreq)
+	k := tp.RoPE(m.linear(tp, p+"self_attn.k_proj", h, L.KProj), pos, args.KVHeads, args.HeadDim, m.invFreq)
+	v := m.linear(tp, p+"self_attn.v_proj", h, L.VProj)
+	a := tp.Attention(q, k, v, args)
+	x = tp.Add(x, m.linear(tp, p+"self_attn.o_proj", a, L.OProj))
+	h = tp.RMSNorm(x, L.PostAttentionLayernorm, eps)
+	g := m.linear(tp, p+"mlp.gate_proj", h, L.GateProj)
+	u := m.linear(tp, p+"mlp.up_proj", h, L.UpProj)
+	return tp.Add(x, m.linear(tp, p+"mlp.down_proj", tp.SwiGLU(g, u), L.DownProj))
+}
+
+// Logits returns [Rows·SeqLen, vocab] logits (for evaluation and tests; the
+// training loss never makes them all at once).
+func (m *Model) Logits(tp *tensor.Tape, in *Input) (*tensor.Tensor, error) {
+	h, err := m.Hidden(tp, in)
+	if err != nil {
+		return nil, err
+	}
+	return m.linear(tp, "lm_head", h, m.LMHead), nil
+}
+
+// ShiftLabels turns labels aligned with input ids into next-token targets:
+// target[t] = labels[t+1] when t+1 is in the same row and document, else
+// IgnoreIndex. This is the shift HF's LlamaForCausalLM applies.
+func ShiftLabels(labels []int32, rows, seqLen int, docStart []int32) []int32 {
+	out := make([]int32, len(labels))
+	for r := 0; r < rows; r++ {
+		for t := 0; t < seqLen; t++ {
+			i := r*seqLen + t
+			out[i] = kernels.IgnoreIndex
+			if t+1 < seqLen && (docStart == nil || docStart[i+1] == docStart[i]) {
+				out[i] = labels[i+1]
+			}
+		}
+	}
+	return out
+}
+
+// Loss returns the next-token cross-entropy summed over trained tokens and
+// divided by normalizer (≤ 0: by this batch's trained-token count), plus the
+// trained-token count. labels are aligned with InputIDs (-100 = no loss).
+func (m *Model) Loss(tp *tensor.Tape, in *Input, labels []int32, normalizer float64) (*tensor.Tensor, int, error) {
+	if len(labels) != len(in.InputIDs) {
+		return nil, 0, fmt.Errorf("llama: %d labels for %d input ids", len(labels), len(in.InputIDs))
+	}
+	for i, l := range labels {
+		if l != kernels.IgnoreIndex && (l < 0 || int(l) >= m.Config.VocabSize) {
+			return nil, 0, fmt.Errorf("llama: label %d at row %d position %d is outside the vocabulary (size %d)", l, i/in.SeqLen, i%in.SeqLen, m.Config.VocabSize)
+		}
+	}
+	h, err := m.Hidden(tp, in)
+	if err != nil {
+		return nil, 0, err
+	}
+	targets := ShiftLabels(labels, in.Rows, in.SeqLen, in.DocStart)
+	if _, ok := m.Adapters["lm_head"]; ok {
+		return nil, 0, fmt.Errorf("llama: an adapter on lm_head is not supported by the fused loss yet")
+	}
+	loss, n := tp.LinearCrossEntropy(h, m.LMHead, targets, normalizer, m.CEChunk)
+	return loss, n, nil
+}
+
+func sameShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func numel(s []int) int {
+	n := 1
+	for _, d := range s {
+		n *= d
+	}
+	return n
+}
