@@ -1,0 +1,7 @@
+//go:build !unix
+
+package checkpoint
+
+// syncDir is a no-op where directories cannot be opened for fsync (Windows,
+// plan9, wasm); the rename itself is still atomic there.
+func syncDir(dir string) error { return nil }

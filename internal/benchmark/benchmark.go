@@ -1,0 +1,125 @@
+// Package benchmark holds the measurements behind `llamatune bench` and the
+// go test benchmarks: GEMM throughput and a full training step.
+package benchmark
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"time"
+
+	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/kernels/cpu"
+	"github.com/llamatune/llamatune/model/llama"
+	"github.com/llamatune/llamatune/tensor"
+)
+
+// GEMMResult is one GEMM measurement.
+type GEMMResult struct {
+	M, N, K int
+	Reps    int
+	Best    time.Duration
+	GFLOPS  float64 // at the best repetition
+}
+
+func (r GEMMResult) String() string {
+	return fmt.Sprintf("sgemm %dx%dx%d: %.1f GFLOP/s (best of %d, %v, %d threads)", r.M, r.N, r.K, r.GFLOPS, r.Reps, r.Best, runtime.GOMAXPROCS(0))
+}
+
+// GEMM times C = A·B for m×k by k×n f32 matrices on the CPU backend.
+func GEMM(m, n, k, reps int) GEMMResult {
+	be := cpu.New()
+	r := rand.New(rand.NewPCG(1, 2))
+	rnd := func(n int) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = r.Float32() - 0.5
+		}
+		return v
+	}
+	a, b := be.FromF32(kernels.F32, rnd(m*k)), be.FromF32(kernels.F32, rnd(k*n))
+	c := be.Alloc(kernels.F32, m*n)
+	args := kernels.MatMulArgs{M: m, N: n, K: k, Alpha: 1}
+	be.MatMul(a, b, c, args) // warm up (pack buffers, page faults)
+	best := time.Duration(1 << 62)
+	for i := 0; i < reps; i++ {
+		t0 := time.Now()
+		be.MatMul(a, b, c, args)
+		best = min(best, time.Since(t0))
+	}
+	return GEMMResult{M: m, N: n, K: k, Reps: reps, Best: best, GFLOPS: 2 * float64(m) * float64(n) * float64(k) / best.Seconds() / 1e9}
+}
+
+// StepOptions shape the training-step benchmark.
+type StepOptions struct {
+	Layers, Hidden, Vocab int
+	Rows, SeqLen          int
+	Steps                 int
+	Recompute             bool
+}
+
+// StepResult is one training-step measurement.
+type StepResult struct {
+	StepOptions
+	Params       int
+	MeanStep     time.Duration
+	TokensPerSec float64
+	LastLoss     float32
+}
+
+func (r StepResult) String() string {
+	return fmt.Sprintf("train step (full fine-tune, AdamW): %d layers, hidden %d, vocab %d, %d params, batch %d×%d: %v/step, %.0f tokens/s, loss %.4f",
+		r.Layers, r.Hidden, r.Vocab, r.Params, r.Rows, r.SeqLen, r.MeanStep, r.TokensPerSec, r.LastLoss)
+}
+
+// Step times full fine-tuning steps (forward, backward, AdamW on every
+// parameter) of a random model on random tokens.
+func Step(o StepOptions) (StepResult, error) {
+	be := cpu.New()
+	c := testutil.TinyConfig(o.Vocab)
+	c.NumHiddenLayers, c.HiddenSize, c.IntermediateSize = o.Layers, o.Hidden, o.Hidden*8/3/16*16
+	c.NumAttentionHeads, c.NumKeyValueHeads = max(o.Hidden/64, 1), max(o.Hidden/128, 1)
+	m, err := llama.NewRandom(c, be, kernels.F32, 1)
+	if err != nil {
+		return StepResult{}, err
+	}
+	m.Recompute = o.Recompute
+	type state struct{ mom, vel kernels.Buffer }
+	opt := map[string]state{}
+	nparams := 0
+	for _, n := range m.Names() {
+		p := m.Param(n).SetRequiresGrad(true)
+		opt[n] = state{be.Alloc(kernels.F32, p.Numel()), be.Alloc(kernels.F32, p.Numel())}
+		nparams += p.Numel()
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	in := &llama.Input{Rows: o.Rows, SeqLen: o.SeqLen, InputIDs: make([]int32, o.Rows*o.SeqLen)}
+	for i := range in.InputIDs {
+		in.InputIDs[i] = int32(r.IntN(o.Vocab))
+	}
+	res := StepResult{StepOptions: o, Params: nparams}
+	var total time.Duration
+	for s := 0; s <= o.Steps; s++ { // step 0 warms up
+		t0 := time.Now()
+		tp := tensor.NewTape(be)
+		loss, _, err := m.Loss(tp, in, in.InputIDs, 0)
+		if err != nil {
+			return res, err
+		}
+		res.LastLoss = loss.Item()
+		tp.Backward(loss)
+		tp.Release()
+		for _, n := range m.Names() {
+			p := m.Param(n)
+			be.AdamW(p.Buf, p.Grad, opt[n].mom, opt[n].vel, kernels.AdamWArgs{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, Step: s + 1})
+			p.ZeroGrad()
+		}
+		if s > 0 {
+			total += time.Since(t0)
+		}
+	}
+	res.MeanStep = total / time.Duration(max(o.Steps, 1))
+	res.TokensPerSec = float64(o.Rows*o.SeqLen) / res.MeanStep.Seconds()
+	return res, nil
+}

@@ -1,0 +1,111 @@
+package llama
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/llamatune/llamatune/checkpoint"
+	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/tensor"
+)
+
+// Load reads an HF model directory (config.json + model.safetensors, or
+// sharded safetensors with model.safetensors.index.json) onto be, storing the
+// weights as dt. Every parameter is checked against the shape config.json
+// implies; errors name the file and key. A checkpoint without lm_head.weight
+// is read as tied embeddings, as transformers does.
+func Load(dir string, be kernels.Backend, dt kernels.DType) (*Model, error) {
+	cfg, err := LoadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	r, err := checkpoint.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	if _, ok := r.Info("lm_head.weight"); !ok && !cfg.TieWordEmbeddings {
+		cfg.TieWordEmbeddings = true
+	}
+	names, shapes := ParamShapes(cfg)
+	params := map[string]*tensor.Tensor{}
+	for _, n := range names {
+		if err := r.Expect(n, shapes[n]); err != nil {
+			return nil, fmt.Errorf("%w (config.json: %s)", err, filepath.Join(dir, "config.json"))
+		}
+		var buf kernels.Buffer
+		if dt == kernels.BF16 {
+			v, err := r.BF16(n)
+			if err != nil {
+				return nil, err
+			}
+			buf = be.Alloc(kernels.BF16, len(v))
+			// Route through f32 only on backends without direct bf16 upload.
+			f := make([]float32, len(v))
+			for i, h := range v {
+				f[i] = kernels.BF16ToF32(h)
+			}
+			be.Copy(buf, be.FromF32(kernels.F32, f))
+		} else {
+			v, err := r.F32(n)
+			if err != nil {
+				return nil, err
+			}
+			buf = be.FromF32(kernels.F32, v)
+		}
+		params[n] = tensor.Wrap(be, buf, shapes[n]...)
+	}
+	return New(cfg, be, params)
+}
+
+// SaveOptions control Save.
+type SaveOptions struct {
+	DType         string // "F32", "BF16" or "F16"; default F32
+	MaxShardBytes int64  // ≤ 0: one file
+}
+
+// Save writes config.json and the weights (sharded, with an index when they
+// exceed MaxShardBytes) into dir, atomically file by file.
+func (m *Model) Save(dir string, o SaveOptions) error {
+	dt := o.DType
+	if dt == "" {
+		dt = "F32"
+	}
+	var ts []checkpoint.WriteTensor
+	for _, n := range m.names {
+		p := m.params[n]
+		v := p.F32()
+		var data []byte
+		switch dt {
+		case "F32":
+			data = checkpoint.EncodeF32(v)
+		case "BF16":
+			data = checkpoint.EncodeF32AsBF16(v)
+		case "F16":
+			data = checkpoint.EncodeF32AsF16(v)
+		default:
+			return fmt.Errorf("llama: unsupported save dtype %q (F32, BF16, F16)", dt)
+		}
+		ts = append(ts, checkpoint.WriteTensor{Name: n, DType: dt, Shape: p.Shape, Data: data})
+	}
+	cfg := m.Config
+	cfg.TorchDtype = map[string]string{"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dt]
+	raw, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("llama: creating %s: %w", dir, err)
+	}
+	err = checkpoint.WriteAtomic(filepath.Join(dir, "config.json"), func(w io.Writer) error {
+		_, err := w.Write(append(raw, '\n'))
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return checkpoint.WriteSharded(dir, ts, o.MaxShardBytes, map[string]string{"format": "pt"})
+}
