@@ -147,6 +147,13 @@ type Backend interface {
 	Add(a, b, out Buffer)                 // out = a + b
 	AddScaled(dst, src Buffer, s float32) // dst += s * src
 	Scale(b Buffer, s float32)            // b *= s
+	Mul(dst, src Buffer)                  // dst *= src, elementwise
+
+	// ConcatCols: out [rows, p+q] = [a | b] with a [rows, p], b [rows, q]
+	// (either may be BF16). SplitCols is its VJP: da += dout[:, :p],
+	// db += dout[:, p:] (nil skips).
+	ConcatCols(a, b, out Buffer, rows, p, q int)
+	SplitCols(dout, da, db Buffer, rows, p, q int)
 
 	// Reductions.
 	SumSquares(b Buffer) float64

@@ -42,6 +42,19 @@ func (*Backend) Scale(b kernels.Buffer, s float32) {
 	})
 }
 
+// Mul: dst *= src elementwise.
+func (*Backend) Mul(dst, src kernels.Buffer) {
+	d, v := F32(dst), asF32(src)
+	if len(d) != len(v) {
+		panic(fmt.Sprintf("cpu.Mul: lengths %d, %d differ", len(d), len(v)))
+	}
+	parallelFor(len(d), 1<<14, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			d[i] *= v[i]
+		}
+	})
+}
+
 // SumSquares returns Σ b² in float64 (for the global grad norm).
 func (*Backend) SumSquares(b kernels.Buffer) float64 {
 	v := asF32(b)

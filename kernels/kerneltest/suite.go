@@ -267,6 +267,25 @@ func testElementwise(t *testing.T, be kernels.Backend) {
 		want[i] = 2 * a[i]
 	}
 	check(t, "scale", be.ToF32(out), want, tolF32)
+	be.Mul(out, upload(be, kernels.F32, b))
+	for i := range want {
+		want[i] *= b[i]
+	}
+	check(t, "mul", be.ToF32(out), want, tolF32)
+
+	// ConcatCols [3,2]|[3,4] and its VJP SplitCols.
+	ca, cb := g.vec(6, 1, kernels.BF16), g.vec(12, 1, kernels.F32)
+	cat := be.Alloc(kernels.F32, 18)
+	be.ConcatCols(upload(be, kernels.BF16, ca), upload(be, kernels.F32, cb), cat, 3, 2, 4)
+	var wantCat []float64
+	for r := 0; r < 3; r++ {
+		wantCat = append(append(wantCat, ca[r*2:r*2+2]...), cb[r*4:r*4+4]...)
+	}
+	check(t, "concatcols", be.ToF32(cat), wantCat, 0)
+	da, db := be.Alloc(kernels.F32, 6), be.Alloc(kernels.F32, 12)
+	be.SplitCols(cat, da, db, 3, 2, 4)
+	check(t, "splitcols a", be.ToF32(da), ca, 0)
+	check(t, "splitcols b", be.ToF32(db), cb, 0)
 	check(t, "sumsquares", []float32{float32(be.SumSquares(upload(be, kernels.F32, a)))}, []float64{ss}, tolF32)
 }
 

@@ -15,6 +15,14 @@ type Adapter interface {
 	Forward(tp *tensor.Tape, x *tensor.Tensor) *tensor.Tensor
 }
 
+// LowRankAdapter is an adapter of the form s·B·A·x (LoRA), which the fused
+// lm_head loss can fold into its GEMM. Hidden returns x·Aᵀ (after dropout).
+type LowRankAdapter interface {
+	Adapter
+	Hidden(tp *tensor.Tape, x *tensor.Tensor) *tensor.Tensor
+	LowRank() (a, b *tensor.Tensor, scaling float32)
+}
+
 // Layer holds one decoder layer's parameters.
 type Layer struct {
 	InputLayernorm, PostAttentionLayernorm *tensor.Tensor
@@ -277,8 +285,18 @@ func (m *Model) Loss(tp *tensor.Tape, in *Input, labels []int32, normalizer floa
 		return nil, 0, err
 	}
 	targets := ShiftLabels(labels, in.Rows, in.SeqLen, in.DocStart)
-	if _, ok := m.Adapters["lm_head"]; ok {
-		return nil, 0, fmt.Errorf("llama: an adapter on lm_head is not supported by the fused loss yet")
+	if a, ok := m.Adapters["lm_head"]; ok {
+		// logits = h·Wᵀ + s·(h·Aᵀ)·Bᵀ = [h | s·h·Aᵀ]·[W | B]ᵀ: one fused loss
+		// over concatenated factors, still without full logits.
+		lr, ok := a.(LowRankAdapter)
+		if !ok {
+			return nil, 0, fmt.Errorf("llama: the lm_head adapter %T does not expose low-rank factors", a)
+		}
+		_, b, s := lr.LowRank()
+		hcat := tp.ConcatCols(h, tp.Scale(lr.Hidden(tp, h), s))
+		wcat := tp.ConcatCols(m.LMHead, b)
+		loss, n := tp.LinearCrossEntropy(hcat, wcat, targets, normalizer, m.CEChunk)
+		return loss, n, nil
 	}
 	loss, n := tp.LinearCrossEntropy(h, m.LMHead, targets, normalizer, m.CEChunk)
 	return loss, n, nil

@@ -64,12 +64,32 @@ var genericKernel = &kernelSpec{
 // architecture-specific init (kernel_amd64.go); defaults to the generic one.
 var bestKernel = genericKernel
 
+// narrowKernel, when set, is a kernel with a smaller register tile than
+// bestKernel; kernelFor switches to it when bestKernel's tile would mostly
+// compute zero padding (e.g. m = 8 with a 14-row tile).
+var narrowKernel *kernelSpec
+
 // forceGeneric makes Sgemm use the pure-Go micro-kernel even where an assembly
 // one is available (used by the tests to cover the fallback path).
 var forceGeneric = false
 
 // KernelName reports which micro-kernel Sgemm uses on this machine.
 func KernelName() string { return activeKernel().name }
+
+// kernelFor picks the micro-kernel for an m×n output.
+func kernelFor(m, n int) *kernelSpec {
+	ks := activeKernel()
+	if nk := narrowKernel; nk != nil && ks == bestKernel {
+		// Compare the padded areas the two register tiles compute; the
+		// wide kernel is preferred unless it wastes >25% more.
+		wide := roundUp(m, ks.mr) * roundUp(n, ks.nr)
+		narrow := roundUp(m, nk.mr) * roundUp(n, nk.nr)
+		if 4*wide > 5*narrow {
+			return nk
+		}
+	}
+	return ks
+}
 
 func activeKernel() *kernelSpec {
 	if forceGeneric {
@@ -104,54 +124,52 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 		SgemmRef(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		return
 	}
-	ks := activeKernel()
-	p := &problem{ks: ks, transA: transA, transB: transB, k: k, alpha: alpha,
-		a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc}
-
+	ks := kernelFor(m, n)
 	threads := runtime.GOMAXPROCS(0)
 	if w := m * n * k / minThreadWork; w < threads {
 		threads = max(w, 1)
 	}
-	if threads == 1 {
-		ws := getWorkspace(ks)
-		p.run(ws, 0, m, 0, n)
-		putWorkspace(ws)
-		return
-	}
-	tm, tn := split(m, n, k, threads, ks.mr, ks.nr)
-	rowStep := roundUp(ceilDiv(m, tm), ks.mr)
-	colStep := roundUp(ceilDiv(n, tn), ks.nr)
-	var wg sync.WaitGroup
-	for i0 := 0; i0 < m; i0 += rowStep {
-		for j0 := 0; j0 < n; j0 += colStep {
-			i1, j1 := min(i0+rowStep, m), min(j0+colStep, n)
+	tm, tn := split(m, n, k, threads, ks)
+
+	sh := getShared(ks, tm*tn)
+	p := &problem{ks: ks, transA: transA, transB: transB, m: m, n: n, k: k,
+		alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
+		tm: tm, tn: tn, sh: sh}
+	if tm*tn == 1 {
+		p.worker(0)
+	} else {
+		var wg sync.WaitGroup
+		for t := 1; t < tm*tn; t++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				ws := getWorkspace(ks)
-				p.run(ws, i0, i1, j0, j1)
-				putWorkspace(ws)
+				p.worker(t)
 			}()
 		}
+		p.worker(0)
+		wg.Wait()
 	}
-	wg.Wait()
+	putShared(sh)
 }
 
-// split chooses a tm×tn grid of worker rectangles (tm*tn <= threads) for an
-// m×n output. It minimises the per-worker cost: the multiply-adds of the
-// largest rectangle plus a packing term for the operands that rectangle needs
-// (packing moves one value per element, the kernel does ~16 FMAs per cycle).
-func split(m, n, k, threads, mr, nr int) (tm, tn int) {
+// split chooses a tm×tn grid of workers (tm*tn <= threads): worker (i, j)
+// computes the i-th band of MR-aligned rows and, inside every nc block, the
+// j-th share of the NR-wide column panels. It minimises the per-worker cost:
+// the multiply-adds of the largest share plus a packing term (packing moves
+// one value per element while the kernel does ~16 FMAs per cycle). Every
+// worker packs the A rows of its band; the B block is packed once, jointly.
+func split(m, n, k, threads int, ks *kernelSpec) (tm, tn int) {
 	best := -1
+	nblocks := ceilDiv(n, ks.nc)
 	for a := 1; a <= threads; a++ {
 		b := threads / a
-		mb := roundUp(ceilDiv(m, a), mr)
-		nb := roundUp(ceilDiv(n, b), nr)
-		// rectangles that would be empty are wasted threads
+		mb := roundUp(ceilDiv(m, a), ks.mr)
+		nb := roundUp(ceilDiv(n, b), ks.nr)
+		// shares that would be empty are wasted threads
 		if ceilDiv(m, mb) < a || ceilDiv(n, nb) < b {
 			continue
 		}
-		cost := mb*nb*k + 16*(mb+nb)*k
+		cost := mb*nb*k + 16*k*(mb*nblocks+n/(a*b))
 		if best < 0 || cost < best {
 			best, tm, tn = cost, a, b
 		}
@@ -166,7 +184,7 @@ func split(m, n, k, threads, mr, nr int) (tm, tn int) {
 type problem struct {
 	ks             *kernelSpec
 	transA, transB bool
-	k              int
+	m, n, k        int
 	alpha, beta    float32
 	a              []float32
 	lda            int
@@ -174,47 +192,85 @@ type problem struct {
 	ldb            int
 	c              []float32
 	ldc            int
+	tm, tn         int     // worker grid, see split
+	sh             *shared // jointly packed B blocks
 }
 
-// run computes the rectangle C[i0:i1, j0:j1] with the five-loop blocking
-// described in the package comment, using the worker's own pack buffers.
-func (p *problem) run(ws *workspace, i0, i1, j0, j1 int) {
+// worker t runs the five-loop blocking described in the package comment for
+// its share of C. All workers walk the same (jc, pc) sequence: together they
+// pack the B block (each a contiguous range of panels), meet at a barrier,
+// then each multiplies its own rows (packing its own A blocks) by its own
+// column panels. The B block is double-buffered, so the single barrier per
+// block suffices: a worker packing block i+1 overwrites the buffer of block
+// i-1, which every worker has finished with before arriving at barrier i.
+func (p *problem) worker(t int) {
 	ks := p.ks
-	k := p.k
-	// Balance the block sizes: e.g. k=300 with kc=256 gives 2×150, not 256+44.
-	kc := ceilDiv(k, ceilDiv(k, ks.kc))
-	nc := roundUp(ceilDiv(j1-j0, ceilDiv(j1-j0, ks.nc)), ks.nr)
-	mc := roundUp(ceilDiv(i1-i0, ceilDiv(i1-i0, ks.mc)), ks.mr)
+	mr, nr := ks.mr, ks.nr
+	m, n, k := p.m, p.n, p.k
+	nthreads := p.tm * p.tn
+	ti, tj := t/p.tn, t%p.tn
 
-	for jc := j0; jc < j1; jc += nc {
-		nb := min(nc, j1-jc)
+	// This worker's band of rows.
+	rowStep := roundUp(ceilDiv(m, p.tm), mr)
+	i0 := min(ti*rowStep, m)
+	i1 := min(i0+rowStep, m)
+
+	// Balance the block sizes: e.g. k=300 with kc=256 gives 2×150, not
+	// 256+44. kc and nc must be the same in every worker (shared B blocks).
+	kc := ceilDiv(k, ceilDiv(k, ks.kc))
+	nc := roundUp(ceilDiv(n, ceilDiv(n, ks.nc)), nr)
+	mc := ks.mc
+	if i1 > i0 {
+		mc = roundUp(ceilDiv(i1-i0, ceilDiv(i1-i0, ks.mc)), mr)
+	}
+
+	var ws *workspace
+	if i1 > i0 {
+		ws = getWorkspace(ks)
+		defer putWorkspace(ws)
+	}
+	block := 0
+	for jc := 0; jc < n; jc += nc {
+		nb := min(nc, n-jc)
+		np := ceilDiv(nb, nr) // panels in this B block
+		pack0, pack1 := t*np/nthreads, (t+1)*np/nthreads
+		q0, q1 := tj*np/p.tn, (tj+1)*np/p.tn
 		for pc := 0; pc < k; pc += kc {
 			kb := min(kc, k-pc)
-			packB(ws.b, p.transB, p.b, p.ldb, pc, kb, jc, nb, ks.nr)
+			bbuf := p.sh.b[block&1]
+			block++
+			packB(bbuf, p.transB, p.b, p.ldb, pc, kb, jc, nb, nr, pack0, pack1)
+			if nthreads > 1 {
+				p.sh.bar.wait()
+			}
+			if i1 == i0 || q0 == q1 {
+				continue
+			}
 			beta := p.beta
 			if pc > 0 {
 				beta = 1
 			}
 			for ic := i0; ic < i1; ic += mc {
 				mb := min(mc, i1-ic)
-				packA(ws.a, p.transA, p.a, p.lda, ic, mb, pc, kb, ks.mr)
-				p.macroKernel(ws, ic, mb, jc, nb, kb, beta)
+				packA(ws.a, p.transA, p.a, p.lda, ic, mb, pc, kb, mr)
+				p.macroKernel(ws, bbuf, ic, mb, jc, nb, kb, q0, q1, beta)
 			}
 		}
 	}
 }
 
-// macroKernel multiplies the packed mb×kb A block by the packed kb×nb B block
-// into C[ic:ic+mb, jc:jc+nb], one MR×NR register tile at a time. The B
-// micro-panel (kb×NR) stays in L1 while the A micro-panels stream from L2.
-func (p *problem) macroKernel(ws *workspace, ic, mb, jc, nb, kb int, beta float32) {
+// macroKernel multiplies the packed mb×kb A block by B panels q0..q1-1 of the
+// packed kb×nb B block into C[ic:ic+mb, jc+q0*NR : jc+min(q1*NR, nb)], one
+// MR×NR register tile at a time. The B micro-panel (kb×NR) stays in L1 while
+// the A micro-panels stream from L2.
+func (p *problem) macroKernel(ws *workspace, bbuf []float32, ic, mb, jc, nb, kb, q0, q1 int, beta float32) {
 	ks := p.ks
 	mr, nr := ks.mr, ks.nr
 	fn := ks.fn
 	c, ldc, alpha := p.c, p.ldc, p.alpha
-	for jr := 0; jr < nb; jr += nr {
+	for jr := q0 * nr; jr < min(q1*nr, nb); jr += nr {
 		nrr := min(nr, nb-jr)
-		bp := ws.b[jr*kb:]
+		bp := bbuf[jr*kb:]
 		for ir := 0; ir < mb; ir += mr {
 			mrr := min(mr, mb-ir)
 			ap := ws.a[ir*kb:]
@@ -253,82 +309,106 @@ func packA(dst []float32, transA bool, a []float32, lda, i0, mb, p0, kb, mr int)
 		rows := min(mr, mb-ir)
 		if transA {
 			// op(A)[i,p] = a[p*lda+i]: each p is a contiguous run of rows.
-			base := p0*lda + i0 + ir
-			if rows == mr {
-				for p := 0; p < kb; p++ {
-					copy(panel[p*mr:p*mr+mr], a[base+p*lda:base+p*lda+mr])
-				}
-			} else {
-				for p := 0; p < kb; p++ {
-					d := panel[p*mr : p*mr+mr]
-					copy(d, a[base+p*lda:base+p*lda+rows])
-					clear(d[rows:])
-				}
-			}
-			continue
-		}
-		// op(A)[i,p] = a[i*lda+p]: read each row sequentially, scatter with
-		// stride MR.
-		for r := 0; r < rows; r++ {
-			src := a[(i0+ir+r)*lda+p0 : (i0+ir+r)*lda+p0+kb]
-			d := panel[r:]
-			for p, v := range src {
-				d[p*mr] = v
-			}
-		}
-		for r := rows; r < mr; r++ {
-			for p := 0; p < kb; p++ {
-				panel[p*mr+r] = 0
-			}
+			copyRuns(panel, mr, a[(p0*lda+i0+ir):], lda, rows, kb)
+		} else {
+			// op(A)[i,p] = a[i*lda+p]: each row is a run along p.
+			transposeRuns(panel, mr, a[(i0+ir)*lda+p0:], lda, rows, kb)
 		}
 	}
 }
 
-// packB copies op(B)[p0:p0+kb, j0:j0+nb] into dst as NR-wide micro-panels:
-// panel q holds columns j0+q*NR.. and stores, for p = 0..kb-1, the NR values
-// op(B)[p0+p, col] contiguously (zero for columns past nb).
-func packB(dst []float32, transB bool, b []float32, ldb, p0, kb, j0, nb, nr int) {
-	for jr := 0; jr < nb; jr += nr {
+// packB copies panels q0..q1-1 of op(B)[p0:p0+kb, j0:j0+nb] into dst as
+// NR-wide micro-panels: panel q holds columns j0+q*NR.. and stores, for
+// p = 0..kb-1, the NR values op(B)[p0+p, col] contiguously (zero for columns
+// past nb).
+func packB(dst []float32, transB bool, b []float32, ldb, p0, kb, j0, nb, nr, q0, q1 int) {
+	for jr := q0 * nr; jr < min(q1*nr, nb); jr += nr {
 		panel := dst[jr*kb : (jr+nr)*kb]
 		cols := min(nr, nb-jr)
-		if !transB {
+		if transB {
+			// op(B)[p,j] = b[j*ldb+p]: each stored row is a run along p.
+			transposeRuns(panel, nr, b[(j0+jr)*ldb+p0:], ldb, cols, kb)
+		} else {
 			// op(B)[p,j] = b[p*ldb+j]: each p is a contiguous run of columns.
-			base := p0*ldb + j0 + jr
-			if cols == nr {
-				for p := 0; p < kb; p++ {
-					copy(panel[p*nr:p*nr+nr], b[base+p*ldb:base+p*ldb+nr])
-				}
-			} else {
-				for p := 0; p < kb; p++ {
-					d := panel[p*nr : p*nr+nr]
-					copy(d, b[base+p*ldb:base+p*ldb+cols])
-					clear(d[cols:])
-				}
-			}
-			continue
-		}
-		// op(B)[p,j] = b[j*ldb+p]: read each stored row (a column of op(B))
-		// sequentially, scatter with stride NR.
-		for q := 0; q < cols; q++ {
-			src := b[(j0+jr+q)*ldb+p0 : (j0+jr+q)*ldb+p0+kb]
-			d := panel[q:]
-			for p, v := range src {
-				d[p*nr] = v
-			}
-		}
-		for q := cols; q < nr; q++ {
-			for p := 0; p < kb; p++ {
-				panel[p*nr+q] = 0
-			}
+			copyRuns(panel, nr, b[p0*ldb+j0+jr:], ldb, cols, kb)
 		}
 	}
 }
 
-// workspace is one worker's pack buffers (64-byte aligned).
+// copyRuns fills a w-wide panel: for p = 0..kb-1, panel[p*w : p*w+n] =
+// src[p*ld : p*ld+n], zero-padding the remaining w-n values. The common
+// full-width cases use fixed-size array copies, which compile to a few
+// vector moves instead of a memmove call.
+func copyRuns(panel []float32, w int, src []float32, ld, n, kb int) {
+	if n == w {
+		switch w {
+		case 32:
+			for p := 0; p < kb; p++ {
+				*(*[32]float32)(panel[p*32:]) = *(*[32]float32)(src[p*ld:])
+			}
+			return
+		case 16:
+			for p := 0; p < kb; p++ {
+				*(*[16]float32)(panel[p*16:]) = *(*[16]float32)(src[p*ld:])
+			}
+			return
+		case 14:
+			for p := 0; p < kb; p++ {
+				*(*[14]float32)(panel[p*14:]) = *(*[14]float32)(src[p*ld:])
+			}
+			return
+		case 6:
+			for p := 0; p < kb; p++ {
+				*(*[6]float32)(panel[p*6:]) = *(*[6]float32)(src[p*ld:])
+			}
+			return
+		case 4:
+			for p := 0; p < kb; p++ {
+				*(*[4]float32)(panel[p*4:]) = *(*[4]float32)(src[p*ld:])
+			}
+			return
+		}
+	}
+	for p := 0; p < kb; p++ {
+		d := panel[p*w : p*w+w]
+		copy(d, src[p*ld:p*ld+n])
+		clear(d[n:])
+	}
+}
+
+// transposeRuns fills a w-wide panel from n runs along p: for r < n and
+// p < kb, panel[p*w+r] = src[r*ld+p]; columns n..w-1 are zeroed. Four runs
+// are read together so that the panel is written nearly sequentially.
+func transposeRuns(panel []float32, w int, src []float32, ld, n, kb int) {
+	panel = panel[:kb*w]
+	r := 0
+	for ; r+4 <= n; r += 4 {
+		s0 := src[r*ld : r*ld+kb]
+		s1 := src[(r+1)*ld : (r+1)*ld+kb]
+		s2 := src[(r+2)*ld : (r+2)*ld+kb]
+		s3 := src[(r+3)*ld : (r+3)*ld+kb]
+		for p, v := range s0 {
+			d := panel[p*w+r : p*w+r+4 : p*w+r+4]
+			d[0], d[1], d[2], d[3] = v, s1[p], s2[p], s3[p]
+		}
+	}
+	for ; r < n; r++ {
+		s := src[r*ld : r*ld+kb]
+		for p, v := range s {
+			panel[p*w+r] = v
+		}
+	}
+	if n < w {
+		for p := 0; p < kb; p++ {
+			clear(panel[p*w+n : p*w+w])
+		}
+	}
+}
+
+// workspace is one worker's private buffers (64-byte aligned).
 type workspace struct {
 	ks   *kernelSpec
 	a    []float32 // mc×kc packed A block
-	b    []float32 // kc×nc packed B block
 	tile []float32 // mr×nr scratch for edge tiles
 }
 
@@ -344,12 +424,80 @@ func getWorkspace(ks *kernelSpec) *workspace {
 	return &workspace{
 		ks:   ks,
 		a:    alignedFloats(roundUp(ks.mc, ks.mr) * ks.kc),
-		b:    alignedFloats(ks.kc * roundUp(ks.nc, ks.nr)),
 		tile: alignedFloats(ks.mr * ks.nr),
 	}
 }
 
 func putWorkspace(ws *workspace) { wsPool.Put(ws) }
+
+// shared is the state the workers of one Sgemm call share: two kc×nc packed
+// B buffers (double-buffered, see worker) and the barrier.
+type shared struct {
+	ks  *kernelSpec
+	b   [2][]float32
+	bar barrier
+}
+
+var sharedPool sync.Pool
+
+func getShared(ks *kernelSpec, workers int) *shared {
+	var sh *shared
+	if v := sharedPool.Get(); v != nil {
+		if sh = v.(*shared); sh.ks != ks {
+			sh = nil
+		}
+	}
+	if sh == nil {
+		sh = &shared{ks: ks}
+		sh.b[0] = alignedFloats(ks.kc * roundUp(ks.nc, ks.nr))
+	}
+	if workers > 1 && sh.b[1] == nil {
+		sh.b[1] = alignedFloats(ks.kc * roundUp(ks.nc, ks.nr))
+	}
+	if workers == 1 {
+		sh.b[1] = sh.b[0] // a lone worker needs no double buffering
+	}
+	sh.bar.reset(workers)
+	return sh
+}
+
+func putShared(sh *shared) {
+	if &sh.b[1][0] == &sh.b[0][0] {
+		sh.b[1] = nil
+	}
+	sharedPool.Put(sh)
+}
+
+// barrier is a reusable rendezvous for a fixed number of goroutines.
+type barrier struct {
+	mu    sync.Mutex
+	cond  sync.Cond
+	n     int
+	count int
+	gen   uint64
+}
+
+func (b *barrier) reset(n int) {
+	b.cond.L = &b.mu
+	b.n, b.count = n, 0
+}
+
+// wait blocks until all n goroutines have called wait.
+func (b *barrier) wait() {
+	b.mu.Lock()
+	gen := b.gen
+	b.count++
+	if b.count == b.n {
+		b.count = 0
+		b.gen++
+		b.cond.Broadcast()
+	} else {
+		for gen == b.gen {
+			b.cond.Wait()
+		}
+	}
+	b.mu.Unlock()
+}
 
 // alignedFloats returns a zeroed slice of n float32 starting on a 64-byte
 // (cache line) boundary.

@@ -6,6 +6,7 @@ import (
 	"math/rand"
 	"runtime"
 	"testing"
+	"time"
 )
 
 func randSlice(r *rand.Rand, n int) []float32 {
@@ -124,12 +125,13 @@ func runRandomCases(t *testing.T, seed int64) {
 	}
 }
 
-// largeCases cross several cache blocks (mc, kc, nc) and use several goroutines.
+// largeCases cross several cache blocks (mc, kc, nc) of ks and use several
+// goroutines.
 func largeCases(ks *kernelSpec) []gemmCase {
 	return []gemmCase{
 		{m: 2*ks.mc + ks.mr + 1, n: 2*ks.nr + 5, k: ks.kc + 3, alpha: 1, beta: 0},
-		{m: 97, n: ks.nc + ks.nr + 1, k: 2*ks.kc + 1, alpha: 0.5, beta: 1, transB: true},
-		{m: ks.mc + 1, n: 131, k: ks.kc*2 + 17, alpha: -1, beta: 0.5, transA: true, padA: 3, padC: 1},
+		{m: 2*ks.mr + 1, n: ks.nc + ks.nr + 1, k: 2*ks.kc + 1, alpha: 0.5, beta: 1, transB: true},
+		{m: ks.mc + 1, n: 3*ks.nr + 1, k: ks.kc*2 + 17, alpha: -1, beta: 0.5, transA: true, padA: 3, padC: 1},
 		{m: 200, n: 300, k: 150, alpha: 1, beta: 0, transA: true, transB: true, padB: 2},
 		{m: 1, n: 1000, k: 700, alpha: 1, beta: 0},
 		{m: 1000, n: 1, k: 700, alpha: 1, beta: 1, transA: true},
@@ -144,7 +146,7 @@ func TestSgemmRandom(t *testing.T) {
 
 func TestSgemmLarge(t *testing.T) {
 	r := rand.New(rand.NewSource(2))
-	for _, tc := range largeCases(activeKernel()) {
+	for _, tc := range largeCases(activeKernel())[3:] {
 		checkCase(t, r, tc)
 	}
 }
@@ -156,31 +158,38 @@ func TestSgemmGeneric(t *testing.T) {
 	defer func() { forceGeneric = false }()
 	runRandomCases(t, 3)
 	r := rand.New(rand.NewSource(4))
-	for _, tc := range largeCases(genericKernel)[:4] {
-		checkCase(t, r, tc)
-	}
+	checkCase(t, r, largeCases(genericKernel)[3])
 }
 
-// TestSgemmAllKernels runs every micro-kernel this CPU supports directly.
+// TestSgemmAllKernels runs every micro-kernel this CPU supports (the pure-Go
+// one included), each with its real cache blocking and with a copy whose
+// mc/kc/nc blocks are tiny, so that shapes of a few dozen cross every block
+// boundary (beta handling across kc blocks, edge panels in every block).
 func TestSgemmAllKernels(t *testing.T) {
-	saved := bestKernel
-	defer func() { bestKernel = saved }()
+	saved, savedNarrow := bestKernel, narrowKernel
+	defer func() { bestKernel, narrowKernel = saved, savedNarrow }()
+	narrowKernel = nil
 	for i, ks := range supportedKernels() {
-		bestKernel = ks
-		t.Run(ks.name, func(t *testing.T) {
-			r := rand.New(rand.NewSource(int64(10 + i)))
-			for _, tc := range largeCases(ks)[:3] {
-				checkCase(t, r, tc)
-			}
-			ms, ns, kk := shapes(ks)
-			for _, m := range ms {
-				for _, n := range ns {
-					tc := gemmCase{m: m, n: n, k: kk[r.Intn(len(kk))], alpha: 1.5, beta: float32(r.Intn(2)),
-						transA: r.Intn(2) == 0, transB: r.Intn(2) == 0}
+		tiny := *ks
+		tiny.name += "-tinyblocks"
+		tiny.mc, tiny.kc, tiny.nc = 2*ks.mr, 5, 2*ks.nr
+		for j, spec := range []*kernelSpec{ks, &tiny} {
+			bestKernel = spec
+			t.Run(spec.name, func(t *testing.T) {
+				r := rand.New(rand.NewSource(int64(10 + 2*i + j)))
+				for _, tc := range largeCases(spec)[:3] {
 					checkCase(t, r, tc)
 				}
-			}
-		})
+				ms, ns, kk := shapes(spec)
+				for _, m := range ms {
+					for _, n := range ns {
+						tc := gemmCase{m: m, n: n, k: kk[r.Intn(len(kk))], alpha: 1.5, beta: float32(r.Intn(2)),
+							transA: r.Intn(2) == 0, transB: r.Intn(2) == 0}
+						checkCase(t, r, tc)
+					}
+				}
+			})
+		}
 	}
 }
 
@@ -253,10 +262,16 @@ func benchSgemm(bm *testing.B, transA, transB bool, m, n, k int) {
 	}
 	Sgemm(transA, transB, m, n, k, 1, a, lda, b, ldb, 0, c, n)
 	bm.ResetTimer()
+	best := time.Duration(math.MaxInt64)
 	for i := 0; i < bm.N; i++ {
+		t0 := time.Now()
 		Sgemm(transA, transB, m, n, k, 1, a, lda, b, ldb, 0, c, n)
+		best = min(best, time.Since(t0))
 	}
+	// GFLOP/s is the mean over all iterations; best-GFLOP/s the fastest
+	// single call (what sgemm_openblas.sh reports), useful on a shared box.
 	bm.ReportMetric(GFLOPS(m, n, k, bm.Elapsed())*float64(bm.N), "GFLOP/s")
+	bm.ReportMetric(GFLOPS(m, n, k, best), "best-GFLOP/s")
 }
 
 func BenchmarkSgemm1024(b *testing.B)   { benchSgemm(b, false, false, 1024, 1024, 1024) }
@@ -273,4 +288,18 @@ func BenchmarkSgemm1024Generic(b *testing.B) {
 	forceGeneric = true
 	defer func() { forceGeneric = false }()
 	benchSgemm(b, false, false, 1024, 1024, 1024)
+}
+
+// BenchmarkSgemmKernels compares every supported micro-kernel on 1024³ NN.
+func BenchmarkSgemmKernels(b *testing.B) {
+	saved, savedNarrow := bestKernel, narrowKernel
+	defer func() { bestKernel, narrowKernel = saved, savedNarrow }()
+	narrowKernel = nil
+	for _, ks := range supportedKernels() {
+		if ks == genericKernel {
+			continue
+		}
+		bestKernel = ks
+		b.Run(ks.name, func(b *testing.B) { benchSgemm(b, false, false, 1024, 1024, 1024) })
+	}
 }

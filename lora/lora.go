@@ -1,0 +1,208 @@
+// Package lora adds low-rank adapters (LoRA) to named linear layers of a
+// llama.Model, as PEFT does: y = x·Wᵀ + scaling · B·A·dropout(x), with A
+// [r, in] kaiming-uniform, B [out, r] zero, scaling = alpha/r (or
+// alpha/sqrt(r) with rsLoRA). Adapters can be merged into the base weights.
+package lora
+
+import (
+	"fmt"
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+
+	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/model/llama"
+	"github.com/llamatune/llamatune/tensor"
+)
+
+// Modules that can carry an adapter (PEFT target_modules names).
+var Modules = []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"}
+
+// Config is the adapter configuration.
+type Config struct {
+	R             int
+	Alpha         float64
+	Dropout       float64
+	TargetModules []string // from Modules; "all-linear" = every projection except lm_head
+	RSLoRA        bool     // scaling alpha/sqrt(r) instead of alpha/r
+	// Layers, when non-empty, restricts adapters to these decoder layers.
+	Layers []int
+}
+
+// Scaling is alpha/r, or alpha/sqrt(r) for rsLoRA.
+func (c Config) Scaling() float64 {
+	if c.RSLoRA {
+		return c.Alpha / math.Sqrt(float64(c.R))
+	}
+	return c.Alpha / float64(c.R)
+}
+
+// Validate reports every problem with c.
+func (c Config) Validate() error {
+	var errs []string
+	if c.R <= 0 {
+		errs = append(errs, fmt.Sprintf("r must be > 0 (is %d)", c.R))
+	}
+	if c.Alpha <= 0 {
+		errs = append(errs, fmt.Sprintf("alpha must be > 0 (is %g)", c.Alpha))
+	}
+	if c.Dropout < 0 || c.Dropout >= 1 {
+		errs = append(errs, fmt.Sprintf("dropout must be in [0, 1) (is %g)", c.Dropout))
+	}
+	if len(c.TargetModules) == 0 {
+		errs = append(errs, "target_modules is empty")
+	}
+	for _, m := range c.TargetModules {
+		if m != "all-linear" && !slices.Contains(Modules, m) {
+			errs = append(errs, fmt.Sprintf("unknown target module %q (one of %s, or all-linear)", m, strings.Join(Modules, ", ")))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("lora: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func (c Config) targets() []string {
+	var out []string
+	for _, m := range c.TargetModules {
+		if m == "all-linear" {
+			out = append(out, Modules[:7]...)
+		} else {
+			out = append(out, m)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// Linear is one adapter.
+type Linear struct {
+	Module  string         // HF module name, e.g. model.layers.0.self_attn.q_proj
+	A, B    *tensor.Tensor // A [r, in], B [out, r]; trainable
+	Scaling float32
+	Dropout float64
+	set     *Set
+}
+
+// Forward is the adapter path: scaling · (dropout(x)·Aᵀ)·Bᵀ.
+func (l *Linear) Forward(tp *tensor.Tape, x *tensor.Tensor) *tensor.Tensor {
+	return tp.Scale(tp.Linear(l.Hidden(tp, x), l.B), l.Scaling)
+}
+
+// Hidden is the rank-r activation dropout(x)·Aᵀ.
+func (l *Linear) Hidden(tp *tensor.Tape, x *tensor.Tensor) *tensor.Tensor {
+	return tp.Linear(tp.Dropout(x, l.Dropout, l.set.dropoutSeed(l.Module)), l.A)
+}
+
+// LowRank exposes the factors (the model's fused lm_head loss uses them).
+func (l *Linear) LowRank() (a, b *tensor.Tensor, scaling float32) { return l.A, l.B, l.Scaling }
+
+// Set is all adapters attached to one model.
+type Set struct {
+	Config  Config
+	Linears []*Linear // in model order
+	step    uint64
+	seed    uint64
+}
+
+// Attach creates adapters for cfg's target modules, registers them on m, and
+// freezes every base weight. seed fixes A's initialization and dropout.
+func Attach(m *llama.Model, cfg Config, seed uint64) (*Set, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	be := m.Backend()
+	s := &Set{Config: cfg, seed: seed}
+	r := rand.New(rand.NewPCG(seed, 0x10a))
+	for _, n := range m.Names() {
+		m.Param(n).SetRequiresGrad(false)
+	}
+	targets := cfg.targets()
+	for _, name := range m.Names() {
+		module := strings.TrimSuffix(name, ".weight")
+		short := module[strings.LastIndex(module, ".")+1:]
+		if !slices.Contains(targets, short) || !inLayers(module, cfg.Layers) {
+			continue
+		}
+		w := m.Param(name)
+		out, in := w.Shape[0], w.Shape[1]
+		// kaiming_uniform_(a=√5) as nn.Linear/PEFT: bound = 1/sqrt(fan_in).
+		bound := 1 / math.Sqrt(float64(in))
+		av := make([]float32, cfg.R*in)
+		for i := range av {
+			av[i] = float32((r.Float64()*2 - 1) * bound)
+		}
+		l := &Linear{
+			Module:  module,
+			A:       tensor.FromF32(be, kernels.F32, av, cfg.R, in).SetRequiresGrad(true),
+			B:       tensor.New(be, kernels.F32, out, cfg.R).SetRequiresGrad(true),
+			Scaling: float32(cfg.Scaling()),
+			Dropout: cfg.Dropout,
+			set:     s,
+		}
+		l.A.Name, l.B.Name = PEFTKey(module, "A"), PEFTKey(module, "B")
+		s.Linears = append(s.Linears, l)
+		m.Adapters[module] = l
+	}
+	if len(s.Linears) == 0 {
+		return nil, fmt.Errorf("lora: target modules %v match no layer of the model", cfg.TargetModules)
+	}
+	return s, nil
+}
+
+func inLayers(module string, layers []int) bool {
+	if len(layers) == 0 || !strings.HasPrefix(module, "model.layers.") {
+		return true
+	}
+	var n int
+	fmt.Sscanf(strings.TrimPrefix(module, "model.layers."), "%d", &n)
+	return slices.Contains(layers, n)
+}
+
+// PEFTKey is the key PEFT writes in adapter_model.safetensors, e.g.
+// base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight.
+func PEFTKey(module, ab string) string {
+	return "base_model.model." + module + ".lora_" + ab + ".weight"
+}
+
+// Params lists the trainable tensors (A then B per module, in model order).
+func (s *Set) Params() []*tensor.Tensor {
+	var out []*tensor.Tensor
+	for _, l := range s.Linears {
+		out = append(out, l.A, l.B)
+	}
+	return out
+}
+
+// SetStep sets the dropout stream for the next forward pass (the trainer
+// calls it once per micro-batch, so resumed and recomputed passes draw the
+// same masks).
+func (s *Set) SetStep(step uint64) { s.step = step }
+
+func (s *Set) dropoutSeed(module string) uint64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d/%d/%s", s.seed, s.step, module)
+	return h.Sum64()
+}
+
+// Merge folds every adapter into its base weight, W += scaling·B·A, and
+// detaches the adapters from m. Base weights keep their dtype.
+func (s *Set) Merge(m *llama.Model) {
+	be := m.Backend()
+	for _, l := range s.Linears {
+		w := m.Param(l.Module + ".weight")
+		out, in := w.Shape[0], w.Shape[1]
+		delta := be.Alloc(kernels.F32, out*in)
+		be.MatMul(l.B.Buf, l.A.Buf, delta, kernels.MatMulArgs{M: out, N: in, K: s.Config.R, Alpha: l.Scaling})
+		merged := be.Alloc(kernels.F32, out*in)
+		be.Copy(merged, w.Buf)
+		be.AddScaled(merged, delta, 1)
+		be.Copy(w.Buf, merged)
+		be.Free(delta)
+		be.Free(merged)
+		delete(m.Adapters, l.Module)
+	}
+}

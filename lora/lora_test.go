@@ -1,0 +1,224 @@
+package lora_test
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/kernels/cpu"
+	"github.com/llamatune/llamatune/lora"
+	"github.com/llamatune/llamatune/model/llama"
+	"github.com/llamatune/llamatune/tensor"
+)
+
+func setup(t *testing.T, cfg lora.Config, dt kernels.DType) (*llama.Model, *lora.Set, *llama.Input, []int32) {
+	t.Helper()
+	be := cpu.New()
+	c := testutil.TinyConfig(53)
+	c.InitializerRange = 0.2
+	m, err := llama.NewRandom(c, be, dt, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := lora.Attach(m, cfg, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Non-zero B so the adapters matter.
+	r := rand.New(rand.NewPCG(1, 1))
+	for _, l := range s.Linears {
+		v := make([]float32, l.B.Numel())
+		for i := range v {
+			v[i] = float32(r.NormFloat64() * 0.1)
+		}
+		be.Copy(l.B.Buf, be.FromF32(kernels.F32, v))
+	}
+	in := &llama.Input{Rows: 2, SeqLen: 9, InputIDs: make([]int32, 18)}
+	for i := range in.InputIDs {
+		in.InputIDs[i] = int32(r.IntN(53))
+	}
+	return m, s, in, in.InputIDs
+}
+
+func allTargets() lora.Config {
+	return lora.Config{R: 4, Alpha: 8, TargetModules: []string{"all-linear", "lm_head"}}
+}
+
+func TestAttachFreezesBaseAndNamesLikePEFT(t *testing.T) {
+	m, s, in, labels := setup(t, allTargets(), kernels.BF16)
+	if len(s.Linears) != 2*7+1 {
+		t.Fatalf("%d adapters, want 15", len(s.Linears))
+	}
+	if got := s.Linears[0].A.Name; got != "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" {
+		t.Fatalf("first A key %q", got)
+	}
+	l := s.Linears[0]
+	if l.A.Shape[0] != 4 || l.A.Shape[1] != 64 || l.B.Shape[0] != 64 || l.B.Shape[1] != 4 {
+		t.Fatalf("q_proj A %v B %v, want [4 64] and [64 4]", l.A.Shape, l.B.Shape)
+	}
+	tp := tensor.NewTape(m.Backend())
+	loss, _, err := m.Loss(tp, in, labels, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.Backward(loss)
+	for _, n := range m.Names() {
+		if m.Param(n).Grad != nil {
+			t.Errorf("frozen base weight %s got a gradient", n)
+		}
+	}
+	for _, p := range s.Params() {
+		if p.Grad == nil {
+			t.Errorf("%s: no gradient", p.Name)
+		}
+	}
+}
+
+func TestRSLoRAScaling(t *testing.T) {
+	c := lora.Config{R: 16, Alpha: 32}
+	if c.Scaling() != 2 {
+		t.Fatal(c.Scaling())
+	}
+	c.RSLoRA = true
+	if c.Scaling() != 8 {
+		t.Fatal(c.Scaling())
+	}
+	if err := (lora.Config{R: 0, Alpha: 1, TargetModules: []string{"qq_proj"}}).Validate(); err == nil {
+		t.Fatal("invalid config accepted")
+	}
+}
+
+func lossOf(t *testing.T, m *llama.Model, in *llama.Input, labels []int32) float64 {
+	tp := llama.NewInferenceTape(m.Backend())
+	loss, _, err := m.Loss(tp, in, labels, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return float64(loss.Item())
+}
+
+// Adapter gradients (every target, lm_head included) against central
+// differences of the loss along random directions.
+func TestAdapterGradientsNumeric(t *testing.T) {
+	m, s, in, labels := setup(t, allTargets(), kernels.F32)
+	be := m.Backend()
+	tp := tensor.NewTape(be)
+	loss, _, err := m.Loss(tp, in, labels, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.Backward(loss)
+	r := rand.New(rand.NewPCG(2, 2))
+	for _, p := range s.Params() {
+		g, orig := p.GradF32(), p.F32()
+		dir := make([]float32, len(orig))
+		var ana float64
+		for i := range dir {
+			dir[i] = float32(r.NormFloat64())
+			ana += float64(dir[i] * g[i])
+		}
+		set := func(e float32) {
+			v := make([]float32, len(orig))
+			for i := range v {
+				v[i] = orig[i] + e*dir[i]
+			}
+			be.Copy(p.Buf, be.FromF32(kernels.F32, v))
+		}
+		const eps = 1e-3
+		set(eps)
+		lp := lossOf(t, m, in, labels)
+		set(-eps)
+		lm := lossOf(t, m, in, labels)
+		set(0)
+		if num := (lp - lm) / (2 * eps); math.Abs(num-ana) > 2e-3+2e-2*math.Abs(ana) {
+			t.Errorf("%s: analytic %.6g numeric %.6g", p.Name, ana, num)
+		}
+	}
+}
+
+// Merged weights give the same logits as base + adapters.
+func TestMergeMatchesAdapters(t *testing.T) {
+	m, s, in, _ := setup(t, allTargets(), kernels.F32)
+	logits := func() []float32 {
+		l, err := m.Logits(llama.NewInferenceTape(m.Backend()), in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.F32()
+	}
+	before := logits()
+	s.Merge(m)
+	if len(m.Adapters) != 0 {
+		t.Fatal("adapters still attached after merge")
+	}
+	after := logits()
+	for i := range before {
+		if math.Abs(float64(before[i]-after[i])) > 1e-4*(1+math.Abs(float64(before[i]))) {
+			t.Fatalf("logit %d: adapters %v merged %v", i, before[i], after[i])
+		}
+	}
+}
+
+// The fused loss with an lm_head adapter equals the loss from full logits.
+func TestLMHeadAdapterLossMatchesLogits(t *testing.T) {
+	m, _, in, labels := setup(t, lora.Config{R: 2, Alpha: 4, TargetModules: []string{"lm_head"}}, kernels.F32)
+	got := lossOf(t, m, in, labels)
+	l, err := m.Logits(llama.NewInferenceTape(m.Backend()), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := l.F32()
+	V := 53
+	var sum float64
+	n := 0
+	for r := 0; r < in.Rows; r++ {
+		for p := 0; p+1 < in.SeqLen; p++ {
+			row := z[(r*in.SeqLen+p)*V:][:V]
+			mx := row[0]
+			for _, x := range row {
+				mx = max(mx, x)
+			}
+			var e float64
+			for _, x := range row {
+				e += math.Exp(float64(x - mx))
+			}
+			sum += float64(mx) + math.Log(e) - float64(row[labels[r*in.SeqLen+p+1]])
+			n++
+		}
+	}
+	if want := sum / float64(n); math.Abs(got-want) > 1e-4 {
+		t.Fatalf("fused loss %v, from logits %v", got, want)
+	}
+}
+
+// Dropout masks depend on the step only, so recomputation sees the same ones.
+func TestDropoutWithRecompute(t *testing.T) {
+	cfg := allTargets()
+	cfg.Dropout = 0.3
+	grads := func(recompute bool) [][]float32 {
+		m, s, in, labels := setup(t, cfg, kernels.F32)
+		m.Recompute = recompute
+		s.SetStep(5)
+		tp := tensor.NewTape(m.Backend())
+		loss, _, err := m.Loss(tp, in, labels, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tp.Backward(loss)
+		var out [][]float32
+		for _, p := range s.Params() {
+			out = append(out, p.GradF32())
+		}
+		return out
+	}
+	a, b := grads(false), grads(true)
+	for i := range a {
+		for j := range a[i] {
+			if math.Abs(float64(a[i][j]-b[i][j])) > 1e-5 {
+				t.Fatalf("param %d elem %d: %v vs %v", i, j, a[i][j], b[i][j])
+			}
+		}
+	}
+}
