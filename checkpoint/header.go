@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -124,11 +123,7 @@ func parseHeader(file string, b []byte, fileSize int64) (*parsedFile, error) {
 }
 
 func jsonErr(file, key string, err error) error {
-	var se *json.SyntaxError
 	detail := err.Error()
-	if errors.As(err, &se) {
-		detail = fmt.Sprintf("%v (at header byte %d)", se, se.Offset)
-	}
 	if key != "" {
 		return fmt.Errorf("checkpoint: %s: invalid JSON header at key %q: %s; the file is corrupt or not a safetensors file", file, key, detail)
 	}
@@ -153,11 +148,11 @@ func parseTensor(file, key string, raw json.RawMessage, dataLen int64) (TensorIn
 	}
 	switch {
 	case rt.DType == nil:
-		return TensorInfo{}, fmt.Errorf("checkpoint: %s: tensor %q: missing \"dtype\"", file, key)
+		return TensorInfo{}, fmt.Errorf("checkpoint: %s: tensor %q: missing \"dtype\"; the file is corrupt", file, key)
 	case rt.Shape == nil:
-		return TensorInfo{}, fmt.Errorf("checkpoint: %s: tensor %q: missing \"shape\"", file, key)
+		return TensorInfo{}, fmt.Errorf("checkpoint: %s: tensor %q: missing \"shape\"; the file is corrupt", file, key)
 	case rt.DataOffsets == nil:
-		return TensorInfo{}, fmt.Errorf("checkpoint: %s: tensor %q: missing \"data_offsets\"", file, key)
+		return TensorInfo{}, fmt.Errorf("checkpoint: %s: tensor %q: missing \"data_offsets\"; the file is corrupt", file, key)
 	}
 	dtype := *rt.DType
 	size, ok := dtypeSizes[dtype]
@@ -171,7 +166,7 @@ func parseTensor(file, key string, raw json.RawMessage, dataLen int64) (TensorIn
 	numel := int64(1)
 	for i, d := range *rt.Shape {
 		if d < 0 {
-			return TensorInfo{}, fmt.Errorf("checkpoint: %s: tensor %q: shape %v has negative dimension %d", file, key, *rt.Shape, d)
+			return TensorInfo{}, fmt.Errorf("checkpoint: %s: tensor %q: shape %v has negative dimension %d; the file is corrupt", file, key, *rt.Shape, d)
 		}
 		if d > math.MaxInt {
 			return TensorInfo{}, fmt.Errorf("checkpoint: %s: tensor %q: dimension %d is too large for this platform", file, key, d)

@@ -74,7 +74,8 @@ type Reader struct {
 // directory it follows the Hugging Face transformers lookup order:
 // model.safetensors if present, otherwise model.safetensors.index.json and
 // the shards its weight_map names. A directory with neither is an error that
-// lists the *.safetensors files it does hold.
+// lists the *.safetensors files it does hold. A path to the index file itself
+// opens the sharded model it describes.
 //
 // Every file is validated when opened (see parseHeader); tensor data is
 // memory-mapped on unix and read into memory elsewhere, and is not touched
@@ -86,6 +87,9 @@ func Open(path string) (*Reader, error) {
 			return nil, fmt.Errorf("checkpoint: %s does not exist; pass a .safetensors file or a model directory containing %s or %s: %w", path, SingleFileName, IndexFileName, err)
 		}
 		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	if !st.IsDir() && filepath.Base(path) == IndexFileName {
+		return openIndexed(filepath.Dir(path), path)
 	}
 	if !st.IsDir() {
 		r := &Reader{path: path}

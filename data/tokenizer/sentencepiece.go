@@ -206,6 +206,10 @@ type sentencePiece struct {
 	sp        *specials
 	bos, eos  int
 	pad       int
+	cache     *wordCache
+	// whole[id]: BPE of the piece's own text gives just this piece, so a chunk equal to
+	// the piece text encodes to it without running BPE.
+	whole []bool
 }
 
 func newLlama2(data []byte, path string, cfg *tokenConfig) (*sentencePiece, error) {
@@ -222,7 +226,7 @@ func newLlama2(data []byte, path string, cfg *tokenConfig) (*sentencePiece, erro
 	if m.TreatWSAsSuffix {
 		return nil, fmt.Errorf("tokenizer: %s: treat_whitespace_as_suffix is not supported", path)
 	}
-	t := &sentencePiece{m: m, pieces: map[string]int32{}, reserved: map[string]int32{}, sp: newSpecials(), bos: -1, eos: -1, pad: -1}
+	t := &sentencePiece{m: m, pieces: map[string]int32{}, reserved: map[string]int32{}, sp: newSpecials(), bos: -1, eos: -1, pad: -1, cache: newWordCache()}
 	for i := range t.byteID {
 		t.byteID[i] = -1
 	}
@@ -305,6 +309,15 @@ func newLlama2(data []byte, path string, cfg *tokenConfig) (*sentencePiece, erro
 		}
 	}
 	t.sp.build()
+	t.whole = make([]bool, len(m.Pieces))
+	var w spWork
+	var buf []int
+	for i, p := range m.Pieces {
+		if p.Type == spNormal || p.Type == spUserDefined {
+			buf = t.encodeChunkUncached(p.Piece, buf[:0], &w)
+			t.whole[i] = len(buf) == 1 && buf[0] == i
+		}
+	}
 	return t, nil
 }
 
@@ -408,6 +421,23 @@ type spWork struct {
 // repeatedly merge the adjacent pair whose concatenation is a piece with the highest score
 // (leftmost on ties), then map symbols to ids with byte fallback.
 func (t *sentencePiece) encodeChunk(s string, out []int, w *spWork) []int {
+	if id, ok := t.pieces[s]; ok && t.whole[id] {
+		return append(out, int(id))
+	}
+	if len(s) <= cacheMaxWord {
+		out, ok := t.cache.get(s, out)
+		if ok {
+			return out
+		}
+		n := len(out)
+		out = t.encodeChunkUncached(s, out, w)
+		t.cache.put(s, out[n:])
+		return out
+	}
+	return t.encodeChunkUncached(s, out, w)
+}
+
+func (t *sentencePiece) encodeChunkUncached(s string, out []int, w *spWork) []int {
 	starts := w.starts[:0]
 	for i := 0; i < len(s); {
 		starts = append(starts, int32(i))

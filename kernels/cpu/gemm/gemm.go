@@ -3,9 +3,7 @@
 //
 // # Algorithm
 //
-// Sgemm follows the Goto/BLIS structure. C (m×n) is first split into a grid
-// of independent rectangles, one per worker goroutine (see split). Each worker
-// then runs the classic five loops over its rectangle:
+// Sgemm follows the Goto/BLIS structure, the classic five loops:
 //
 //	for jc in steps of NC over n:             B block kc×nc   -> L3
 //	  for pc in steps of KC over k:
@@ -23,8 +21,23 @@
 // values B[p, jr..jr+NR-1] contiguously. Panels are zero-padded at the m/n
 // edges; edge tiles are computed into a small MR×NR scratch tile and merged.
 //
-// The micro-kernel is chosen at start-up (kernel_amd64.go): AVX-512 (14×32),
-// AVX2+FMA (6×16) or the portable pure-Go 4×4 kernel (kernel_generic.go).
+// # Parallelism
+//
+// Up to runtime.GOMAXPROCS(0) worker goroutines (fewer for small products)
+// form a tm×tn grid (see split). All of them walk the same (jc, pc) blocks and
+// pack each B block together, one share of its panels each, then meet at a
+// barrier; worker (i, j) then multiplies the i-th band of MR-aligned rows
+// (packing its own A blocks) by the j-th share of the block's B panels.
+//
+// # Kernels
+//
+// The micro-kernel is chosen at start-up (kernel_amd64.go): AVX-512 (14×32,
+// with the AVX2 6×16 one for outputs whose shape would leave the 14×32 tile
+// mostly padding), AVX2+FMA (6×16), or the portable pure-Go 4×4 kernel
+// (kernel_go.go), which is what other architectures use (kernel_generic.go).
+//
+// Tiny products (m*n*k <= smallWork) go straight to SgemmRef, and
+// matrix-vector products (m == 1 or n == 1) to dot/axpy loops (gemv.go).
 package gemm
 
 import (
@@ -101,7 +114,7 @@ func activeKernel() *kernelSpec {
 const (
 	// smallWork: below this many multiply-adds (m*n*k) the packing overhead is
 	// not worth it and the straightforward loops are used.
-	smallWork = 8 * 8 * 8
+	smallWork = 256
 	// minThreadWork: multiply-adds a worker goroutine should get at least
 	// (~tens of microseconds), so that tiny products are not split.
 	minThreadWork = 1 << 20
@@ -122,6 +135,10 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 	}
 	if m*n*k <= smallWork {
 		SgemmRef(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		return
+	}
+	if m == 1 || n == 1 {
+		gemv(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		return
 	}
 	ks := kernelFor(m, n)
@@ -378,19 +395,12 @@ func copyRuns(panel []float32, w int, src []float32, ld, n, kb int) {
 
 // transposeRuns fills a w-wide panel from n runs along p: for r < n and
 // p < kb, panel[p*w+r] = src[r*ld+p]; columns n..w-1 are zeroed. Four runs
-// are read together so that the panel is written nearly sequentially.
+// are transposed together (in 4×4 register blocks on amd64).
 func transposeRuns(panel []float32, w int, src []float32, ld, n, kb int) {
 	panel = panel[:kb*w]
 	r := 0
 	for ; r+4 <= n; r += 4 {
-		s0 := src[r*ld : r*ld+kb]
-		s1 := src[(r+1)*ld : (r+1)*ld+kb]
-		s2 := src[(r+2)*ld : (r+2)*ld+kb]
-		s3 := src[(r+3)*ld : (r+3)*ld+kb]
-		for p, v := range s0 {
-			d := panel[p*w+r : p*w+r+4 : p*w+r+4]
-			d[0], d[1], d[2], d[3] = v, s1[p], s2[p], s3[p]
-		}
+		transpose4(panel[r:], w, src[r*ld:], ld, kb)
 	}
 	for ; r < n; r++ {
 		s := src[r*ld : r*ld+kb]
@@ -402,6 +412,19 @@ func transposeRuns(panel []float32, w int, src []float32, ld, n, kb int) {
 		for p := 0; p < kb; p++ {
 			clear(panel[p*w+n : p*w+w])
 		}
+	}
+}
+
+// transpose4Go is the portable transpose4: panel[p*w+r] = src[r*ld+p] for
+// r < 4, p < kb.
+func transpose4Go(panel []float32, w int, src []float32, ld, kb int) {
+	s0 := src[0:kb]
+	s1 := src[ld : ld+kb]
+	s2 := src[2*ld : 2*ld+kb]
+	s3 := src[3*ld : 3*ld+kb]
+	for p, v := range s0 {
+		d := panel[p*w : p*w+4 : p*w+4]
+		d[0], d[1], d[2], d[3] = v, s1[p], s2[p], s3[p]
 	}
 }
 
@@ -569,6 +592,8 @@ func GFLOPS(m, n, k int, d time.Duration) float64 {
 }
 
 // SgemmRef is the straightforward reference (and fallback) implementation.
+// It does not skip zero elements of A, so NaN/Inf in B propagate exactly as
+// in Sgemm.
 func SgemmRef(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	for i := 0; i < m; i++ {
 		crow := c[i*ldc : i*ldc+n]
@@ -589,9 +614,6 @@ func SgemmRef(transA, transB bool, m, n, k int, alpha float32, a []float32, lda 
 				av = a[i*lda+p]
 			}
 			av *= alpha
-			if av == 0 {
-				continue
-			}
 			if transB {
 				for j := 0; j < n; j++ {
 					crow[j] += av * b[j*ldb+p]

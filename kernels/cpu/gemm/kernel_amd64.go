@@ -64,3 +64,49 @@ func supportedKernels() []*kernelSpec {
 	}
 	return ks
 }
+
+//go:noescape
+func transpose4Runs(dst *float32, w int, src *float32, ld int, n4 int)
+
+// transpose4 writes panel[p*w+r] = src[r*ld+p] for r < 4, p < kb
+// (see transposeRuns), 4×4 blocks at a time in assembly.
+func transpose4(panel []float32, w int, src []float32, ld, kb int) {
+	n4 := kb / 4
+	if n4 > 0 {
+		// Bounds the assembly relies on.
+		_ = src[3*ld+4*n4-1]
+		_ = panel[(4*n4-1)*w+3]
+		transpose4Runs(&panel[0], w, &src[0], ld, n4)
+	}
+	for p := 4 * n4; p < kb; p++ {
+		d := panel[p*w : p*w+4 : p*w+4]
+		d[0], d[1], d[2], d[3] = src[p], src[ld+p], src[2*ld+p], src[3*ld+p]
+	}
+}
+
+//go:noescape
+func sdotAVX2(n int, x, y *float32) float32
+
+//go:noescape
+func saxpyAVX2(n int, alpha float32, x, y *float32)
+
+var hasAVX2FMA = cpu.X86.HasAVX2 && cpu.X86.HasFMA
+
+// dot returns sum_i x[i]*y[i] over len(x) (len(y) >= len(x)).
+func dot(x, y []float32) float32 {
+	if !hasAVX2FMA || len(x) == 0 {
+		return dotGo(x, y)
+	}
+	_ = y[len(x)-1]
+	return sdotAVX2(len(x), &x[0], &y[0])
+}
+
+// axpy computes y[i] += alpha*x[i] over len(x) (len(y) >= len(x)).
+func axpy(alpha float32, x, y []float32) {
+	if !hasAVX2FMA || len(x) == 0 {
+		axpyGo(alpha, x, y)
+		return
+	}
+	_ = y[len(x)-1]
+	saxpyAVX2(len(x), alpha, &x[0], &y[0])
+}

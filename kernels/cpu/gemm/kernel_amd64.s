@@ -389,3 +389,189 @@ avx512store0:
 	ROW32(Z26, Z27)
 	VZEROUPPER
 	RET
+
+// ---------------------------------------------------------------------------
+// Packing helper (SSE, baseline amd64).
+//
+// func transpose4Runs(dst *float32, w int, src *float32, ld int, n4 int)
+//
+// Reads four runs (src, src+ld, src+2ld, src+3ld; ld in elements) of 4*n4
+// values each and writes them transposed: dst[p*w + r] = run_r[p]. Each
+// iteration loads a 4×4 block (runs × p), transposes it in registers with
+// unpack/move-half shuffles and stores four 4-value rows of the panel.
+// ---------------------------------------------------------------------------
+TEXT ·transpose4Runs(SB), NOSPLIT, $0-40
+	MOVQ dst+0(FP), DI
+	MOVQ w+8(FP), DX
+	SHLQ $2, DX                 // panel row stride in bytes
+	MOVQ src+16(FP), SI         // run 0
+	MOVQ ld+24(FP), BX
+	SHLQ $2, BX                 // run stride in bytes
+	MOVQ n4+32(FP), CX
+	LEAQ (SI)(BX*2), R8         // run 2
+	LEAQ (DX)(DX*2), R9         // 3 panel rows
+	TESTQ CX, CX
+	JZ   t4done
+
+t4loop:
+	MOVUPS (SI), X0             // r0: p0 p1 p2 p3
+	MOVUPS (SI)(BX*1), X1       // r1
+	MOVUPS (R8), X2             // r2
+	MOVUPS (R8)(BX*1), X3       // r3
+	MOVAPS X0, X4
+	UNPCKLPS X1, X4             // X4 = r0p0 r1p0 r0p1 r1p1
+	UNPCKHPS X1, X0             // X0 = r0p2 r1p2 r0p3 r1p3
+	MOVAPS X2, X5
+	UNPCKLPS X3, X5             // X5 = r2p0 r3p0 r2p1 r3p1
+	UNPCKHPS X3, X2             // X2 = r2p2 r3p2 r2p3 r3p3
+	MOVAPS X4, X6
+	MOVLHPS X5, X6              // X6 = p0: r0 r1 r2 r3
+	MOVHLPS X4, X5              // X5 = p1
+	MOVAPS X0, X7
+	MOVLHPS X2, X7              // X7 = p2
+	MOVHLPS X0, X2              // X2 = p3
+	MOVUPS X6, (DI)
+	MOVUPS X5, (DI)(DX*1)
+	MOVUPS X7, (DI)(DX*2)
+	MOVUPS X2, (DI)(R9*1)
+	ADDQ $16, SI
+	ADDQ $16, R8
+	LEAQ (DI)(DX*4), DI
+	DECQ CX
+	JNZ  t4loop
+
+t4done:
+	RET
+
+// ---------------------------------------------------------------------------
+// Vector helpers for matrix-vector products (AVX2 + FMA).
+// ---------------------------------------------------------------------------
+
+// func sdotAVX2(n int, x, y *float32) float32
+// Four 8-wide partial sums (32 values per iteration), then 8, then scalars.
+TEXT ·sdotAVX2(SB), NOSPLIT, $0-28
+	MOVQ n+0(FP), CX
+	MOVQ x+8(FP), SI
+	MOVQ y+16(FP), DI
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS X6, X6, X6
+	MOVQ CX, R8
+	SHRQ $5, R8
+	JZ   dot8
+
+dot32:
+	VMOVUPS (SI), Y4
+	VFMADD231PS (DI), Y4, Y0
+	VMOVUPS 32(SI), Y5
+	VFMADD231PS 32(DI), Y5, Y1
+	VMOVUPS 64(SI), Y4
+	VFMADD231PS 64(DI), Y4, Y2
+	VMOVUPS 96(SI), Y5
+	VFMADD231PS 96(DI), Y5, Y3
+	ADDQ $128, SI
+	ADDQ $128, DI
+	DECQ R8
+	JNZ  dot32
+
+dot8:
+	MOVQ CX, R8
+	ANDQ $31, R8
+	SHRQ $3, R8
+	JZ   dot1
+
+dot8loop:
+	VMOVUPS (SI), Y4
+	VFMADD231PS (DI), Y4, Y0
+	ADDQ $32, SI
+	ADDQ $32, DI
+	DECQ R8
+	JNZ  dot8loop
+
+dot1:
+	ANDQ $7, CX
+	JZ   dotsum
+
+dot1loop:
+	VMOVSS (SI), X4
+	VFMADD231SS (DI), X4, X6
+	ADDQ $4, SI
+	ADDQ $4, DI
+	DECQ CX
+	JNZ  dot1loop
+
+dotsum:
+	VADDPS Y1, Y0, Y0
+	VADDPS Y3, Y2, Y2
+	VADDPS Y2, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS X1, X0, X0
+	VHADDPS X0, X0, X0
+	VHADDPS X0, X0, X0
+	VADDSS X6, X0, X0
+	VMOVSS X0, ret+24(FP)
+	VZEROUPPER
+	RET
+
+// func saxpyAVX2(n int, alpha float32, x, y *float32)
+// y[i] += alpha*x[i], 32 values per iteration, then 8, then scalars.
+TEXT ·saxpyAVX2(SB), NOSPLIT, $0-32
+	MOVQ n+0(FP), CX
+	VBROADCASTSS alpha+8(FP), Y15
+	MOVQ x+16(FP), SI
+	MOVQ y+24(FP), DI
+	MOVQ CX, R8
+	SHRQ $5, R8
+	JZ   axpy8
+
+axpy32:
+	VMOVUPS (DI), Y0
+	VMOVUPS 32(DI), Y1
+	VMOVUPS 64(DI), Y2
+	VMOVUPS 96(DI), Y3
+	VFMADD231PS (SI), Y15, Y0
+	VFMADD231PS 32(SI), Y15, Y1
+	VFMADD231PS 64(SI), Y15, Y2
+	VFMADD231PS 96(SI), Y15, Y3
+	VMOVUPS Y0, (DI)
+	VMOVUPS Y1, 32(DI)
+	VMOVUPS Y2, 64(DI)
+	VMOVUPS Y3, 96(DI)
+	ADDQ $128, SI
+	ADDQ $128, DI
+	DECQ R8
+	JNZ  axpy32
+
+axpy8:
+	MOVQ CX, R8
+	ANDQ $31, R8
+	SHRQ $3, R8
+	JZ   axpy1
+
+axpy8loop:
+	VMOVUPS (DI), Y0
+	VFMADD231PS (SI), Y15, Y0
+	VMOVUPS Y0, (DI)
+	ADDQ $32, SI
+	ADDQ $32, DI
+	DECQ R8
+	JNZ  axpy8loop
+
+axpy1:
+	ANDQ $7, CX
+	JZ   axpydone
+
+axpy1loop:
+	VMOVSS (DI), X0
+	VFMADD231SS (SI), X15, X0
+	VMOVSS X0, (DI)
+	ADDQ $4, SI
+	ADDQ $4, DI
+	DECQ CX
+	JNZ  axpy1loop
+
+axpydone:
+	VZEROUPPER
+	RET

@@ -8,3 +8,15 @@ package gemm
 
 // supportedKernels lists the micro-kernels usable on this CPU (for tests).
 func supportedKernels() []*kernelSpec { return []*kernelSpec{genericKernel} }
+
+// transpose4 writes panel[p*w+r] = src[r*ld+p] for r < 4, p < kb
+// (see transposeRuns).
+func transpose4(panel []float32, w int, src []float32, ld, kb int) {
+	transpose4Go(panel, w, src, ld, kb)
+}
+
+// dot returns sum_i x[i]*y[i] over len(x) (len(y) >= len(x)).
+func dot(x, y []float32) float32 { return dotGo(x, y) }
+
+// axpy computes y[i] += alpha*x[i] over len(x) (len(y) >= len(x)).
+func axpy(alpha float32, x, y []float32) { axpyGo(alpha, x, y) }

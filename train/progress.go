@@ -1,0 +1,58 @@
+package train
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// progress prints one line per logged step, or on a TTY redraws a status
+// line with a bar and ETA.
+type progress struct {
+	w     io.Writer
+	tty   bool
+	total int
+	start time.Time
+	drawn bool
+}
+
+func newProgress(w io.Writer, tty bool, total int) *progress {
+	return &progress{w: w, tty: tty, total: total, start: time.Now()}
+}
+
+func (p *progress) step(m StepMetrics) {
+	eta := ""
+	if p.total > 0 && m.Step > 0 {
+		left := time.Duration(float64(time.Since(p.start)) / float64(m.Step) * float64(p.total-m.Step))
+		eta = " eta " + left.Round(time.Second).String()
+	}
+	evalPart := ""
+	if m.EvalLoss != 0 {
+		evalPart = fmt.Sprintf(" eval_loss %.4f ppl %.2f", m.EvalLoss, m.EvalPPL)
+	}
+	line := fmt.Sprintf("step %d/%d loss %.4f lr %.3g grad_norm %.3g tok/s %.0f%s%s",
+		m.Step, p.total, m.Loss, m.LR, m.GradNorm, m.TokensPerSec, evalPart, eta)
+	if !p.tty {
+		fmt.Fprintln(p.w, line)
+		return
+	}
+	bar := ""
+	if p.total > 0 {
+		const width = 24
+		n := width * m.Step / p.total
+		bar = "[" + strings.Repeat("=", n) + strings.Repeat(" ", width-n) + "] "
+	}
+	fmt.Fprintf(p.w, "\r\033[K%s%s", bar, line)
+	p.drawn = true
+	if m.EvalLoss != 0 {
+		fmt.Fprintln(p.w)
+		p.drawn = false
+	}
+}
+
+func (p *progress) done() {
+	if p.drawn {
+		fmt.Fprintln(p.w)
+	}
+}

@@ -1,0 +1,356 @@
+// Package train is the training loop: micro-batches with gradient
+// accumulation normalized by the trained-token count of the whole step,
+// clipping, AdamW with a schedule, NaN handling, periodic evaluation, metrics,
+// progress, atomic checkpoints and exact resume.
+package train
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/llamatune/llamatune/data"
+	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/lora"
+	"github.com/llamatune/llamatune/model/llama"
+	"github.com/llamatune/llamatune/optim"
+	"github.com/llamatune/llamatune/tensor"
+)
+
+// Batches yields packed batches; Next returns io.EOF at the end.
+type Batches interface {
+	Next() (*data.Batch, error)
+	Close() error
+}
+
+// Options configure Run. The caller builds the model, attaches adapters and
+// marks the trainable tensors.
+type Options struct {
+	Model     *llama.Model
+	LoRA      *lora.Set        // nil for full fine-tuning
+	Trainable []*tensor.Tensor // tensors to update (names must be unique)
+
+	// OpenData opens the training data at a cursor (nil: the beginning).
+	OpenData func(from *data.Cursor) (Batches, error)
+	// OpenEval opens held-out data from its beginning (nil: no evaluation).
+	OpenEval func() (Batches, error)
+
+	GradAccum   int // micro-batches per optimizer step (≥ 1)
+	MaxSteps    int // optimizer steps; the run also ends when the data does
+	Optim       optim.AdamWConfig
+	Schedule    optim.Schedule
+	MaxGradNorm float64 // ≤ 0: no clipping
+
+	OutDir      string // run directory: metrics.jsonl, checkpoints/, final/
+	SaveEvery   int    // steps between checkpoints (≤ 0: only at the end)
+	KeepLast    int    // checkpoints kept (≤ 0: all)
+	EvalEvery   int    // steps between evaluations (≤ 0: only at the end)
+	EvalBatches int    // batches per evaluation (≤ 0: all)
+	LogEvery    int    // steps between log lines (default 1)
+	OnNaN       string // "skip" (drop the step) or "stop" (default)
+	Seed        uint64
+
+	Meta   Meta   // written into every checkpoint, checked on resume
+	Resume string // "": fresh; "latest"; or a checkpoint directory
+
+	Log io.Writer // progress output (nil: discard)
+	TTY bool      // redraw one status line instead of printing log lines
+
+	// AfterStep, when set, runs after every optimizer step (tests use it to
+	// interrupt a run).
+	AfterStep func(s StepMetrics)
+}
+
+// Meta identifies what a checkpoint belongs to.
+type Meta struct {
+	Method     string       `json:"method"` // lora | full
+	BaseModel  string       `json:"base_model"`
+	ModelHash  string       `json:"model_hash"` // of config.json + weight index
+	DataHash   string       `json:"data_hash"`  // of the resolved data section
+	JobHash    string       `json:"job_hash"`
+	LoRA       *lora.Config `json:"lora,omitempty"`
+	JobYAML    string       `json:"-"` // resolved job, saved as job.yaml
+	Tokenizers []string     `json:"-"` // files copied into final/ exports
+}
+
+// StepMetrics is one line of metrics.jsonl.
+type StepMetrics struct {
+	Step          int     `json:"step"`
+	Loss          float64 `json:"loss"`
+	LR            float64 `json:"lr"`
+	GradNorm      float64 `json:"grad_norm"`
+	TrainedTokens int     `json:"trained_tokens"`
+	Tokens        int     `json:"tokens"`
+	TokensPerSec  float64 `json:"tokens_per_sec"`
+	ElapsedSec    float64 `json:"elapsed_sec"`
+	Skipped       bool    `json:"skipped,omitempty"`
+	EvalLoss      float64 `json:"eval_loss,omitempty"`
+	EvalPPL       float64 `json:"eval_ppl,omitempty"`
+}
+
+// Result summarizes a run.
+type Result struct {
+	Steps       int
+	Losses      []float64 // training loss per step, this process only
+	EvalLosses  []float64
+	Interrupted bool
+	LastCkpt    string
+}
+
+// ErrNaN is returned when the loss is not finite and OnNaN is "stop".
+var ErrNaN = errors.New("loss is NaN or infinite")
+
+// Run trains until MaxSteps, the end of the data, or ctx is cancelled (then
+// it saves a checkpoint and returns with Interrupted set).
+func Run(ctx context.Context, o Options) (res Result, err error) {
+	if o.GradAccum < 1 {
+		o.GradAccum = 1
+	}
+	if o.LogEvery < 1 {
+		o.LogEvery = 1
+	}
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
+		return res, fmt.Errorf("creating run directory: %w", err)
+	}
+	be := o.Model.Backend()
+	opt := optim.NewAdamW(be, o.Trainable, o.Optim)
+	st := state{}
+	var cursor *data.Cursor
+	if o.Resume != "" {
+		dir, err := resolveResume(o.OutDir, o.Resume)
+		if err != nil {
+			return res, err
+		}
+		if st, err = loadCheckpoint(dir, o, opt); err != nil {
+			return res, err
+		}
+		cursor = st.Cursor
+		fmt.Fprintf(o.Log, "resumed from %s at step %d\n", dir, st.Step)
+	}
+	batches, err := o.OpenData(cursor)
+	if err != nil {
+		return res, err
+	}
+	defer batches.Close()
+	metrics, err := os.OpenFile(filepath.Join(o.OutDir, "metrics.jsonl"), os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o644)
+	if err != nil {
+		return res, fmt.Errorf("opening metrics.jsonl: %w", err)
+	}
+	defer metrics.Close()
+	if err := trimMetrics(metrics, st.Step); err != nil {
+		return res, err
+	}
+	prog := newProgress(o.Log, o.TTY, o.MaxSteps)
+	defer prog.done()
+	start := time.Now()
+	var lastCursor *data.Cursor = cursor
+	save := func() error {
+		st.Cursor = lastCursor
+		dir, err := saveCheckpoint(o, opt, st)
+		if err != nil {
+			return err
+		}
+		res.LastCkpt = dir
+		return nil
+	}
+	for o.MaxSteps <= 0 || st.Step < o.MaxSteps {
+		if ctx.Err() != nil {
+			res.Interrupted = true
+			break
+		}
+		// Gather the step's micro-batches first: the loss is normalized by
+		// the trained-token count of all of them together.
+		var micro []*data.Batch
+		for len(micro) < o.GradAccum {
+			b, err := batches.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return res, err
+			}
+			micro = append(micro, b)
+		}
+		if len(micro) == 0 {
+			break
+		}
+		total, tokens := 0, 0
+		for _, b := range micro {
+			total += countTargets(b)
+			tokens += len(b.InputIDs)
+		}
+		t0 := time.Now()
+		var lossSum float64
+		for i, b := range micro {
+			if o.LoRA != nil {
+				o.LoRA.SetStep(uint64(st.Micro + i))
+			}
+			l, err := forwardBackward(o.Model, b, float64(max(total, 1)))
+			if err != nil {
+				return res, err
+			}
+			lossSum += l
+		}
+		st.Micro += len(micro)
+		lastCursor = &micro[len(micro)-1].Cursor
+		m := StepMetrics{Step: st.Step + 1, Loss: lossSum, TrainedTokens: total, Tokens: tokens}
+		m.GradNorm = optim.ClipGradNorm(be, o.Trainable, o.MaxGradNorm)
+		m.LR = o.Optim.LR * o.Schedule.Factor(st.Step)
+		if bad(m.Loss) || bad(m.GradNorm) {
+			if o.OnNaN != "skip" {
+				opt.ZeroGrad()
+				return res, fmt.Errorf("step %d: %w (loss %v, grad norm %v); lower the learning rate, check the data, or set on_nan: skip", m.Step, ErrNaN, m.Loss, m.GradNorm)
+			}
+			m.Skipped = true
+			fmt.Fprintf(o.Log, "step %d: non-finite loss %v or grad norm %v: update skipped\n", m.Step, m.Loss, m.GradNorm)
+		} else {
+			opt.Step(m.LR)
+		}
+		opt.ZeroGrad()
+		st.Step++
+		m.ElapsedSec = time.Since(start).Seconds()
+		m.TokensPerSec = float64(tokens) / time.Since(t0).Seconds()
+		res.Losses = append(res.Losses, m.Loss)
+		if o.OpenEval != nil && o.EvalEvery > 0 && st.Step%o.EvalEvery == 0 {
+			if m.EvalLoss, err = Evaluate(o.Model, o.OpenEval, o.EvalBatches); err != nil {
+				return res, err
+			}
+			m.EvalPPL = math.Exp(m.EvalLoss)
+			res.EvalLosses = append(res.EvalLosses, m.EvalLoss)
+		}
+		line, _ := json.Marshal(m)
+		if _, err := metrics.Write(append(line, '\n')); err != nil {
+			return res, fmt.Errorf("writing metrics.jsonl: %w", err)
+		}
+		if st.Step%o.LogEvery == 0 || m.EvalLoss != 0 {
+			prog.step(m)
+		}
+		if o.SaveEvery > 0 && st.Step%o.SaveEvery == 0 {
+			if err := save(); err != nil {
+				return res, err
+			}
+		}
+		if o.AfterStep != nil {
+			o.AfterStep(m)
+		}
+	}
+	res.Steps = st.Step
+	if res.Interrupted {
+		fmt.Fprintf(o.Log, "interrupted at step %d: saving a checkpoint\n", st.Step)
+	}
+	if err := save(); err != nil {
+		return res, err
+	}
+	if o.OpenEval != nil && !res.Interrupted && (o.EvalEvery <= 0 || st.Step%o.EvalEvery != 0) {
+		l, err := Evaluate(o.Model, o.OpenEval, o.EvalBatches)
+		if err != nil {
+			return res, err
+		}
+		res.EvalLosses = append(res.EvalLosses, l)
+		line, _ := json.Marshal(StepMetrics{Step: st.Step, EvalLoss: l, EvalPPL: math.Exp(l)})
+		metrics.Write(append(line, '\n'))
+		fmt.Fprintf(o.Log, "eval at step %d: loss %.4f, perplexity %.2f\n", st.Step, l, math.Exp(l))
+	}
+	return res, nil
+}
+
+func bad(x float64) bool { return math.IsNaN(x) || math.IsInf(x, 0) }
+
+func input(b *data.Batch) *llama.Input {
+	return &llama.Input{Rows: b.Rows, SeqLen: b.SeqLen, InputIDs: b.InputIDs, PositionIDs: b.PositionIDs, DocStart: b.DocStart}
+}
+
+// countTargets is the number of next-token targets that carry loss.
+func countTargets(b *data.Batch) int {
+	n := 0
+	for _, t := range llama.ShiftLabels(b.Labels, b.Rows, b.SeqLen, b.DocStart) {
+		if t != kernels.IgnoreIndex {
+			n++
+		}
+	}
+	return n
+}
+
+// forwardBackward accumulates the gradient of Σ(losses)/normalizer for one
+// micro-batch and returns its share of the step loss.
+func forwardBackward(m *llama.Model, b *data.Batch, normalizer float64) (float64, error) {
+	tp := tensor.NewTape(m.Backend())
+	defer tp.Release()
+	loss, n, err := m.Loss(tp, input(b), b.Labels, normalizer)
+	if err != nil {
+		return 0, err
+	}
+	v := float64(loss.Item())
+	if n > 0 {
+		tp.Backward(loss)
+	}
+	return v, nil
+}
+
+// Evaluate is the mean next-token loss over the trained tokens of up to
+// maxBatches held-out batches (≤ 0: all).
+func Evaluate(m *llama.Model, open func() (Batches, error), maxBatches int) (float64, error) {
+	bs, err := open()
+	if err != nil {
+		return 0, err
+	}
+	defer bs.Close()
+	var sum float64
+	count := 0
+	for i := 0; maxBatches <= 0 || i < maxBatches; i++ {
+		b, err := bs.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+		tp := tensor.NewTape(m.Backend())
+		tp.NoGrad = true
+		loss, n, err := m.Loss(tp, input(b), b.Labels, 1) // normalizer 1: the sum
+		if err != nil {
+			return 0, err
+		}
+		sum += float64(loss.Item())
+		count += n
+		tp.Release()
+	}
+	if count == 0 {
+		return 0, fmt.Errorf("evaluation data has no trained tokens")
+	}
+	return sum / float64(count), nil
+}
+
+// trimMetrics drops the lines of steps after step (a resumed run rewrites
+// them; a fresh run starts empty).
+func trimMetrics(f *os.File, step int) error {
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	raw, err := io.ReadAll(f)
+	if err != nil {
+		return fmt.Errorf("reading metrics.jsonl: %w", err)
+	}
+	var keep []byte
+	for _, line := range strings.SplitAfter(string(raw), "\n") {
+		var m StepMetrics
+		if json.Unmarshal([]byte(line), &m) == nil && m.Step <= step && step > 0 {
+			keep = append(keep, line...)
+		}
+	}
+	if err := f.Truncate(0); err != nil {
+		return fmt.Errorf("rewriting metrics.jsonl: %w", err)
+	}
+	_, err = f.Write(keep)
+	return err
+}
