@@ -121,13 +121,20 @@ func Attach(m *llama.Model, cfg Config, seed uint64) (*Set, error) {
 		m.Param(n).SetRequiresGrad(false)
 	}
 	targets := cfg.targets()
-	for _, name := range m.Names() {
+	names := m.Names()
+	if m.Config.TieWordEmbeddings && slices.Contains(targets, "lm_head") {
+		names = append(slices.Clone(names), "lm_head.weight") // lm_head shares embed_tokens
+	}
+	for _, name := range names {
 		module := strings.TrimSuffix(name, ".weight")
 		short := module[strings.LastIndex(module, ".")+1:]
 		if !slices.Contains(targets, short) || !inLayers(module, cfg.Layers) {
 			continue
 		}
 		w := m.Param(name)
+		if name == "lm_head.weight" {
+			w = m.LMHead
+		}
 		out, in := w.Shape[0], w.Shape[1]
 		// kaiming_uniform_(a=√5) as nn.Linear/PEFT: bound = 1/sqrt(fan_in).
 		bound := 1 / math.Sqrt(float64(in))
@@ -193,6 +200,9 @@ func (s *Set) dropoutSeed(module string) uint64 {
 func (s *Set) Merge(m *llama.Model) {
 	be := m.Backend()
 	for _, l := range s.Linears {
+		if l.Module == "lm_head" && m.Config.TieWordEmbeddings {
+			m.Untie() // merging must not change the input embeddings
+		}
 		w := m.Param(l.Module + ".weight")
 		out, in := w.Shape[0], w.Shape[1]
 		delta := be.Alloc(kernels.F32, out*in)

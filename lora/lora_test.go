@@ -222,3 +222,47 @@ func TestDropoutWithRecompute(t *testing.T) {
 		}
 	}
 }
+
+// With tied embeddings, an lm_head adapter trains the output side only, and
+// merging unties lm_head instead of changing the input embeddings.
+func TestLMHeadAdapterOnTiedModel(t *testing.T) {
+	be := cpu.New()
+	c := testutil.TinyConfig(53)
+	c.TieWordEmbeddings = true
+	m, err := llama.NewRandom(c, be, kernels.F32, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	embed := m.EmbedTokens.F32()
+	s, err := lora.Attach(m, lora.Config{R: 2, Alpha: 2, TargetModules: []string{"lm_head"}}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Linears) != 1 || s.Linears[0].Module != "lm_head" {
+		t.Fatalf("adapters: %v", s.Linears)
+	}
+	l := s.Linears[0]
+	v := make([]float32, l.B.Numel())
+	for i := range v {
+		v[i] = 0.3
+	}
+	be.Copy(l.B.Buf, be.FromF32(kernels.F32, v))
+	in := &llama.Input{Rows: 1, SeqLen: 5, InputIDs: []int32{1, 2, 3, 4, 5}}
+	before, _ := m.Logits(llama.NewInferenceTape(be), in)
+	want := before.F32()
+	s.Merge(m)
+	if m.Config.TieWordEmbeddings || m.Param("lm_head.weight") == nil {
+		t.Fatal("merge of a tied lm_head adapter did not untie")
+	}
+	for i, x := range m.EmbedTokens.F32() {
+		if x != embed[i] {
+			t.Fatal("merge changed the input embeddings")
+		}
+	}
+	after, _ := m.Logits(llama.NewInferenceTape(be), in)
+	for i, x := range after.F32() {
+		if math.Abs(float64(x-want[i])) > 1e-4 {
+			t.Fatalf("logit %d: %v vs %v", i, x, want[i])
+		}
+	}
+}

@@ -73,7 +73,7 @@ func newSetup(t *testing.T, modelDir, dataPath, outDir string, method string, sp
 		OpenEval: func() (train.Batches, error) { return data.New(dopts(data.SplitEval, 1), nil) },
 	}
 	if method == "lora" {
-		s.lora, err = lora.Attach(m, lora.Config{R: 8, Alpha: 16, Dropout: 0.1, TargetModules: []string{"all-linear"}}, 1)
+		s.lora, err = lora.Attach(m, lora.Config{R: 8, Alpha: 16, Dropout: 0.1, TargetModules: []string{"all-linear", "lm_head"}}, 1)
 		if err != nil {
 			t.Fatal(err)
 		}

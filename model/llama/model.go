@@ -146,6 +146,21 @@ func NewRandom(c Config, be kernels.Backend, dt kernels.DType, seed uint64) (*Mo
 	return New(c, be, params)
 }
 
+// Untie gives lm_head its own copy of the embedding matrix
+// (tie_word_embeddings becomes false), so it can change independently.
+func (m *Model) Untie() {
+	if !m.Config.TieWordEmbeddings {
+		return
+	}
+	w := tensor.New(m.be, m.EmbedTokens.DType(), m.EmbedTokens.Shape...)
+	m.be.Copy(w.Buf, m.EmbedTokens.Buf)
+	w.Name = "lm_head.weight"
+	m.LMHead = w
+	m.params["lm_head.weight"] = w
+	m.names = append(m.names, "lm_head.weight")
+	m.Config.TieWordEmbeddings = false
+}
+
 // Names lists the parameter names in HF order.
 func (m *Model) Names() []string { return m.names }
 

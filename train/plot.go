@@ -1,0 +1,166 @@
+package train
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/image/font"
+	"golang.org/x/image/font/basicfont"
+	"golang.org/x/image/math/fixed"
+)
+
+// ReadMetrics reads RUN/metrics.jsonl.
+func ReadMetrics(runDir string) ([]StepMetrics, error) {
+	path := filepath.Join(runDir, "metrics.jsonl")
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading metrics: %w (is %s a run directory?)", err, runDir)
+	}
+	defer f.Close()
+	var out []StepMetrics
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for line := 1; sc.Scan(); line++ {
+		var m StepMetrics
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
+		}
+		out = append(out, m)
+	}
+	return out, sc.Err()
+}
+
+// Plot draws the training loss, the eval loss (dots) and the learning rate
+// (right axis) against the step as a PNG.
+func Plot(metrics []StepMetrics, w io.Writer) error {
+	const W, H, pad = 900, 500, 60
+	img := image.NewRGBA(image.Rect(0, 0, W, H))
+	fill(img, img.Bounds(), color.White)
+	var loss, eval, lr [][2]float64
+	maxStep := 1.0
+	lo, hi, lrMax := math.Inf(1), math.Inf(-1), 0.0
+	for _, m := range metrics {
+		s := float64(m.Step)
+		maxStep = math.Max(maxStep, s)
+		if m.Loss != 0 || m.LR != 0 {
+			loss = append(loss, [2]float64{s, m.Loss})
+			lr = append(lr, [2]float64{s, m.LR})
+			lrMax = math.Max(lrMax, m.LR)
+			lo, hi = math.Min(lo, m.Loss), math.Max(hi, m.Loss)
+		}
+		if m.EvalLoss != 0 {
+			eval = append(eval, [2]float64{s, m.EvalLoss})
+			lo, hi = math.Min(lo, m.EvalLoss), math.Max(hi, m.EvalLoss)
+		}
+	}
+	if len(loss) == 0 && len(eval) == 0 {
+		return fmt.Errorf("plot: no steps in the metrics")
+	}
+	if hi-lo < 1e-9 {
+		hi, lo = hi+0.5, lo-0.5
+	}
+	x := func(s float64) int { return pad + int(s/maxStep*float64(W-2*pad)) }
+	y := func(v, lo, hi float64) int { return H - pad - int((v-lo)/(hi-lo)*float64(H-2*pad)) }
+	axis := color.RGBA{80, 80, 80, 255}
+	line(img, pad, H-pad, W-pad, H-pad, axis)
+	line(img, pad, pad, pad, H-pad, axis)
+	line(img, W-pad, pad, W-pad, H-pad, axis)
+	blue, orange, green := color.RGBA{31, 119, 180, 255}, color.RGBA{255, 127, 14, 255}, color.RGBA{44, 160, 44, 255}
+	for i := 1; i < len(lr) && lrMax > 0; i++ {
+		line(img, x(lr[i-1][0]), y(lr[i-1][1], 0, lrMax), x(lr[i][0]), y(lr[i][1], 0, lrMax), green)
+	}
+	for i := 1; i < len(loss); i++ {
+		line(img, x(loss[i-1][0]), y(loss[i-1][1], lo, hi), x(loss[i][0]), y(loss[i][1], lo, hi), blue)
+	}
+	for _, p := range eval {
+		cx, cy := x(p[0]), y(p[1], lo, hi)
+		fill(img, image.Rect(cx-3, cy-3, cx+4, cy+4), orange)
+	}
+	text(img, pad, pad-25, "loss (blue), eval loss (orange), learning rate (green, right axis)", color.Black)
+	text(img, 4, pad+4, fmt.Sprintf("%.3g", hi), axis)
+	text(img, 4, H-pad, fmt.Sprintf("%.3g", lo), axis)
+	text(img, W-pad+4, pad+4, fmt.Sprintf("%.2g", lrMax), green)
+	text(img, W-pad-40, H-pad+20, fmt.Sprintf("step %d", int(maxStep)), axis)
+	text(img, pad, H-pad+20, "0", axis)
+	return png.Encode(w, img)
+}
+
+// PlotRun writes RUN/loss.png from RUN/metrics.jsonl.
+func PlotRun(runDir string) (string, error) {
+	ms, err := ReadMetrics(runDir)
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(runDir, "loss.png")
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	if err := Plot(ms, f); err != nil {
+		f.Close()
+		return "", err
+	}
+	return path, f.Close()
+}
+
+func fill(img *image.RGBA, r image.Rectangle, c color.Color) {
+	r = r.Intersect(img.Bounds())
+	for yy := r.Min.Y; yy < r.Max.Y; yy++ {
+		for xx := r.Min.X; xx < r.Max.X; xx++ {
+			img.Set(xx, yy, c)
+		}
+	}
+}
+
+// line draws with Bresenham's algorithm, 2 px thick.
+func line(img *image.RGBA, x0, y0, x1, y1 int, c color.Color) {
+	dx, dy := abs(x1-x0), -abs(y1-y0)
+	sx, sy := sign(x1-x0), sign(y1-y0)
+	e := dx + dy
+	for {
+		img.Set(x0, y0, c)
+		img.Set(x0, y0+1, c)
+		if x0 == x1 && y0 == y1 {
+			return
+		}
+		e2 := 2 * e
+		if e2 >= dy {
+			e += dy
+			x0 += sx
+		}
+		if e2 <= dx {
+			e += dx
+			y0 += sy
+		}
+	}
+}
+
+func text(img *image.RGBA, x, y int, s string, c color.Color) {
+	d := font.Drawer{Dst: img, Src: image.NewUniform(c), Face: basicfont.Face7x13, Dot: fixed.P(x, y)}
+	d.DrawString(s)
+}
+
+func abs(a int) int {
+	if a < 0 {
+		return -a
+	}
+	return a
+}
+
+func sign(a int) int {
+	switch {
+	case a < 0:
+		return -1
+	case a > 0:
+		return 1
+	}
+	return 0
+}
