@@ -5,6 +5,7 @@ import (
 	"math"
 
 	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/kernels/cpu/gemm"
 )
 
 // Attention: causal grouped-query attention with document boundaries
@@ -30,39 +31,17 @@ func (*Backend) Attention(q, k, v, out, lse kernels.Buffer, a kernels.AttnArgs) 
 		lv = F32(lse)
 	}
 	group := a.Heads / a.KVHeads
-	hd := a.HeadDim
 	parallelFor(a.Batch*a.KVHeads, 1, func(lo, hi int) {
-		scores := make([]float32, a.Tk)
+		w := newAttnWork(a)
 		for bk := lo; bk < hi; bk++ {
 			b, kh := bk/a.KVHeads, bk%a.KVHeads
 			for h := kh * group; h < (kh+1)*group; h++ {
-				for i := 0; i < a.Tq; i++ {
-					qi := qv[((b*a.Tq+i)*a.Heads+h)*hd:][:hd]
-					first, last := a.KeyRange(b, i)
-					m := float32(math.Inf(-1))
-					for j := first; j <= last; j++ {
-						kj := kv[((b*a.Tk+j)*a.KVHeads+kh)*hd:][:hd]
-						s := dot(qi, kj) * a.Scale
-						scores[j] = s
-						if s > m {
-							m = s
-						}
-					}
-					var l float32
-					for j := first; j <= last; j++ {
-						p := float32(math.Exp(float64(scores[j] - m)))
-						scores[j] = p
-						l += p
-					}
-					oi := ov[((b*a.Tq+i)*a.Heads+h)*hd:][:hd]
-					clear(oi)
-					inv := 1 / l
-					for j := first; j <= last; j++ {
-						axpy(oi, vv[((b*a.Tk+j)*a.KVHeads+kh)*hd:][:hd], scores[j]*inv)
-					}
-					if lv != nil {
-						lv[(b*a.Heads+h)*a.Tq+i] = m + float32(math.Log(float64(l)))
-					}
+				for i0 := 0; i0 < a.Tq; i0 += attnBlock {
+					n, keys := w.probs(a, qv, kv, lv, b, h, kh, i0, false)
+					// O_blk = P · V
+					gemm.Sgemm(false, false, n, a.HeadDim, keys, 1, w.p, keys,
+						vv[(b*a.Tk*a.KVHeads+kh)*a.HeadDim:], a.KVHeads*a.HeadDim, 0,
+						ov[((b*a.Tq+i0)*a.Heads+h)*a.HeadDim:], a.Heads*a.HeadDim)
 				}
 			}
 		}
@@ -75,35 +54,96 @@ func (*Backend) AttentionBackward(q, k, v, out, lse, dout, dq, dk, dv kernels.Bu
 	dqv, dkv, dvv := F32(dq), F32(dk), F32(dv)
 	group := a.Heads / a.KVHeads
 	hd := a.HeadDim
+	qs, ks := a.Heads*hd, a.KVHeads*hd // row strides
 	parallelFor(a.Batch*a.KVHeads, 1, func(lo, hi int) {
+		w := newAttnWork(a)
 		for bk := lo; bk < hi; bk++ {
 			b, kh := bk/a.KVHeads, bk%a.KVHeads
+			kb, vb := kv[(b*a.Tk*a.KVHeads+kh)*hd:], vv[(b*a.Tk*a.KVHeads+kh)*hd:]
 			for h := kh * group; h < (kh+1)*group; h++ {
-				for i := 0; i < a.Tq; i++ {
-					off := ((b*a.Tq+i)*a.Heads + h) * hd
-					qi, oi, doi := qv[off:off+hd], ov[off:off+hd], dov[off:off+hd]
-					l := lv[(b*a.Heads+h)*a.Tq+i]
-					D := dot(doi, oi)
-					first, last := a.KeyRange(b, i)
-					for j := first; j <= last; j++ {
-						koff := ((b*a.Tk+j)*a.KVHeads + kh) * hd
-						kj, vj := kv[koff:koff+hd], vv[koff:koff+hd]
-						p := float32(math.Exp(float64(dot(qi, kj)*a.Scale - l)))
-						ds := p * (dot(doi, vj) - D) * a.Scale
-						if dvv != nil {
-							axpy(dvv[koff:koff+hd], doi, p)
+				for i0 := 0; i0 < a.Tq; i0 += attnBlock {
+					n, keys := w.probs(a, qv, kv, lv, b, h, kh, i0, true)
+					off := ((b*a.Tq+i0)*a.Heads + h) * hd
+					// dP = dO · Vᵀ
+					gemm.Sgemm(false, true, n, keys, hd, 1, dov[off:], qs, vb, ks, 0, w.dp, keys)
+					if dvv != nil { // dV += Pᵀ · dO
+						gemm.Sgemm(true, false, keys, hd, n, 1, w.p, keys, dov[off:], qs, 1,
+							dvv[(b*a.Tk*a.KVHeads+kh)*hd:], ks)
+					}
+					// dS = P ∘ (dP − D) · Scale, D_i = dO_i · O_i
+					for r := 0; r < n; r++ {
+						o := off + r*qs
+						D := dot(dov[o:o+hd], ov[o:o+hd])
+						p, dp := w.p[r*keys:(r+1)*keys], w.dp[r*keys:(r+1)*keys]
+						for j := range p {
+							dp[j] = p[j] * (dp[j] - D) * a.Scale
 						}
-						if dkv != nil {
-							axpy(dkv[koff:koff+hd], qi, ds)
-						}
-						if dqv != nil {
-							axpy(dqv[off:off+hd], kj, ds)
-						}
+					}
+					if dqv != nil { // dQ += dS · K
+						gemm.Sgemm(false, false, n, hd, keys, 1, w.dp, keys, kb, ks, 1, dqv[off:], qs)
+					}
+					if dkv != nil { // dK += dSᵀ · Q
+						gemm.Sgemm(true, false, keys, hd, n, 1, w.dp, keys, qv[off:], qs, 1,
+							dkv[(b*a.Tk*a.KVHeads+kh)*hd:], ks)
 					}
 				}
 			}
 		}
 	})
+}
+
+// attnBlock is how many queries are processed together (one GEMM each).
+const attnBlock = 64
+
+type attnWork struct{ p, dp []float32 }
+
+func newAttnWork(a kernels.AttnArgs) *attnWork {
+	n := min(attnBlock, a.Tq) * a.Tk
+	return &attnWork{p: make([]float32, n), dp: make([]float32, n)}
+}
+
+// probs fills w.p with the attention probabilities of queries [i0, i0+n) of
+// head h against keys [0, keys): S = Scale·Q·Kᵀ by one GEMM, then a masked
+// softmax per row (masked entries are 0). When lse is being written (forward)
+// it stores each row's log-sum-exp; with saved (backward) it reuses lv.
+func (w *attnWork) probs(a kernels.AttnArgs, qv, kv, lv []float32, b, h, kh, i0 int, saved bool) (n, keys int) {
+	n = min(attnBlock, a.Tq-i0)
+	_, lastKey := a.KeyRange(b, i0+n-1)
+	keys = lastKey + 1
+	hd := a.HeadDim
+	gemm.Sgemm(false, true, n, keys, hd, a.Scale,
+		qv[((b*a.Tq+i0)*a.Heads+h)*hd:], a.Heads*hd,
+		kv[(b*a.Tk*a.KVHeads+kh)*hd:], a.KVHeads*hd, 0, w.p, keys)
+	for r := 0; r < n; r++ {
+		row := w.p[r*keys : (r+1)*keys]
+		first, last := a.KeyRange(b, i0+r)
+		var l float32
+		li := (b*a.Heads+h)*a.Tq + i0 + r
+		if saved {
+			l = lv[li]
+		} else {
+			m := float32(math.Inf(-1))
+			for j := first; j <= last; j++ {
+				m = max(m, row[j])
+			}
+			var z float64
+			for j := first; j <= last; j++ {
+				z += math.Exp(float64(row[j] - m))
+			}
+			l = m + float32(math.Log(z))
+			if lv != nil {
+				lv[li] = l
+			}
+		}
+		for j := range row {
+			if j < first || j > last {
+				row[j] = 0
+			} else {
+				row[j] = float32(math.Exp(float64(row[j] - l)))
+			}
+		}
+	}
+	return n, keys
 }
 
 func checkAttn(a kernels.AttnArgs, q, k, v kernels.Buffer) {
