@@ -1,6 +1,8 @@
 package chat
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -176,5 +178,35 @@ func TestToJSON(t *testing.T) {
 ]`
 	if got := Join(segs); got != want {
 		t.Errorf("got %s\nwant %s", got, want)
+	}
+}
+
+func TestLoadTemplate(t *testing.T) {
+	dir := t.TempDir()
+	if _, _, err := LoadTemplate(dir); err == nil || !strings.Contains(err.Error(), "no chat template") {
+		t.Errorf("empty dir: %v", err)
+	}
+	cfg := `{"bos_token": {"content": "<B>"}, "eos_token": "<E>", "chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "{{ bos_token }}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}"}]}`
+	if err := os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tpl, opts, err := LoadTemplate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	segs, err := Render(tpl, conv[1:3], false, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := Join(segs); got != "<B>Hi<E>Hello!<E>" {
+		t.Errorf("got %q", got)
+	}
+	if got := strings.Join(trained(segs), "|"); got != "Hello!<E>" {
+		t.Errorf("trained %q", got)
+	}
+	os.WriteFile(filepath.Join(dir, "chat_template.jinja"), []byte("{% for m in messages %}[{{ m.content }}]{% endfor %}"), 0o644)
+	tpl, _, err = LoadTemplate(dir)
+	if err != nil || !strings.HasPrefix(tpl, "{% for m") {
+		t.Errorf("chat_template.jinja not preferred: %q %v", tpl, err)
 	}
 }

@@ -9,14 +9,16 @@
 // lstrip_blocks, raise_exception, tojson like json.dumps(ensure_ascii=False)).
 //
 // Trained spans of Jinja templates:
+//
 //   - A template with {% generation %} ... {% endgeneration %} blocks (HF's assistant-mask
 //     markers) is rendered once with sentinels in place of the block tags; the text between
 //     them is trained.
+//
 //   - Otherwise spans are found by rendering prefixes of the conversation (the method TRL
 //     and axolotl fall back to): for the assistant message i,
 //
-//	start = len(render(msgs[:i], add_generation_prompt=true))
-//	end   = len(render(msgs[:i+1], add_generation_prompt=false))
+//     start = len(render(msgs[:i], add_generation_prompt=true))
+//     end   = len(render(msgs[:i+1], add_generation_prompt=false))
 //
 //     and both renders must be prefixes of the full render. For a template that ignores
 //     add_generation_prompt and always appends the assistant header (the original Llama 3

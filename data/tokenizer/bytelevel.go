@@ -70,6 +70,7 @@ func parseLlama3JSON(data []byte, path string, cfg *tokenConfig) (*byteLevel, er
 			Special bool   `json:"special"`
 		} `json:"added_tokens"`
 		PreTokenizer json.RawMessage `json:"pre_tokenizer"`
+		Normalizer   json.RawMessage `json:"normalizer"`
 		Model        struct {
 			Type         string          `json:"type"`
 			Vocab        map[string]int  `json:"vocab"`
@@ -86,6 +87,12 @@ func parseLlama3JSON(data []byte, path string, cfg *tokenConfig) (*byteLevel, er
 	}
 	if !bytes.Contains(f.PreTokenizer, []byte("ByteLevel")) {
 		return nil, fmt.Errorf("tokenizer: %s: pre_tokenizer is not ByteLevel; this looks like a Llama 2 style tokenizer.json, load its tokenizer.model instead", path)
+	}
+	if n := bytes.TrimSpace(f.Normalizer); len(n) > 0 && string(n) != "null" {
+		return nil, fmt.Errorf("tokenizer: %s: has a normalizer (%.80s); Llama 3 tokenizers have none, and llamatune does not implement normalizers", path, n)
+	}
+	if err := checkLlama3PreTokenizer(f.PreTokenizer); err != nil {
+		return nil, fmt.Errorf("tokenizer: %s: %v", path, err)
 	}
 	_, dec := bytesToUnicode()
 	t := &byteLevel{vocab: make(map[string]int, len(f.Model.Vocab)), ignoreMerges: f.Model.IgnoreMerges, sp: newSpecials(), bos: -1, eos: -1, eot: -1, pad: -1}
@@ -148,6 +155,40 @@ func parseLlama3JSON(data []byte, path string, cfg *tokenConfig) (*byteLevel, er
 	}
 	t.finish(cfg)
 	return t, nil
+}
+
+// llama3Pattern is the split regex of Llama 3's pre-tokenizer, which llama3Next implements.
+const llama3Pattern = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+
+// checkLlama3PreTokenizer accepts Sequence[Split(llama3Pattern, Isolated), ByteLevel(use_regex=false)].
+func checkLlama3PreTokenizer(raw json.RawMessage) error {
+	type pre struct {
+		Type    string `json:"type"`
+		Pattern struct {
+			Regex string `json:"Regex"`
+		} `json:"pattern"`
+		Behavior string `json:"behavior"`
+		Invert   bool   `json:"invert"`
+		UseRegex *bool  `json:"use_regex"`
+		Prefix   bool   `json:"add_prefix_space"`
+	}
+	var seq struct {
+		Type          string `json:"type"`
+		Pretokenizers []pre  `json:"pretokenizers"`
+	}
+	if err := json.Unmarshal(raw, &seq); err != nil {
+		return fmt.Errorf("pre_tokenizer: %v", err)
+	}
+	ok := seq.Type == "Sequence" && len(seq.Pretokenizers) == 2
+	if ok {
+		sp, bl := seq.Pretokenizers[0], seq.Pretokenizers[1]
+		ok = sp.Type == "Split" && sp.Pattern.Regex == llama3Pattern && sp.Behavior == "Isolated" && !sp.Invert &&
+			bl.Type == "ByteLevel" && !bl.Prefix && (bl.UseRegex == nil || !*bl.UseRegex)
+	}
+	if !ok {
+		return fmt.Errorf("pre_tokenizer is not Llama 3's (Split on the Llama 3 regex + ByteLevel); other byte-level BPE tokenizers (GPT-2, Qwen, ...) are not supported")
+	}
+	return nil
 }
 
 // looksLikeTiktoken reports whether a tokenizer.model is Meta's "base64 rank" text format.
@@ -262,7 +303,7 @@ func (t *byteLevel) finish(cfg *tokenConfig) {
 				t.bos = id
 			}
 		}
-		if cfg.EOS != "" {
+		if cfg.EOS != "" && t.eos < 0 { // <|end_of_text|> wins over an Instruct config's <|eot_id|>
 			if id, ok := t.TokenID(cfg.EOS); ok {
 				t.eos = id
 			}

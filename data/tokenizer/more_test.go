@@ -176,3 +176,21 @@ func TestTokenEnds(t *testing.T) {
 		}
 	}
 }
+
+func TestRejectOtherByteLevel(t *testing.T) {
+	data, err := Asset("llama3-tokenizer.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gpt2 := strings.Replace(string(data), `"(?i:'s|'t|`, `"(?:'s|'t|`, 1)
+	if _, err := parseLlama3JSON([]byte(gpt2), "x.json", nil); err == nil || !strings.Contains(err.Error(), "not Llama 3's") {
+		t.Errorf("other regex: err = %v", err)
+	}
+	norm := strings.Replace(string(data), `"normalizer": null`, `"normalizer": {"type": "NFC"}`, 1)
+	if norm == string(data) {
+		t.Fatal("fixture has no null normalizer")
+	}
+	if _, err := parseLlama3JSON([]byte(norm), "x.json", nil); err == nil || !strings.Contains(err.Error(), "normalizer") {
+		t.Errorf("normalizer: err = %v", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sort"
 	"strings"
 	"unicode/utf8"
 )
@@ -263,11 +264,7 @@ func newLlama2(data []byte, path string, cfg *tokenConfig) (*sentencePiece, erro
 	if m.UnkID < 0 || int(m.UnkID) >= len(m.Pieces) {
 		return nil, fmt.Errorf("tokenizer: %s: unk_id %d out of range", path, m.UnkID)
 	}
-	for i := 1; i < len(t.userDef); i++ { // longest first
-		for j := i; j > 0 && len(t.userDef[j]) > len(t.userDef[j-1]); j-- {
-			t.userDef[j], t.userDef[j-1] = t.userDef[j-1], t.userDef[j]
-		}
-	}
+	sort.SliceStable(t.userDef, func(i, j int) bool { return len(t.userDef[i]) > len(t.userDef[j]) }) // longest first
 	t.chunkable = len(t.userDef) == 0
 	for p := range t.pieces {
 		if i := strings.Index(p[1:], "▁"); len(p) > 1 && i >= 0 {

@@ -39,8 +39,9 @@ type Tokenizer interface {
 	VocabSize() int
 	// BOS is the begin-of-sequence id (<|begin_of_text|> or <s>), -1 when unknown.
 	BOS() int
-	// EOS is the end-of-sequence id (<|end_of_text|> or </s>, or the eos_token of
-	// tokenizer_config.json), -1 when unknown.
+	// EOS is the end-of-sequence (end of document) id: <|end_of_text|> for Llama 3 even when
+	// an Instruct tokenizer_config.json names <|eot_id|> as eos_token (see EOT), </s> for
+	// Llama 2; the config's eos_token only when the vocabulary has neither. -1 when unknown.
 	EOS() int
 	// EOT is the end-of-turn id (<|eot_id|> for Llama 3 chat), -1 when the vocabulary has none.
 	// For Llama 2 it is </s>.
