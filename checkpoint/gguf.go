@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 )
 
 // GGUF v3 writer (the file format of llama.cpp / ggml).
@@ -502,13 +501,4 @@ func DequantizeQ8_0(b []byte) ([]float32, error) {
 		}
 	}
 	return out, nil
-}
-
-// fileSize is used by tests and tools to sanity-check a written file.
-func fileSize(path string) (int64, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return 0, err
-	}
-	return st.Size(), nil
 }

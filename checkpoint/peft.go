@@ -112,8 +112,16 @@ func (c AdapterConfig) Validate() error {
 // pyFloat formats f as Python's json module would for a float: integral
 // values keep a ".0" (0.0, 1.0) so the file reads exactly like PEFT's.
 func pyFloat(f float64) json.RawMessage {
+	switch {
+	case math.IsNaN(f):
+		return json.RawMessage("NaN") // what json.dumps writes; Validate refuses it
+	case math.IsInf(f, 1):
+		return json.RawMessage("Infinity")
+	case math.IsInf(f, -1):
+		return json.RawMessage("-Infinity")
+	}
 	s := strconv.FormatFloat(f, 'g', -1, 64)
-	if !strings.ContainsAny(s, ".eEn") { // n: NaN/Inf never reach here after Validate
+	if !strings.ContainsAny(s, ".eE") {
 		s += ".0"
 	}
 	return json.RawMessage(s)
@@ -242,16 +250,12 @@ func (c AdapterConfig) ToJSON() []byte {
 }
 
 // writeIndented writes a JSON value nested one level deep (two spaces), the
-// way Python's json.dumps(indent=2) lays out lists and objects.
+// way Python's json.dumps(indent=2) lays out lists and objects; empty ones
+// stay {} and [].
 func writeIndented(b *bytes.Buffer, v json.RawMessage) {
-	var out bytes.Buffer
-	if err := json.Indent(&out, v, "  ", "  "); err != nil {
+	if err := json.Indent(b, v, "  ", "  "); err != nil {
 		b.Write(v)
-		return
 	}
-	s := out.String()
-	// Python writes empty containers as {} and [] (json.Indent already does).
-	b.WriteString(s)
 }
 
 // ParseAdapterConfig decodes an adapter_config.json. file names the source in
@@ -499,6 +503,16 @@ func WritePEFT(dir string, cfg AdapterConfig, tensors []WriteTensor) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("checkpoint: create adapter directory %s: %w", dir, err)
 	}
+	// Lay tensors out as Python's safetensors.save_file does (PEFT uses it):
+	// larger dtypes first, then by name.
+	tensors = append([]WriteTensor(nil), tensors...)
+	sort.SliceStable(tensors, func(i, j int) bool {
+		si, sj := dtypeSizes[tensors[i].DType], dtypeSizes[tensors[j].DType]
+		if si != sj {
+			return si > sj
+		}
+		return tensors[i].Name < tensors[j].Name
+	})
 	if err := WriteFile(where, tensors, map[string]string{FormatKey: FormatPyTorch}); err != nil {
 		return err
 	}

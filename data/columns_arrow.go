@@ -287,6 +287,17 @@ func intAt(a arrow.Array, i int) (int64, bool) {
 	return 0, false
 }
 
+// columnNames lists the columns the binding reads.
+func (b *arrowBinding) columnNames(s *arrow.Schema) []string {
+	var out []string
+	for _, c := range []int{b.text, b.prompt, b.completion, b.messages, b.ids, b.labels, b.posIDs, b.docStart, b.numTokens} {
+		if c >= 0 {
+			out = append(out, s.Field(c).Name)
+		}
+	}
+	return out
+}
+
 // row fills ex from row i of rec.
 func (b *arrowBinding) row(rec arrow.RecordBatch, i int, ex *Example) error {
 	ex.Type = b.typ

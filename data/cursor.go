@@ -45,31 +45,30 @@ func errCursor(format string, args ...any) error {
 	return &cursorError{fmt.Sprintf(format, args...)}
 }
 
-// fingerprint hashes everything that decides which batch comes when.
+// fingerprint hashes everything that decides which document lands where. Batch size, epochs,
+// stop policy, bad-row policy and worker count are left out on purpose: changing them on resume
+// is legitimate (e.g. switch to bad_rows: skip to get past a bad row, or train for more epochs).
 func fingerprint(o *Options, shards [][]shard, types []Type) string {
 	type ds struct {
 		Type    Type
 		Columns Columns
 		Weight  float64
-		Epochs  int
 		Shards  []string
 	}
 	v := struct {
-		SeqLen, BatchRows, PackPool, PadID, ShuffleBuffer int
-		Packing, TrainOnPrompt, NoBOS, NoEOS              bool
-		Truncation                                        Truncation
-		Seed                                              uint64
-		Stop                                              Stop
-		EvalFraction                                      float64
-		Split                                             Split
-		Template                                          string
-		TrainOn                                           TrainOn
-		BadRows                                           BadRows
-		Datasets                                          []ds
-	}{o.SeqLen, o.BatchRows, o.PackPool, o.PadID, o.ShuffleBuffer, o.Packing, o.TrainOnPrompt, o.NoBOS, o.NoEOS,
-		o.Truncation, o.Seed, o.Stop, o.EvalFraction, o.Split, o.Template, o.TrainOn, o.BadRows, nil}
+		SeqLen, PackPool, PadID, ShuffleBuffer int
+		Packing, TrainOnPrompt, NoBOS, NoEOS   bool
+		Truncation                             Truncation
+		Seed                                   uint64
+		EvalFraction                           float64
+		Split                                  Split
+		Template                               string
+		TrainOn                                TrainOn
+		Datasets                               []ds
+	}{o.SeqLen, o.PackPool, o.PadID, o.ShuffleBuffer, o.Packing, o.TrainOnPrompt, o.NoBOS, o.NoEOS,
+		o.Truncation, o.Seed, o.EvalFraction, o.Split, o.Template, o.TrainOn, nil}
 	for i, d := range o.Datasets {
-		x := ds{Type: types[i], Columns: d.Columns, Weight: d.Weight, Epochs: d.Epochs}
+		x := ds{Type: types[i], Columns: d.Columns, Weight: d.Weight}
 		for _, s := range shards[i] {
 			x.Shards = append(x.Shards, filepath.Base(s.path))
 		}

@@ -42,11 +42,16 @@ type RowError struct {
 }
 
 func (e *RowError) Error() string {
-	return fmt.Sprintf("%s: %s (fix or remove the row, or set data.bad_rows: skip)", e.Loc, e.Msg)
+	return fmt.Sprintf("%s: %s", e.Loc, e.Msg)
 }
 
 func rowErr(loc Loc, format string, args ...any) error {
 	return &RowError{Loc: loc, Msg: fmt.Sprintf(format, args...)}
+}
+
+// failRow adds what to do to a row error that stops the pipeline.
+func failRow(err error) error {
+	return fmt.Errorf("%w (fix or remove the row, or set data.bad_rows: skip)", err)
 }
 
 // IsRowError reports whether err is about a single bad row (as opposed to a file or schema problem).

@@ -122,7 +122,7 @@ func (d *datasetStream) readRow() (Example, error) {
 				}
 				continue
 			}
-			return Example{}, err
+			return Example{}, failRow(err)
 		}
 		if !d.keep(sh, ex.Loc.Row) {
 			continue

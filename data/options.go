@@ -181,10 +181,9 @@ type Options struct {
 	EvalFraction float64 // fraction of rows set aside for eval by a stable hash of (shard, row)
 	Split        Split   // which side of EvalFraction to read
 
-	BadRows  BadRows          // fail (default) | skip
-	OnBadRow func(err error)  // called for each skipped row (policy skip)
-	Workers  int              // tokenizer goroutines (default 2)
-	Progress func(rows int64) // optional: raw rows read so far (called from the reader goroutine)
+	BadRows  BadRows         // fail (default) | skip
+	OnBadRow func(err error) // called for each skipped row (policy skip)
+	Workers  int             // tokenizer goroutines (default 2)
 }
 
 func (o *Options) normalize() error {

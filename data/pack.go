@@ -1,5 +1,7 @@
 package data
 
+import "encoding/json"
+
 // Batch is what the trainer consumes.
 //
 // Attention rule: position i of a row may attend to position j only if DocStart[i] <= j <= i.
@@ -199,6 +201,60 @@ func (p *packer) restore(s packerState) error {
 	for _, r := range s.Ready {
 		c := r
 		p.ready = append(p.ready, &c)
+	}
+	return nil
+}
+
+// packRowJSON is packRow on disk: labels are stored as the runs where they differ from the
+// ids by being -100 (the usual case), or in full when they differ otherwise.
+type packRowJSON struct {
+	IDs    []int32    `json:"ids"`
+	Masked [][2]int32 `json:"masked,omitempty"` // [start, end) runs of label -100
+	Labels []int32    `json:"labels,omitempty"` // full labels, when not expressible as runs
+	Docs   []int32    `json:"docs"`
+}
+
+func (r packRow) MarshalJSON() ([]byte, error) {
+	j := packRowJSON{IDs: r.IDs, Docs: r.Docs}
+	if j.IDs == nil {
+		j.IDs = []int32{}
+	}
+	for i := 0; i < len(r.Labels); i++ {
+		switch r.Labels[i] {
+		case r.IDs[i]:
+		case IgnoreIndex:
+			if n := len(j.Masked); n > 0 && j.Masked[n-1][1] == int32(i) {
+				j.Masked[n-1][1]++
+			} else {
+				j.Masked = append(j.Masked, [2]int32{int32(i), int32(i + 1)})
+			}
+		default:
+			j.Masked, j.Labels = nil, r.Labels
+			return json.Marshal(j)
+		}
+	}
+	return json.Marshal(j)
+}
+
+func (r *packRow) UnmarshalJSON(b []byte) error {
+	var j packRowJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	r.IDs, r.Docs = j.IDs, j.Docs
+	if j.Labels != nil {
+		r.Labels = j.Labels
+		return nil
+	}
+	r.Labels = make([]int32, len(j.IDs))
+	copy(r.Labels, j.IDs)
+	for _, m := range j.Masked {
+		if m[0] < 0 || m[1] > int32(len(r.Labels)) || m[0] > m[1] {
+			return errCursor("packer row: masked run %v outside the row", m)
+		}
+		for i := m[0]; i < m[1]; i++ {
+			r.Labels[i] = IgnoreIndex
+		}
 	}
 	return nil
 }

@@ -1,7 +1,6 @@
 package data
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -79,6 +78,14 @@ func New(opts Options, from *Cursor) (*Pipeline, error) {
 		return nil, err
 	}
 	p := &Pipeline{o: opts}
+	if cb := opts.OnBadRow; cb != nil {
+		var mu sync.Mutex // reader and consumer goroutines both report
+		p.o.OnBadRow = func(err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			cb(err)
+		}
+	}
 	if p.o.PadID < 0 {
 		p.o.PadID = 0
 		if p.o.Tokenizer != nil {
@@ -259,6 +266,9 @@ func (p *Pipeline) consume(it *item) ([]Doc, error) {
 			}
 			return nil, nil
 		}
+		if IsRowError(f.err) {
+			return nil, failRow(f.err)
+		}
 		return nil, f.err
 	}
 	p.stats.Examples++
@@ -335,5 +345,34 @@ func (p *Pipeline) Close() error {
 	return nil
 }
 
-// ErrDone is returned by helpers that read past the end of the data.
-var ErrDone = errors.New("data: no more examples")
+// Inspected is one example as the packer would receive it, for inspection tools.
+type Inspected struct {
+	Example Example
+	Docs    []Doc // after truncation; documents with no trained token are left out
+	Err     error // the row's error when bad_rows is skip (Docs is empty then)
+}
+
+// NextExample returns the next example in pipeline order with its documents, instead of
+// batches; io.EOF at the end. Don't mix it with Next on the same pipeline.
+func (p *Pipeline) NextExample() (*Inspected, error) {
+	if !p.started {
+		p.keepExamples = true
+	}
+	it, err := p.nextItem()
+	if err != nil {
+		return nil, err
+	}
+	out := &Inspected{}
+	if it.ex != nil {
+		out.Example = *it.ex
+	}
+	docs, err := p.consume(it)
+	if err != nil {
+		return nil, err
+	}
+	out.Docs = docs
+	if it.f.err != nil {
+		out.Err = it.f.err
+	}
+	return out, nil
+}

@@ -298,3 +298,35 @@ func TestMixWeights(t *testing.T) {
 		t.Fatalf("a share %.3f (%d of %d), want ~0.75 and all 400 a's", ratio, na, len(docs))
 	}
 }
+
+func TestResumeChecks(t *testing.T) {
+	dir := t.TempDir()
+	writeHF(t, filepath.Join(dir, "hf"), texts(60, "r"), 2, 8)
+	o := Options{Datasets: []DatasetSpec{{Path: filepath.Join(dir, "hf")}}, Tokenizer: byteTok{}, SeqLen: 64, BatchRows: 2, Packing: true, ShuffleBuffer: 10}
+	full := drain(t, mustNew(t, o, nil))
+	c := full[3].Cursor
+	// Another seed: refused with a clear message.
+	o2 := o
+	o2.Seed = 99
+	if _, err := New(o2, &c); err == nil || !strings.Contains(err.Error(), "another data configuration") {
+		t.Fatalf("seed change: %v", err)
+	}
+	// Another batch size: allowed; the same rows follow.
+	o3 := o
+	o3.BatchRows = 1
+	rest := drain(t, mustNew(t, o3, &c))
+	var a, b []int32
+	for _, x := range full[4:] {
+		a = append(a, x.InputIDs...)
+	}
+	for _, x := range rest {
+		b = append(b, x.InputIDs...)
+	}
+	if !reflect.DeepEqual(a, b) {
+		t.Fatal("rows differ after resuming with another batch size")
+	}
+	// A damaged cursor.
+	if _, err := ParseCursor([]byte(`{"version": 1, "mix": 3}`)); err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("damaged: %v", err)
+	}
+}

@@ -2,9 +2,11 @@ package data
 
 import (
 	"bytes"
+
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/apache/arrow-go/v18/arrow"
 	"io"
 	"os"
 	"path/filepath"
@@ -281,6 +283,15 @@ func openShard(sh shard, typ Type, cols Columns, start Pos) (rowReader, error) {
 		if err != nil {
 			src.close()
 			return nil, err
+		}
+		if pj, ok := src.(interface {
+			project([]string) *arrow.Schema
+		}); ok {
+			// Read only the columns the example type needs (Parquet is columnar).
+			if bind, err = bindArrow(pj.project(bind.columnNames(src.schema())), bind.typ, cols, sh.path); err != nil {
+				src.close()
+				return nil, err
+			}
 		}
 		r := &batchRowReader{src: src, bind: bind, file: sh.path, row: base, batchIdx: batchIdx - 1, batchBase: base, hints: sh.format == shardArrowFile}
 		if err := r.skipTo(start.Row); err != nil {

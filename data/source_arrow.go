@@ -138,13 +138,19 @@ func (s *arrowFile) close() error {
 }
 
 type parquetSource struct {
-	pf   *file.Reader
-	rr   pqarrow.RecordReader
-	path string
+	pf     *file.Reader
+	fr     *pqarrow.FileReader
+	rr     pqarrow.RecordReader
+	sch    *arrow.Schema
+	groups []int
+	seek   int64 // rows to seek within groups when the reader is made
+	cols   []int // leaf columns to read (nil: all)
+	path   string
 }
 
-// openParquet opens a Parquet file and positions it at row start, reading only the row groups
-// from the one holding start onwards, a batch at a time.
+// openParquet opens a Parquet file positioned at row start: only the row groups from the one
+// holding start onwards are read, a batch at a time, and (after project) only the columns
+// the example type needs.
 func openParquet(p string, start int64) (*parquetSource, int64, error) {
 	pf, err := file.OpenParquetFile(p, false)
 	if err != nil {
@@ -155,41 +161,85 @@ func openParquet(p string, start int64) (*parquetSource, int64, error) {
 		pf.Close()
 		return nil, 0, fmt.Errorf("%s: %v", p, err)
 	}
-	n := pf.NumRowGroups()
-	var groups []int
-	base := int64(0)
-	for g := 0; g < n; g++ {
-		rows := pf.MetaData().RowGroup(g).NumRows()
-		if len(groups) == 0 && base+rows <= start && g < n-1 {
-			base += rows
-			continue
-		}
-		groups = append(groups, g)
-	}
-	if len(groups) == 0 {
-		groups = nil
-		if n == 0 {
-			return &parquetSource{pf: pf, path: p}, 0, nil
-		}
-	}
-	rr, err := fr.GetRecordReader(context.Background(), nil, groups)
+	sch, err := fr.Schema()
 	if err != nil {
 		pf.Close()
 		return nil, 0, fmt.Errorf("%s: %v", p, err)
 	}
-	if start > base {
-		if err := rr.SeekToRow(start - base); err == nil {
-			base = start
+	s := &parquetSource{pf: pf, fr: fr, sch: sch, path: p}
+	n := pf.NumRowGroups()
+	base := int64(0)
+	for g := 0; g < n; g++ {
+		rows := pf.MetaData().RowGroup(g).NumRows()
+		if len(s.groups) == 0 && base+rows <= start && g < n-1 {
+			base += rows
+			continue
 		}
+		s.groups = append(s.groups, g)
 	}
-	return &parquetSource{pf: pf, rr: rr, path: p}, base, nil
+	total := pf.NumRows()
+	switch {
+	case start > total:
+		pf.Close()
+		return nil, 0, fmt.Errorf("%s has %d rows, fewer than the cursor expects (%d); the data changed since the checkpoint", p, total, start)
+	case start == total:
+		s.groups = nil // positioned at the end
+		base = start
+	case start > base:
+		s.seek = start - base
+		base = start
+	}
+	return s, base, nil
 }
 
-func (s *parquetSource) schema() *arrow.Schema {
-	if s.rr == nil {
-		return arrow.NewSchema(nil, nil)
+// project restricts reading to the named top-level columns and returns their schema.
+func (s *parquetSource) project(names []string) *arrow.Schema {
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
 	}
-	return s.rr.Schema()
+	var cols []int
+	var fields []arrow.Field
+	var leaves func(f *pqarrow.SchemaField)
+	leaves = func(f *pqarrow.SchemaField) {
+		if f.IsLeaf() {
+			cols = append(cols, f.ColIndex)
+		}
+		for i := range f.Children {
+			leaves(&f.Children[i])
+		}
+	}
+	for i := range s.fr.Manifest.Fields {
+		f := &s.fr.Manifest.Fields[i]
+		if want[f.Field.Name] {
+			leaves(f)
+			fields = append(fields, s.sch.Field(i))
+		}
+	}
+	if len(cols) == 0 {
+		return s.sch
+	}
+	s.cols = cols
+	return arrow.NewSchema(fields, nil)
+}
+
+func (s *parquetSource) schema() *arrow.Schema { return s.sch }
+
+func (s *parquetSource) ensure() error {
+	if s.rr != nil || len(s.groups) == 0 {
+		return nil
+	}
+	rr, err := s.fr.GetRecordReader(context.Background(), s.cols, s.groups)
+	if err != nil {
+		return fmt.Errorf("%s: %v", s.path, err)
+	}
+	s.rr = rr
+	if s.seek > 0 {
+		if err := rr.SeekToRow(s.seek); err != nil {
+			return fmt.Errorf("%s: seek to row %d: %v", s.path, s.seek, err)
+		}
+	}
+	return nil
 }
 
 func (s *parquetSource) next() (rec arrow.RecordBatch, err error) {
@@ -198,6 +248,9 @@ func (s *parquetSource) next() (rec arrow.RecordBatch, err error) {
 			rec, err = nil, fmt.Errorf("%s: corrupt Parquet file (%v); re-export it", s.path, r)
 		}
 	}()
+	if err := s.ensure(); err != nil {
+		return nil, err
+	}
 	if s.rr == nil {
 		return nil, io.EOF
 	}

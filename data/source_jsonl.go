@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 )
 
@@ -147,13 +148,22 @@ func detectJSONLType(p string, cols Columns) (Type, error) {
 	}
 	br := bufio.NewReaderSize(rd, 1<<16)
 	lineNo := 0
-	for {
+	var firstErr error
+	for tries := 0; tries < 100; {
 		line, err := br.ReadBytes('\n')
 		lineNo++
 		if len(bytes.TrimSpace(line)) > 0 {
+			tries++
 			var m map[string]json.RawMessage
 			if jerr := json.Unmarshal(line, &m); jerr != nil {
-				return "", fmt.Errorf("%s:%d: not a JSON object (%v); cannot detect the example type — set datasets[].type", p, lineNo, jerr)
+				if t := bytes.TrimSpace(line); lineNo == 1 && len(t) > 0 && t[0] == '[' {
+					return "", fmt.Errorf("%s: looks like one JSON array, not JSON Lines; write one object per line (e.g. jq -c '.[]' in > out.jsonl)", p)
+				}
+				// A malformed line is the row reader's business (bad_rows); look further.
+				if firstErr == nil {
+					firstErr = fmt.Errorf("%s:%d: not a JSON object (%v); cannot detect the example type — set datasets[].type", p, lineNo, jerr)
+				}
+				continue
 			}
 			t, ok := detectType(func(k string) bool { _, ok := m[k]; return ok }, cols)
 			if !ok {
@@ -161,15 +171,20 @@ func detectJSONLType(p string, cols Columns) (Type, error) {
 				for k := range m {
 					keys = append(keys, k)
 				}
+				sort.Strings(keys)
 				return "", fmt.Errorf("%s:%d: cannot tell the example type from keys [%s]; set datasets[].type and datasets[].columns",
 					p, lineNo, strings.Join(keys, ", "))
 			}
 			return t, nil
 		}
 		if err != nil {
-			return "", fmt.Errorf("%s: no rows; the dataset is empty", p)
+			break
 		}
 	}
+	if firstErr != nil {
+		return "", firstErr
+	}
+	return "", fmt.Errorf("%s: no rows; the dataset is empty", p)
 }
 
 // parseJSONLRow decodes one JSON object into ex according to typ.

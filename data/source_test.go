@@ -192,6 +192,7 @@ func TestBadInput(t *testing.T) {
 	expect("wrong type", textOpts(write("num.jsonl", "{\"text\": 5}\n")), "num.jsonl:1", `"text" must be a string, got a number`)
 	expect("missing key", textOpts(write("miss.jsonl", "{\"text\": \"a\"}\n{\"body\": \"b\"}\n")), "miss.jsonl:2", `missing key "text"`)
 	expect("empty", textOpts(write("empty.jsonl", "")), "empty")
+	expect("json array", textOpts(write("arr.json", "[\n{\"text\": \"a\"}\n]\n")), "arr.json", "JSON array")
 	expect("blank only", textOpts(write("blank.jsonl", "\n\n")), "empty")
 	expect("no usable column", textOpts(write("cols.jsonl", "{\"body\": \"b\"}\n")), "cols.jsonl:1", "body", "datasets[].type")
 	expect("unknown role", textOpts(write("role.jsonl", `{"messages": [{"role": "narrator", "content": "x"}]}`+"\n")), "role.jsonl:1", `unknown role "narrator"`)
@@ -270,6 +271,93 @@ func FuzzJSONLRow(f *testing.F) {
 			}
 			var js any
 			_ = json.Unmarshal(line, &js)
+		}
+	})
+}
+
+func TestParquetProjection(t *testing.T) {
+	dir := t.TempDir()
+	msgType := arrow.ListOf(arrow.StructOf(arrow.Field{Name: "role", Type: arrow.BinaryTypes.String}, arrow.Field{Name: "content", Type: arrow.BinaryTypes.String}))
+	sch := arrow.NewSchema([]arrow.Field{
+		{Name: "id", Type: arrow.PrimitiveTypes.Int64},
+		{Name: "blob", Type: arrow.BinaryTypes.Binary},
+		{Name: "messages", Type: msgType},
+		{Name: "tags", Type: arrow.ListOf(arrow.BinaryTypes.String)},
+	}, nil)
+	var recs []arrow.RecordBatch
+	for g := 0; g < 3; g++ {
+		b := array.NewRecordBuilder(memory.DefaultAllocator, sch)
+		for i := 0; i < 4; i++ {
+			b.Field(0).(*array.Int64Builder).Append(int64(g*4 + i))
+			b.Field(1).(*array.BinaryBuilder).Append(make([]byte, 1000))
+			lb := b.Field(2).(*array.ListBuilder)
+			sb := lb.ValueBuilder().(*array.StructBuilder)
+			lb.Append(true)
+			for _, m := range [][2]string{{"user", fmt.Sprintf("q%d", g*4+i)}, {"assistant", "a"}} {
+				sb.Append(true)
+				sb.FieldBuilder(0).(*array.StringBuilder).Append(m[0])
+				sb.FieldBuilder(1).(*array.StringBuilder).Append(m[1])
+			}
+			tb := b.Field(3).(*array.ListBuilder)
+			tb.Append(true)
+			tb.ValueBuilder().(*array.StringBuilder).Append("x")
+		}
+		recs = append(recs, b.NewRecordBatch())
+	}
+	writeParquet(t, filepath.Join(dir, "m.parquet"), sch, recs)
+	o := Options{Datasets: []DatasetSpec{{Path: filepath.Join(dir, "m.parquet")}}, Tokenizer: byteTok{}, Chat: fakeChat, SeqLen: 32, BatchRows: 2}
+	full := drain(t, mustNew(t, o, nil))
+	got := docsOf(t, full)
+	if len(got) != 12 || got[5] != "u: q5\nA: a\n" {
+		t.Fatalf("got %q", got)
+	}
+	for k := range full {
+		c := full[k].Cursor
+		batchesEqual(t, fmt.Sprintf("resume after %d", k), full[k+1:], drain(t, mustNew(t, o, &c)))
+	}
+}
+
+// FuzzJSONLFile runs whole files through the line reader, resuming at every row.
+func FuzzJSONLFile(f *testing.F) {
+	f.Add([]byte("{\"text\": \"a\"}\n\n{\"text\": \"b\"}\r\n{\"text\": 1}\n{\"text\": \"c\"}"))
+	f.Add([]byte("{\"prompt\": \"p\", \"completion\": \"c\"}\n{\"prompt\": \"p\"}\n"))
+	f.Add([]byte("\n\n\n"))
+	f.Add([]byte("{\"input_ids\": [1, 2], \"labels\": [-100, 2]}\n{\"input_ids\": [\"x\"]}\n"))
+	dir := f.TempDir()
+	path := filepath.Join(dir, "f.jsonl")
+	f.Fuzz(func(t *testing.T, content []byte) {
+		os.WriteFile(path, content, 0o644)
+		for _, typ := range []Type{TypeText, TypePromptCompletion, TypeMessages, TypeTokenized} {
+			r, err := openJSONL(path, typ, Columns{}.withDefaults(), Pos{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var positions []Pos
+			var rows []Example
+			for {
+				positions = append(positions, r.pos())
+				ex, err := r.next()
+				if err != nil && !IsRowError(err) {
+					if err.Error() != "EOF" && !strings.Contains(err.Error(), "f.jsonl:") {
+						t.Fatalf("unexpected error %v", err)
+					}
+					break
+				}
+				rows = append(rows, ex)
+			}
+			r.close()
+			// Resuming from any recorded position yields the same next row.
+			for i, p := range positions[:len(rows)] {
+				r2, err := openJSONL(path, typ, Columns{}.withDefaults(), p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ex, _ := r2.next()
+				r2.close()
+				if ex.Loc != rows[i].Loc || !reflect.DeepEqual(ex.InputIDs, rows[i].InputIDs) || ex.Text != rows[i].Text {
+					t.Fatalf("resume at %+v: %+v != %+v", p, ex.Loc, rows[i].Loc)
+				}
+			}
 		}
 	})
 }

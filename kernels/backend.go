@@ -79,16 +79,26 @@ type AttnArgs struct {
 	DocStart                               []int32
 }
 
-// CEArgs describes the fused lm_head + cross-entropy: logits = H · Wᵀ are made
-// Chunk rows at a time, so [Tokens, Vocab] logits never live at once.
-// Labels holds the target id per row, or IgnoreIndex (-100) to skip it.
-// The op returns the SUM of per-token losses and the count of counted tokens;
-// gradients are of (sum · GradScale), so the caller normalizes (e.g. by the
-// trained-token count of a whole accumulated step).
+// CEArgs describes the fused lm_head + cross-entropy: logits = H·Wᵀ (plus
+// HR·WRᵀ, a low-rank term such as a LoRA adapter on lm_head) are made Chunk
+// rows at a time, so [Tokens, Vocab] logits never live at once. Labels hold
+// the target id per row, or IgnoreIndex (-100) to skip it. The op returns the
+// SUM of per-token losses and the count of counted tokens; gradients are of
+// (sum · GradScale), so the caller normalizes (e.g. by the trained-token count
+// of a whole accumulated step).
 type CEArgs struct {
 	Tokens, Hidden, Vocab int
+	Rank                  int // columns of HR and WR; 0 when there is no low-rank term
 	Chunk                 int
 	GradScale             float32
+}
+
+// CEBuffers are the operands of LinearCrossEntropy. H [Tokens,Hidden],
+// W [Vocab,Hidden]; HR [Tokens,Rank] and WR [Vocab,Rank] when Rank > 0.
+// Gradient buffers may be nil (not needed); they are accumulated into.
+type CEBuffers struct {
+	H, W, HR, WR     Buffer
+	DH, DW, DHR, DWR Buffer
 }
 
 // IgnoreIndex marks a label that carries no loss.
@@ -139,21 +149,15 @@ type Backend interface {
 	Attention(q, k, v, out, lse Buffer, args AttnArgs)
 	AttentionBackward(q, k, v, out, lse, dout, dq, dk, dv Buffer, args AttnArgs)
 
-	// LinearCrossEntropy: see CEArgs. h [Tokens,Hidden], w [Vocab,Hidden].
-	// dh and dw (either may be nil) receive the gradient of sum·GradScale.
-	LinearCrossEntropy(h, w Buffer, labels []int32, dh, dw Buffer, args CEArgs) (lossSum float64, count int)
+	// LinearCrossEntropy: see CEArgs and CEBuffers. The gradient buffers
+	// receive the gradient of sum·GradScale.
+	LinearCrossEntropy(b CEBuffers, labels []int32, args CEArgs) (lossSum float64, count int)
 
 	// Elementwise on n elements (all F32).
 	Add(a, b, out Buffer)                 // out = a + b
 	AddScaled(dst, src Buffer, s float32) // dst += s * src
 	Scale(b Buffer, s float32)            // b *= s
 	Mul(dst, src Buffer)                  // dst *= src, elementwise
-
-	// ConcatCols: out [rows, p+q] = [a | b] with a [rows, p], b [rows, q]
-	// (either may be BF16). SplitCols is its VJP: da += dout[:, :p],
-	// db += dout[:, p:] (nil skips).
-	ConcatCols(a, b, out Buffer, rows, p, q int)
-	SplitCols(dout, da, db Buffer, rows, p, q int)
 
 	// Reductions.
 	SumSquares(b Buffer) float64

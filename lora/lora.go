@@ -184,6 +184,17 @@ func (s *Set) Params() []*tensor.Tensor {
 	return out
 }
 
+// ModuleNames lists the short names of the adapted modules (q_proj, ...,
+// lm_head), sorted: PEFT's target_modules with "all-linear" expanded.
+func (s *Set) ModuleNames() []string {
+	var out []string
+	for _, l := range s.Linears {
+		out = append(out, l.Module[strings.LastIndex(l.Module, ".")+1:])
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
 // SetStep sets the dropout stream for the next forward pass (the trainer
 // calls it once per micro-batch, so resumed and recomputed passes draw the
 // same masks).

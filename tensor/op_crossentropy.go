@@ -17,10 +17,24 @@ import (
 // never all live at once; gradients are produced in that same pass and scaled
 // by the upstream gradient in the VJP. Returns the loss and the counted tokens.
 func (tp *Tape) LinearCrossEntropy(h, w *Tensor, labels []int32, normalizer float64, chunk int) (*Tensor, int) {
+	return tp.LinearCrossEntropyLowRank(h, w, nil, nil, labels, normalizer, chunk)
+}
+
+// LinearCrossEntropyLowRank adds a low-rank term to the logits,
+// h·Wᵀ + hr·WRᵀ with hr [T, r], WR [vocab, r]: a LoRA adapter on lm_head
+// (hr = s·x·Aᵀ, WR = B) without materializing W + s·B·A or the logits.
+func (tp *Tape) LinearCrossEntropyLowRank(h, w, hr, wr *Tensor, labels []int32, normalizer float64, chunk int) (*Tensor, int) {
 	if len(h.Shape) != 2 || len(w.Shape) != 2 || h.Shape[1] != w.Shape[1] || len(labels) != h.Shape[0] {
 		panic(fmt.Sprintf("tensor.LinearCrossEntropy: h %v, W %v, %d labels", h.Shape, w.Shape, len(labels)))
 	}
 	T, H, V := h.Shape[0], h.Shape[1], w.Shape[0]
+	rank := 0
+	if hr != nil {
+		if len(hr.Shape) != 2 || len(wr.Shape) != 2 || hr.Shape[0] != T || wr.Shape[0] != V || hr.Shape[1] != wr.Shape[1] {
+			panic(fmt.Sprintf("tensor.LinearCrossEntropy: low-rank hr %v, WR %v for h %v, W %v", hr.Shape, wr.Shape, h.Shape, w.Shape))
+		}
+		rank = hr.Shape[1]
+	}
 	count := 0
 	for _, l := range labels {
 		if l != kernels.IgnoreIndex {
@@ -30,25 +44,32 @@ func (tp *Tape) LinearCrossEntropy(h, w *Tensor, labels []int32, normalizer floa
 	if normalizer <= 0 {
 		normalizer = float64(max(count, 1))
 	}
-	loss := tp.result(tp.alloc(1), []int{1}, h, w)
-	var dh, dw kernels.Buffer
-	if loss.requiresGrad && h.requiresGrad {
-		dh = tp.alloc(T * H)
+	loss := tp.result(tp.alloc(1), []int{1}, h, w, hr, wr)
+	b := kernels.CEBuffers{H: h.Buf, W: w.Buf}
+	grad := func(t *Tensor, n int) kernels.Buffer {
+		if loss.requiresGrad && t.requiresGrad {
+			return tp.alloc(n)
+		}
+		return nil
 	}
-	if loss.requiresGrad && w.requiresGrad {
-		dw = tp.alloc(V * H)
+	b.DH, b.DW = grad(h, T*H), grad(w, V*H)
+	if rank > 0 {
+		b.HR, b.WR = hr.Buf, wr.Buf
+		b.DHR, b.DWR = grad(hr, T*rank), grad(wr, V*rank)
 	}
-	sum, _ := tp.be.LinearCrossEntropy(h.Buf, w.Buf, labels, dh, dw,
-		kernels.CEArgs{Tokens: T, Hidden: H, Vocab: V, Chunk: chunk, GradScale: float32(1 / normalizer)})
+	sum, _ := tp.be.LinearCrossEntropy(b, labels,
+		kernels.CEArgs{Tokens: T, Hidden: H, Vocab: V, Rank: rank, Chunk: chunk, GradScale: float32(1 / normalizer)})
 	tp.be.Copy(loss.Buf, tp.be.FromF32(kernels.F32, []float32{float32(sum / normalizer)}))
 	if loss.requiresGrad {
 		tp.record(func() {
 			g := tp.be.ToF32(loss.Grad)[0]
-			if dh != nil {
-				tp.be.AddScaled(h.grad(), dh, g)
-			}
-			if dw != nil {
-				tp.be.AddScaled(w.grad(), dw, g)
+			for _, p := range []struct {
+				t *Tensor
+				d kernels.Buffer
+			}{{h, b.DH}, {w, b.DW}, {hr, b.DHR}, {wr, b.DWR}} {
+				if p.d != nil {
+					tp.be.AddScaled(p.t.grad(), p.d, g)
+				}
 			}
 		}, loss)
 	}

@@ -53,6 +53,7 @@ type Options struct {
 	KeepLast    int    // checkpoints kept (≤ 0: all)
 	EvalEvery   int    // steps between evaluations (≤ 0: only at the end)
 	EvalBatches int    // batches per evaluation (≤ 0: all)
+	EvalAtStart bool   // also evaluate before the first step (fresh runs)
 	LogEvery    int    // steps between log lines (default 1)
 	OnNaN       string // "skip" (drop the step) or "stop" (default)
 	Seed        uint64
@@ -149,6 +150,16 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	defer metrics.Close()
 	if err := trimMetrics(metrics, st.Step); err != nil {
 		return res, err
+	}
+	if o.EvalAtStart && o.OpenEval != nil && st.Step == 0 {
+		l, err := Evaluate(o.Model, o.OpenEval, o.EvalBatches)
+		if err != nil {
+			return res, err
+		}
+		res.EvalLosses = append(res.EvalLosses, l)
+		line, _ := json.Marshal(StepMetrics{Step: 0, EvalLoss: l, EvalPPL: math.Exp(l)})
+		metrics.Write(append(line, '\n'))
+		fmt.Fprintf(o.Log, "eval before training: loss %.4f, perplexity %.2f\n", l, math.Exp(l))
 	}
 	prog := newProgress(o.Log, o.TTY, o.MaxSteps)
 	defer prog.done()

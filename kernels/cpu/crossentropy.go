@@ -11,17 +11,28 @@ import (
 // LinearCrossEntropy fuses lm_head and cross-entropy, Chunk tokens at a time,
 // so [Tokens, Vocab] logits never live at once. For each counted token t:
 //
-//	z    = h_t·Wᵀ                      (one chunk of logits)
+//	z    = h_t·Wᵀ + hr_t·WRᵀ           (one chunk of logits; WR term if Rank > 0)
 //	loss = logsumexp(z) − z[label_t]
 //	dz   = (softmax(z) − onehot(label_t)) · GradScale
-//	dh_t += dz·W ;  dW += dzᵀ·h_t
+//	dh_t += dz·W ;  dW += dzᵀ·h_t ;  dhr_t += dz·WR ;  dWR += dzᵀ·hr_t
 //
 // The gradients are produced in the same pass as the loss (the logits chunk is
 // gone afterwards); the tape scales them by the upstream gradient later.
-func (*Backend) LinearCrossEntropy(h, w kernels.Buffer, labels []int32, dh, dw kernels.Buffer, a kernels.CEArgs) (float64, int) {
-	T, H, V := a.Tokens, a.Hidden, a.Vocab
-	if h.Len() != T*H || w.Len() != V*H || len(labels) != T {
-		panic(fmt.Sprintf("cpu.LinearCrossEntropy: h=%d w=%d labels=%d do not match %+v", h.Len(), w.Len(), len(labels), a))
+func (*Backend) LinearCrossEntropy(bufs kernels.CEBuffers, labels []int32, a kernels.CEArgs) (float64, int) {
+	T, H, V, R := a.Tokens, a.Hidden, a.Vocab, a.Rank
+	h, w, dh, dw := bufs.H, bufs.W, bufs.DH, bufs.DW
+	if h.Len() != T*H || w.Len() != V*H || len(labels) != T || (R > 0 && (bufs.HR.Len() != T*R || bufs.WR.Len() != V*R)) {
+		panic(fmt.Sprintf("cpu.LinearCrossEntropy: operands do not match %+v", a))
+	}
+	var hrv, wrv, dhrv, dwrv []float32
+	if R > 0 {
+		hrv, wrv = F32(bufs.HR), asF32(bufs.WR)
+		if bufs.DHR != nil {
+			dhrv = F32(bufs.DHR)
+		}
+		if bufs.DWR != nil {
+			dwrv = F32(bufs.DWR)
+		}
 	}
 	chunk := a.Chunk
 	if chunk <= 0 {
@@ -56,6 +67,9 @@ func (*Backend) LinearCrossEntropy(h, w kernels.Buffer, labels []int32, dh, dw k
 		}
 		z := logits[:n*V]
 		gemm.Sgemm(false, true, n, V, H, 1, hv[c0*H:], H, wv, H, 0, z, V)
+		if R > 0 {
+			gemm.Sgemm(false, true, n, V, R, 1, hrv[c0*R:], R, wrv, R, 1, z, V)
+		}
 		parallelFor(n, 1, func(lo, hi int) {
 			for r := lo; r < hi; r++ {
 				row := z[r*V : (r+1)*V]
@@ -92,6 +106,12 @@ func (*Backend) LinearCrossEntropy(h, w kernels.Buffer, labels []int32, dh, dw k
 		}
 		if dwv != nil {
 			gemm.Sgemm(true, false, V, H, n, 1, z, V, hv[c0*H:], H, 1, dwv, H)
+		}
+		if dhrv != nil {
+			gemm.Sgemm(false, false, n, R, V, 1, z, V, wrv, R, 1, dhrv[c0*R:], R)
+		}
+		if dwrv != nil {
+			gemm.Sgemm(true, false, V, R, n, 1, z, V, hrv[c0*R:], R, 1, dwrv, R)
 		}
 	}
 	return sum, count

@@ -224,27 +224,57 @@ func testAttention(t *testing.T, be kernels.Backend) {
 
 func testCE(t *testing.T, be kernels.Backend) {
 	g := newGen(8)
-	T, H, V := 11, 8, 37
+	T, H, V, R := 11, 8, 37, 3
 	labels := []int32{3, -100, 36, 0, 5, -100, -100, 12, 12, 1, 30}
 	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
 		for _, chunk := range []int{4, 1024} {
-			h := g.vec(T*H, 1, kernels.F32)
-			w := g.vec(V*H, 1, dt)
-			dh, dw := be.Alloc(kernels.F32, T*H), be.Alloc(kernels.F32, V*H)
-			scale := float32(0.5)
-			sum, n := be.LinearCrossEntropy(upload(be, kernels.F32, h), upload(be, dt, w), labels, dh, dw,
-				kernels.CEArgs{Tokens: T, Hidden: H, Vocab: V, Chunk: chunk, GradScale: scale})
-			wantSum, wantN := refCrossEntropy(h, w, labels, T, H, V)
-			name := fmt.Sprintf("%v chunk=%d", dt, chunk)
-			if n != wantN {
-				t.Errorf("%s: counted %d tokens, want %d", name, n, wantN)
+			for _, rank := range []int{0, R} {
+				h := g.vec(T*H, 1, kernels.F32)
+				w := g.vec(V*H, 1, dt)
+				hr, wr := g.vec(T*R, 1, kernels.F32), g.vec(V*R, 1, kernels.F32)
+				bufs := kernels.CEBuffers{H: upload(be, kernels.F32, h), W: upload(be, dt, w),
+					DH: be.Alloc(kernels.F32, T*H), DW: be.Alloc(kernels.F32, V*H)}
+				if rank > 0 {
+					bufs.HR, bufs.WR = upload(be, kernels.F32, hr), upload(be, kernels.F32, wr)
+					bufs.DHR, bufs.DWR = be.Alloc(kernels.F32, T*R), be.Alloc(kernels.F32, V*R)
+				}
+				scale := float32(0.5)
+				sum, n := be.LinearCrossEntropy(bufs, labels,
+					kernels.CEArgs{Tokens: T, Hidden: H, Vocab: V, Rank: rank, Chunk: chunk, GradScale: scale})
+				// The low-rank term is the same as concatenating [h | hr] and [W | WR].
+				ref := func() float64 {
+					if rank == 0 {
+						s, _ := refCrossEntropy(h, w, labels, T, H, V)
+						return s
+					}
+					s, _ := refCrossEntropy(catCols(h, hr, T, H, R), catCols(w, wr, V, H, R), labels, T, H+R, V)
+					return s
+				}
+				name := fmt.Sprintf("%v chunk=%d rank=%d", dt, chunk, rank)
+				_, wantN := refCrossEntropy(h, w, labels, T, H, V)
+				if n != wantN {
+					t.Errorf("%s: counted %d tokens, want %d", name, n, wantN)
+				}
+				check(t, name+" loss", []float32{float32(sum)}, []float64{ref()}, tolF32)
+				loss := func() float64 { return float64(scale) * ref() }
+				check(t, name+" dh", be.ToF32(bufs.DH), numGrad(h, loss), tolGrad)
+				check(t, name+" dw", be.ToF32(bufs.DW), numGrad(w, loss), tolGrad)
+				if rank > 0 {
+					check(t, name+" dhr", be.ToF32(bufs.DHR), numGrad(hr, loss), tolGrad)
+					check(t, name+" dwr", be.ToF32(bufs.DWR), numGrad(wr, loss), tolGrad)
+				}
 			}
-			check(t, name+" loss", []float32{float32(sum)}, []float64{wantSum}, tolF32)
-			loss := func() float64 { s, _ := refCrossEntropy(h, w, labels, T, H, V); return float64(scale) * s }
-			check(t, name+" dh", be.ToF32(dh), numGrad(h, loss), tolGrad)
-			check(t, name+" dw", be.ToF32(dw), numGrad(w, loss), tolGrad)
 		}
 	}
+}
+
+// catCols joins a [rows, p] and b [rows, q] into [rows, p+q].
+func catCols(a, b []float64, rows, p, q int) []float64 {
+	out := make([]float64, 0, rows*(p+q))
+	for r := 0; r < rows; r++ {
+		out = append(append(out, a[r*p:(r+1)*p]...), b[r*q:(r+1)*q]...)
+	}
+	return out
 }
 
 func testElementwise(t *testing.T, be kernels.Backend) {
@@ -272,21 +302,6 @@ func testElementwise(t *testing.T, be kernels.Backend) {
 		want[i] *= b[i]
 	}
 	check(t, "mul", be.ToF32(out), want, tolF32)
-
-	// ConcatCols [3,2]|[3,4] and its VJP SplitCols.
-	ca, cb := g.vec(6, 1, kernels.BF16), g.vec(12, 1, kernels.F32)
-	cat := be.Alloc(kernels.F32, 18)
-	be.ConcatCols(upload(be, kernels.BF16, ca), upload(be, kernels.F32, cb), cat, 3, 2, 4)
-	var wantCat []float64
-	for r := 0; r < 3; r++ {
-		wantCat = append(append(wantCat, ca[r*2:r*2+2]...), cb[r*4:r*4+4]...)
-	}
-	check(t, "concatcols", be.ToF32(cat), wantCat, 0)
-	da, db := be.Alloc(kernels.F32, 6), be.Alloc(kernels.F32, 12)
-	be.SplitCols(cat, da, db, 3, 2, 4)
-	check(t, "splitcols a", be.ToF32(da), ca, 0)
-	check(t, "splitcols b", be.ToF32(db), cb, 0)
-	check(t, "sumsquares", []float32{float32(be.SumSquares(upload(be, kernels.F32, a)))}, []float64{ss}, tolF32)
 }
 
 func testAdamW(t *testing.T, be kernels.Backend) {

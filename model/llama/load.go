@@ -1,11 +1,14 @@
 package llama
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/kernels"
@@ -108,4 +111,28 @@ func (m *Model) Save(dir string, o SaveOptions) error {
 		return err
 	}
 	return checkpoint.WriteSharded(dir, ts, o.MaxShardBytes, map[string]string{"format": "pt"})
+}
+
+// Fingerprint identifies a model directory cheaply: a hash of config.json,
+// the safetensors index, and the name and size of every weight file. A resume
+// uses it to refuse a checkpoint made for another model.
+func Fingerprint(dir string) (string, error) {
+	h := sha256.New()
+	for _, name := range []string{"config.json", checkpoint.IndexFileName} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil && !os.IsNotExist(err) {
+			return "", err
+		}
+		h.Write(b)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	sort.Strings(files)
+	for _, f := range files {
+		st, err := os.Stat(f)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%s:%d\n", filepath.Base(f), st.Size())
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }

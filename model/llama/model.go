@@ -301,16 +301,15 @@ func (m *Model) Loss(tp *tensor.Tape, in *Input, labels []int32, normalizer floa
 	}
 	targets := ShiftLabels(labels, in.Rows, in.SeqLen, in.DocStart)
 	if a, ok := m.Adapters["lm_head"]; ok {
-		// logits = h·Wᵀ + s·(h·Aᵀ)·Bᵀ = [h | s·h·Aᵀ]·[W | B]ᵀ: one fused loss
-		// over concatenated factors, still without full logits.
+		// logits = h·Wᵀ + (s·h·Aᵀ)·Bᵀ: the fused loss takes the low-rank term
+		// as a second GEMM, still without full logits or a merged W.
 		lr, ok := a.(LowRankAdapter)
 		if !ok {
 			return nil, 0, fmt.Errorf("llama: the lm_head adapter %T does not expose low-rank factors", a)
 		}
 		_, b, s := lr.LowRank()
-		hcat := tp.ConcatCols(h, tp.Scale(lr.Hidden(tp, h), s))
-		wcat := tp.ConcatCols(m.LMHead, b)
-		loss, n := tp.LinearCrossEntropy(hcat, wcat, targets, normalizer, m.CEChunk)
+		hr := tp.Scale(lr.Hidden(tp, h), s)
+		loss, n := tp.LinearCrossEntropyLowRank(h, m.LMHead, hr, b, targets, normalizer, m.CEChunk)
 		return loss, n, nil
 	}
 	loss, n := tp.LinearCrossEntropy(h, m.LMHead, targets, normalizer, m.CEChunk)

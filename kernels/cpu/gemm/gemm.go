@@ -24,10 +24,11 @@
 // # Parallelism
 //
 // Up to runtime.GOMAXPROCS(0) worker goroutines (fewer for small products)
-// form a tm×tn grid (see split). All of them walk the same (jc, pc) blocks and
-// pack each B block together, one share of its panels each, then meet at a
-// barrier; worker (i, j) then multiplies the i-th band of MR-aligned rows
-// (packing its own A blocks) by the j-th share of the block's B panels.
+// walk the same (jc, pc) blocks. They pack each B block together, one share
+// of its panels each, meet at a barrier, and then claim work items, a block
+// of rows (whose A block the claiming worker packs) times a share of the B
+// panels, from an atomic counter (see schedule and worker), so that the
+// work balances itself even when other processes slow some workers down.
 //
 // # Kernels
 //
@@ -44,6 +45,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 )
@@ -82,8 +84,9 @@ var bestKernel = genericKernel
 // compute zero padding (e.g. m = 8 with a 14-row tile).
 var narrowKernel *kernelSpec
 
-// forceGeneric makes Sgemm use the pure-Go micro-kernel even where an assembly
-// one is available (used by the tests to cover the fallback path).
+// forceGeneric makes Sgemm use the pure-Go micro-kernel (and dot/axpy loops)
+// even where assembly is available (the tests use it to cover the fallback
+// path; packing helpers stay in assembly).
 var forceGeneric = false
 
 // KernelName reports which micro-kernel Sgemm uses on this machine.
@@ -133,7 +136,8 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 		scaleC(m, n, beta, c, ldc)
 		return
 	}
-	if m*n*k <= smallWork {
+	work := int64(m) * int64(n) * int64(k) // int64: int may be 32 bits
+	if work <= smallWork {
 		SgemmRef(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		return
 	}
@@ -142,21 +146,19 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 		return
 	}
 	ks := kernelFor(m, n)
-	threads := runtime.GOMAXPROCS(0)
-	if w := m * n * k / minThreadWork; w < threads {
-		threads = max(w, 1)
-	}
-	tm, tn := split(m, n, k, threads, ks)
+	threads, done := workers(work)
+	defer done()
+	rowBlock, rowBlocks, colShares := schedule(m, n, threads, ks)
 
-	sh := getShared(ks, tm*tn)
+	sh := getShared(ks, threads)
 	p := &problem{ks: ks, transA: transA, transB: transB, m: m, n: n, k: k,
 		alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
-		tm: tm, tn: tn, sh: sh}
-	if tm*tn == 1 {
+		threads: threads, rowBlock: rowBlock, rowBlocks: rowBlocks, colShares: colShares, sh: sh}
+	if threads == 1 {
 		p.worker(0)
 	} else {
 		var wg sync.WaitGroup
-		for t := 1; t < tm*tn; t++ {
+		for t := 1; t < threads; t++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -169,32 +171,41 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 	putShared(sh)
 }
 
-// split chooses a tm×tn grid of workers (tm*tn <= threads): worker (i, j)
-// computes the i-th band of MR-aligned rows and, inside every nc block, the
-// j-th share of the NR-wide column panels. It minimises the per-worker cost:
-// the multiply-adds of the largest share plus a packing term (packing moves
-// one value per element while the kernel does ~16 FMAs per cycle). Every
-// worker packs the A rows of its band; the B block is packed once, jointly.
-func split(m, n, k, threads int, ks *kernelSpec) (tm, tn int) {
-	best := -1
-	nblocks := ceilDiv(n, ks.nc)
-	for a := 1; a <= threads; a++ {
-		b := threads / a
-		mb := roundUp(ceilDiv(m, a), ks.mr)
-		nb := roundUp(ceilDiv(n, b), ks.nr)
-		// shares that would be empty are wasted threads
-		if ceilDiv(m, mb) < a || ceilDiv(n, nb) < b {
-			continue
-		}
-		cost := mb*nb*k + 16*k*(mb*nblocks+n/(a*b))
-		if best < 0 || cost < best {
-			best, tm, tn = cost, a, b
-		}
+// activeCalls counts the Sgemm calls in progress in the process.
+var activeCalls atomic.Int32
+
+// workers returns how many goroutines a product of work multiply-adds should
+// use: GOMAXPROCS shared among the Sgemm calls running at the same time (so
+// that calls made from already-parallel code, e.g. one per attention head,
+// do not multiply the goroutines and barriers), and at most one per
+// minThreadWork. done must be called when the product is finished.
+func workers(work int64) (threads int, done func()) {
+	active := int(activeCalls.Add(1))
+	threads = max(runtime.GOMAXPROCS(0)/active, 1)
+	if w := work / minThreadWork; w < int64(threads) {
+		threads = max(int(w), 1)
 	}
-	if best < 0 {
-		return 1, 1
+	return threads, decActive
+}
+
+func decActive() { activeCalls.Add(-1) }
+
+// schedule cuts the work on each packed B block into items for the workers
+// to claim: rowBlocks blocks of rowBlock (MR-aligned) rows times colShares
+// shares of the block's NR-wide panels. Rows are cut into several items per
+// worker (at most MC rows each, at least 4*MR) so that a worker slowed down by
+// other load on the machine simply claims fewer items; columns are only cut
+// when there are too few row blocks to go round (small m).
+func schedule(m, n, threads int, ks *kernelSpec) (rowBlock, rowBlocks, colShares int) {
+	rowBlocks = max(ceilDiv(m, ks.mc), min(4*threads, ceilDiv(m, 4*ks.mr)))
+	rowBlock = roundUp(ceilDiv(m, rowBlocks), ks.mr)
+	rowBlocks = ceilDiv(m, rowBlock)
+	colShares = 1
+	if rowBlocks < 2*threads {
+		panels := ceilDiv(min(n, ks.nc), ks.nr)
+		colShares = max(1, min(ceilDiv(2*threads, rowBlocks), panels))
 	}
-	return tm, tn
+	return rowBlock, rowBlocks, colShares
 }
 
 // problem holds the arguments of one Sgemm call, shared by its workers.
@@ -209,67 +220,75 @@ type problem struct {
 	ldb            int
 	c              []float32
 	ldc            int
-	tm, tn         int     // worker grid, see split
-	sh             *shared // jointly packed B blocks
+	threads        int
+	rowBlock       int // rows per work item, see schedule
+	rowBlocks      int
+	colShares      int
+	sh             *shared // jointly packed B blocks, item counters, barrier
 }
 
-// worker t runs the five-loop blocking described in the package comment for
-// its share of C. All workers walk the same (jc, pc) sequence: together they
-// pack the B block (each a contiguous range of panels), meet at a barrier,
-// then each multiplies its own rows (packing its own A blocks) by its own
-// column panels. The B block is double-buffered, so the single barrier per
-// block suffices: a worker packing block i+1 overwrites the buffer of block
-// i-1, which every worker has finished with before arriving at barrier i.
+// worker t runs the five-loop blocking described in the package comment.
+// All workers walk the same (jc, pc) sequence of B blocks. For each block
+// they pack the B panels together (each a contiguous share), meet at a
+// barrier, then claim work items (a block of rows × a share of the panels,
+// see schedule) from an atomic counter until none are left, packing the A
+// block of each item's rows and running the macro-kernel on it.
+//
+// The B buffers and item counters are double-buffered, so one barrier per
+// block suffices: packing block i+1 overwrites the buffer of block i-1, and
+// worker 0 resets block i+1's counter (that of block i-1) before arriving at
+// barrier i+1; every worker has finished block i-1 before arriving at
+// barrier i, which worker 0 has passed by then.
 func (p *problem) worker(t int) {
 	ks := p.ks
 	mr, nr := ks.mr, ks.nr
 	m, n, k := p.m, p.n, p.k
-	nthreads := p.tm * p.tn
-	ti, tj := t/p.tn, t%p.tn
-
-	// This worker's band of rows.
-	rowStep := roundUp(ceilDiv(m, p.tm), mr)
-	i0 := min(ti*rowStep, m)
-	i1 := min(i0+rowStep, m)
 
 	// Balance the block sizes: e.g. k=300 with kc=256 gives 2×150, not
-	// 256+44. kc and nc must be the same in every worker (shared B blocks).
+	// 256+44. kc and nc are the same in every worker (shared B blocks).
 	kc := ceilDiv(k, ceilDiv(k, ks.kc))
 	nc := roundUp(ceilDiv(n, ceilDiv(n, ks.nc)), nr)
-	mc := ks.mc
-	if i1 > i0 {
-		mc = roundUp(ceilDiv(i1-i0, ceilDiv(i1-i0, ks.mc)), mr)
-	}
+	items := p.rowBlocks * p.colShares
 
-	var ws *workspace
-	if i1 > i0 {
-		ws = getWorkspace(ks)
-		defer putWorkspace(ws)
-	}
+	ws := getWorkspace(ks)
+	defer putWorkspace(ws)
 	block := 0
 	for jc := 0; jc < n; jc += nc {
 		nb := min(nc, n-jc)
 		np := ceilDiv(nb, nr) // panels in this B block
-		pack0, pack1 := t*np/nthreads, (t+1)*np/nthreads
-		q0, q1 := tj*np/p.tn, (tj+1)*np/p.tn
 		for pc := 0; pc < k; pc += kc {
 			kb := min(kc, k-pc)
-			bbuf := p.sh.b[block&1]
+			slot := block & 1
 			block++
-			packB(bbuf, p.transB, p.b, p.ldb, pc, kb, jc, nb, nr, pack0, pack1)
-			if nthreads > 1 {
-				p.sh.bar.wait()
+			bbuf := p.sh.b[slot]
+			if t == 0 {
+				p.sh.next[slot].Store(0)
 			}
-			if i1 == i0 || q0 == q1 {
-				continue
+			packB(bbuf, p.transB, p.b, p.ldb, pc, kb, jc, nb, nr, t*np/p.threads, (t+1)*np/p.threads)
+			if p.threads > 1 {
+				p.sh.bar.wait()
 			}
 			beta := p.beta
 			if pc > 0 {
 				beta = 1
 			}
-			for ic := i0; ic < i1; ic += mc {
-				mb := min(mc, i1-ic)
-				packA(ws.a, p.transA, p.a, p.lda, ic, mb, pc, kb, mr)
+			packedRows := -1 // row block whose A panels are in ws.a
+			for {
+				x := int(p.sh.next[slot].Add(1) - 1)
+				if x >= items {
+					break
+				}
+				rb, cs := x/p.colShares, x%p.colShares
+				q0, q1 := cs*np/p.colShares, (cs+1)*np/p.colShares
+				if q0 == q1 {
+					continue
+				}
+				ic := rb * p.rowBlock
+				mb := min(p.rowBlock, m-ic)
+				if rb != packedRows {
+					packA(ws.a, p.transA, p.a, p.lda, ic, mb, pc, kb, mr)
+					packedRows = rb
+				}
 				p.macroKernel(ws, bbuf, ic, mb, jc, nb, kb, q0, q1, beta)
 			}
 		}
@@ -353,43 +372,24 @@ func packB(dst []float32, transB bool, b []float32, ldb, p0, kb, j0, nb, nr, q0,
 }
 
 // copyRuns fills a w-wide panel: for p = 0..kb-1, panel[p*w : p*w+n] =
-// src[p*ld : p*ld+n], zero-padding the remaining w-n values. The common
-// full-width cases use fixed-size array copies, which compile to a few
-// vector moves instead of a memmove call.
+// src[p*ld : p*ld+n], zero-padding the remaining w-n values. Full-width
+// panels (n == w) use copyFull (16-byte moves in assembly on amd64).
 func copyRuns(panel []float32, w int, src []float32, ld, n, kb int) {
 	if n == w {
-		switch w {
-		case 32:
-			for p := 0; p < kb; p++ {
-				*(*[32]float32)(panel[p*32:]) = *(*[32]float32)(src[p*ld:])
-			}
-			return
-		case 16:
-			for p := 0; p < kb; p++ {
-				*(*[16]float32)(panel[p*16:]) = *(*[16]float32)(src[p*ld:])
-			}
-			return
-		case 14:
-			for p := 0; p < kb; p++ {
-				*(*[14]float32)(panel[p*14:]) = *(*[14]float32)(src[p*ld:])
-			}
-			return
-		case 6:
-			for p := 0; p < kb; p++ {
-				*(*[6]float32)(panel[p*6:]) = *(*[6]float32)(src[p*ld:])
-			}
-			return
-		case 4:
-			for p := 0; p < kb; p++ {
-				*(*[4]float32)(panel[p*4:]) = *(*[4]float32)(src[p*ld:])
-			}
-			return
-		}
+		copyFull(panel, w, src, ld, kb)
+		return
 	}
 	for p := 0; p < kb; p++ {
 		d := panel[p*w : p*w+w]
 		copy(d, src[p*ld:p*ld+n])
 		clear(d[n:])
+	}
+}
+
+// copyFullGo is the portable copyFull.
+func copyFullGo(panel []float32, w int, src []float32, ld, kb int) {
+	for p := 0; p < kb; p++ {
+		copy(panel[p*w:p*w+w], src[p*ld:p*ld+w])
 	}
 }
 
@@ -454,11 +454,13 @@ func getWorkspace(ks *kernelSpec) *workspace {
 func putWorkspace(ws *workspace) { wsPool.Put(ws) }
 
 // shared is the state the workers of one Sgemm call share: two kc×nc packed
-// B buffers (double-buffered, see worker) and the barrier.
+// B buffers and two work-item counters (double-buffered, see worker) and the
+// barrier.
 type shared struct {
-	ks  *kernelSpec
-	b   [2][]float32
-	bar barrier
+	ks   *kernelSpec
+	b    [2][]float32
+	next [2]atomic.Int64
+	bar  barrier
 }
 
 var sharedPool sync.Pool
@@ -491,33 +493,50 @@ func putShared(sh *shared) {
 	sharedPool.Put(sh)
 }
 
-// barrier is a reusable rendezvous for a fixed number of goroutines.
+// barrier is a reusable rendezvous for a fixed number of goroutines. A
+// waiter spins briefly (the other workers are usually microseconds away on a
+// machine that is not oversubscribed), then sleeps on a condition variable.
 type barrier struct {
+	n     int32
+	count atomic.Int32
+	gen   atomic.Uint32
 	mu    sync.Mutex
 	cond  sync.Cond
-	n     int
-	count int
-	gen   uint64
 }
+
+// barrierSpins is how many times a waiter polls before sleeping (~10-50µs).
+const barrierSpins = 1 << 12
 
 func (b *barrier) reset(n int) {
 	b.cond.L = &b.mu
-	b.n, b.count = n, 0
+	b.n = int32(n)
+	b.count.Store(0)
 }
 
 // wait blocks until all n goroutines have called wait.
 func (b *barrier) wait() {
-	b.mu.Lock()
-	gen := b.gen
-	b.count++
-	if b.count == b.n {
-		b.count = 0
-		b.gen++
+	gen := b.gen.Load() // before arriving: the last arrival bumps gen
+	if b.count.Add(1) == b.n {
+		b.count.Store(0)
+		b.mu.Lock()
+		b.gen.Add(1)
 		b.cond.Broadcast()
-	} else {
-		for gen == b.gen {
-			b.cond.Wait()
+		b.mu.Unlock()
+		return
+	}
+	for i := 0; i < barrierSpins; i++ {
+		if b.gen.Load() != gen {
+			return
 		}
+		if i%64 == 63 {
+			// Let a sibling worker that is waiting for a P (nested
+			// parallelism, e.g. Sgemm called from parallel goroutines) run.
+			runtime.Gosched()
+		}
+	}
+	b.mu.Lock()
+	for b.gen.Load() == gen {
+		b.cond.Wait()
 	}
 	b.mu.Unlock()
 }

@@ -218,6 +218,17 @@ func TestSgemmManyThreads(t *testing.T) {
 	r := rand.New(rand.NewSource(6))
 	checkCase(t, r, gemmCase{m: 301, n: 203, k: 300, alpha: 1, beta: 0.5})
 	checkCase(t, r, gemmCase{m: 7, n: 2000, k: 300, alpha: 1, beta: 0, transB: true})
+
+	// Tiny cache blocks: hundreds of jointly packed B blocks, barriers and
+	// work-item counters, with several workers.
+	saved, savedNarrow := bestKernel, narrowKernel
+	defer func() { bestKernel, narrowKernel = saved, savedNarrow }()
+	narrowKernel = nil
+	tiny := *saved
+	tiny.mc, tiny.kc, tiny.nc = 3*saved.mr, 7, 3*saved.nr
+	bestKernel = &tiny
+	checkCase(t, r, gemmCase{m: 150, n: 7*saved.nr + 3, k: 250, alpha: 1, beta: 0.5, transA: true})
+	checkCase(t, r, gemmCase{m: 9, n: 11*saved.nr + 1, k: 1000, alpha: 2, beta: 0, transB: true})
 }
 
 func TestSgemmDegenerate(t *testing.T) {
@@ -317,6 +328,24 @@ func BenchmarkSgemmKernels(b *testing.B) {
 	}
 }
 
+func TestCopyFull(t *testing.T) {
+	r := rand.New(rand.NewSource(10))
+	for w := 1; w <= 33; w++ {
+		for kb := 0; kb < 5; kb++ {
+			ld := w + r.Intn(3)
+			src := randSlice(r, kb*ld+w)
+			got, want := make([]float32, kb*w+4), make([]float32, kb*w+4)
+			copyFull(got, w, src, ld, kb)
+			copyFullGo(want, w, src, ld, kb)
+			for i := range got {
+				if got[i] != want[i] {
+					t.Fatalf("w=%d kb=%d: panel[%d] = %v, want %v", w, kb, i, got[i], want[i])
+				}
+			}
+		}
+	}
+}
+
 func TestTranspose4(t *testing.T) {
 	r := rand.New(rand.NewSource(8))
 	for _, w := range []int{4, 6, 14, 16, 32} {
@@ -378,4 +407,18 @@ func TestSgemmConcurrent(t *testing.T) {
 	for g := 0; g < 4; g++ {
 		<-done
 	}
+}
+
+// BenchmarkSgemmParallelCallers: products issued from parallel goroutines,
+// as the CPU attention kernel does (one 64×128×512 P·V product per head).
+func BenchmarkSgemmParallelCallers(b *testing.B) {
+	const m, n, k = 64, 128, 512
+	b.RunParallel(func(pb *testing.PB) {
+		r := rand.New(rand.NewSource(1))
+		x, y, c := randSlice(r, m*k), randSlice(r, k*n), make([]float32, m*n)
+		for pb.Next() {
+			Sgemm(false, false, m, n, k, 1, x, k, y, n, 0, c, n)
+		}
+	})
+	b.ReportMetric(GFLOPS(m, n, k, b.Elapsed())*float64(b.N), "GFLOP/s")
 }

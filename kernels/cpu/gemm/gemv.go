@@ -1,9 +1,6 @@
 package gemm
 
-import (
-	"runtime"
-	"sync"
-)
+import "sync"
 
 // Matrix-vector products (m == 1 or n == 1), e.g. one token through a linear
 // layer during generation. Packing would read and write the whole matrix
@@ -57,10 +54,8 @@ func gemv(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
 	tmp := buf.s[k : k+out]
 
 	// Workers split the outputs; each streams its share of the matrix.
-	threads := runtime.GOMAXPROCS(0)
-	if w := out * k / minThreadWork; w < threads {
-		threads = max(w, 1)
-	}
+	threads, done := workers(int64(out) * int64(k))
+	defer done()
 	chunk := roundUp(ceilDiv(out, threads), 16)
 	work := func(o0, o1 int) {
 		if rowsDot {

@@ -41,6 +41,9 @@ var avx2Kernel = &kernelSpec{
 	},
 }
 
+// init picks the fastest kernel the CPU (and OS) supports. Setting
+// LLAMATUNE_GEMM_NO_AVX512=1 keeps the AVX2 kernel on AVX-512 machines (e.g.
+// to compare them, or where AVX-512 lowers the clock).
 func init() {
 	if cpu.X86.HasAVX2 && cpu.X86.HasFMA {
 		bestKernel = avx2Kernel
@@ -94,7 +97,7 @@ var hasAVX2FMA = cpu.X86.HasAVX2 && cpu.X86.HasFMA
 
 // dot returns sum_i x[i]*y[i] over len(x) (len(y) >= len(x)).
 func dot(x, y []float32) float32 {
-	if !hasAVX2FMA || len(x) == 0 {
+	if !hasAVX2FMA || forceGeneric || len(x) == 0 {
 		return dotGo(x, y)
 	}
 	_ = y[len(x)-1]
@@ -103,10 +106,25 @@ func dot(x, y []float32) float32 {
 
 // axpy computes y[i] += alpha*x[i] over len(x) (len(y) >= len(x)).
 func axpy(alpha float32, x, y []float32) {
-	if !hasAVX2FMA || len(x) == 0 {
+	if !hasAVX2FMA || forceGeneric || len(x) == 0 {
 		axpyGo(alpha, x, y)
 		return
 	}
 	_ = y[len(x)-1]
 	saxpyAVX2(len(x), alpha, &x[0], &y[0])
+}
+
+//go:noescape
+func copyRunsSSE(dst *float32, w int, src *float32, ld int, kb int)
+
+// copyFull writes panel[p*w : p*w+w] = src[p*ld : p*ld+w] for p < kb
+// (see copyRuns) in assembly.
+func copyFull(panel []float32, w int, src []float32, ld, kb int) {
+	if kb == 0 {
+		return
+	}
+	// Bounds the assembly relies on.
+	_ = src[(kb-1)*ld+w-1]
+	_ = panel[kb*w-1]
+	copyRunsSSE(&panel[0], w, &src[0], ld, kb)
 }

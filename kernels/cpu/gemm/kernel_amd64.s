@@ -575,3 +575,59 @@ axpy1loop:
 axpydone:
 	VZEROUPPER
 	RET
+
+// func copyRunsSSE(dst *float32, w int, src *float32, ld int, kb int)
+//
+// For p < kb: dst[p*w : p*w+w] = src[p*ld : p*ld+w] (ld in elements), with
+// 16-byte moves plus a 2- and/or 1-value tail when w is not a multiple of 4.
+TEXT ·copyRunsSSE(SB), NOSPLIT, $0-40
+	MOVQ dst+0(FP), DI
+	MOVQ w+8(FP), DX
+	MOVQ src+16(FP), SI
+	MOVQ ld+24(FP), BX
+	SHLQ $2, BX                 // source stride in bytes
+	MOVQ kb+32(FP), CX
+	MOVQ DX, R10
+	SHRQ $2, R10                // 16-byte chunks per run
+	ANDQ $3, DX                 // tail values per run
+	TESTQ CX, CX
+	JZ   cpdone
+
+cprow:
+	MOVQ SI, R8
+	MOVQ R10, R9
+	TESTQ R9, R9
+	JZ   cptail
+
+cpchunk:
+	MOVUPS (R8), X0
+	MOVUPS X0, (DI)
+	ADDQ $16, R8
+	ADDQ $16, DI
+	DECQ R9
+	JNZ  cpchunk
+
+cptail:
+	CMPQ DX, $2
+	JB   cptail1
+	MOVSD (R8), X0
+	MOVSD X0, (DI)
+	ADDQ $8, R8
+	ADDQ $8, DI
+	CMPQ DX, $2
+	JE   cpnext
+
+cptail1:
+	TESTQ DX, DX
+	JZ   cpnext
+	MOVSS (R8), X0
+	MOVSS X0, (DI)
+	ADDQ $4, DI
+
+cpnext:
+	ADDQ BX, SI
+	DECQ CX
+	JNZ  cprow
+
+cpdone:
+	RET

@@ -20,3 +20,9 @@ func dot(x, y []float32) float32 { return dotGo(x, y) }
 
 // axpy computes y[i] += alpha*x[i] over len(x) (len(y) >= len(x)).
 func axpy(alpha float32, x, y []float32) { axpyGo(alpha, x, y) }
+
+// copyFull writes panel[p*w : p*w+w] = src[p*ld : p*ld+w] for p < kb
+// (see copyRuns).
+func copyFull(panel []float32, w int, src []float32, ld, kb int) {
+	copyFullGo(panel, w, src, ld, kb)
+}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/llamatune/llamatune/data"
+)
+
+func init() {
+	var (
+		out  string
+		eval bool
+	)
+	cmd := &cobra.Command{
+		Use:   "prepare JOB.yaml --out DIR",
+		Short: "Pre-tokenize and pack the job's data into Arrow shards",
+		Long: `Run the job's data through tokenizer, chat template, loss masks and packer once and write
+the packed rows to DIR as Arrow IPC files (part-NNNNN.arrow) with the columns input_ids,
+labels, position_ids and doc_start (list<int32>, seq_len each) and num_tokens, plus
+llamatune_prepared.json. Point a job's dataset path at DIR to train from it without a tokenizer
+pass: the rows are split back into their documents and packed again. One pass is written
+(data.epochs applies when training from DIR).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return fmt.Errorf("data prepare: --out DIR is required")
+			}
+			job, err := loadDataJob(args[0])
+			if err != nil {
+				return err
+			}
+			train, evalOpts, tok, err := job.options(1)
+			if err != nil {
+				return err
+			}
+			o := train
+			if eval {
+				if evalOpts == nil {
+					return fmt.Errorf("%s: no eval data (set data.eval.fraction or data.eval.datasets)", args[0])
+				}
+				o = *evalOpts
+			}
+			o.Epochs = 1
+			for i := range o.Datasets {
+				o.Datasets[i].Epochs = 1
+			}
+			var bad atomic.Int64
+			o.OnBadRow = func(err error) {
+				if bad.Add(1) <= 5 {
+					fmt.Fprintf(os.Stderr, "skipped: %v\n", err)
+				}
+			}
+			p, err := data.New(o, nil)
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			tokName := ""
+			if tok != nil {
+				tokName = tok.Kind()
+			}
+			w, err := data.NewPreparedWriter(out, o.SeqLen, o.Packing, p.Options().PadID, tokName)
+			if err != nil {
+				return err
+			}
+			report := newProgress(cmd.ErrOrStderr())
+			start := time.Now()
+			for {
+				b, err := p.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					return err
+				}
+				if err := w.Write(b); err != nil {
+					return err
+				}
+				report(p.Stats(), false)
+			}
+			if err := w.Close(); err != nil {
+				return err
+			}
+			report(p.Stats(), true)
+			s := p.Stats()
+			rows, tokens, trained, shards := w.PreparedSummary()
+			el := time.Since(start).Seconds()
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d rows of %d tokens in %d shard(s); %d examples, %d tokens (%d trained), packing efficiency %.1f%%, %d truncated, %d bad rows skipped; %.0f tokens/s\n",
+				out, rows, o.SeqLen, shards, s.Examples, tokens, trained, 100*s.Efficiency(), s.Truncated, s.BadRows, float64(tokens)/max(el, 1e-9))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "output directory (required; must not hold a prepared dataset)")
+	cmd.Flags().BoolVar(&eval, "eval", false, "prepare the eval data instead of the training data")
+	dataCmd.AddCommand(cmd)
+}
+
+// newProgress returns a reporter: a progress bar on a terminal, a plain line every 5 s otherwise.
+func newProgress(w io.Writer) func(s data.Stats, final bool) {
+	if f, ok := w.(*os.File); ok && isTerminal(f) {
+		bar := progressbar.NewOptions64(-1,
+			progressbar.OptionSetWriter(w),
+			progressbar.OptionSetDescription("preparing"),
+			progressbar.OptionShowCount(),
+			progressbar.OptionSetItsString("rows"),
+			progressbar.OptionShowIts(),
+			progressbar.OptionThrottle(200*time.Millisecond),
+			progressbar.OptionClearOnFinish(),
+		)
+		var last int64
+		return func(s data.Stats, final bool) {
+			bar.Add64(s.Rows - last)
+			last = s.Rows
+			if final {
+				bar.Finish()
+			}
+		}
+	}
+	start, next := time.Now(), time.Now().Add(5*time.Second)
+	return func(s data.Stats, final bool) {
+		if now := time.Now(); now.After(next) || final {
+			next = now.Add(5 * time.Second)
+			el := now.Sub(start).Seconds()
+			fmt.Fprintf(w, "prepare: %d examples, %d rows, %d tokens, %.0f tokens/s\n", s.Examples, s.Rows, s.Tokens, float64(s.Tokens)/max(el, 1e-9))
+		}
+	}
+}

@@ -1,0 +1,227 @@
+package export
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/llamatune/llamatune/checkpoint"
+	"github.com/llamatune/llamatune/model/llama"
+)
+
+// DefaultMaxShardBytes is transformers' default max_shard_size (5GB).
+const DefaultMaxShardBytes = 5_000_000_000
+
+var torchDTypes = map[string]string{"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+// HF writes the merged weights as a Hugging Face model directory outDir:
+// model.safetensors (or model-0000i-of-0000N.safetensors shards of at most
+// maxShardBytes plus model.safetensors.index.json; ≤ 0 means one file) in
+// dtype (F32, BF16 or F16), config.json (the source's, with torch_dtype set),
+// generation_config.json and the tokenizer files (tokenizer.json,
+// tokenizer.model, tokenizer_config.json, special_tokens_map.json, whichever
+// exist). Every file is written atomically.
+func HF(src Source, outDir string, dtype string, maxShardBytes int64) error {
+	if dtype == "" {
+		dtype = "BF16"
+	}
+	if _, ok := torchDTypes[dtype]; !ok {
+		return fmt.Errorf("export: HF weights dtype %q is not one of F32, BF16, F16", dtype)
+	}
+	if err := src.overlaps(outDir); err != nil {
+		return err
+	}
+	m, dirs, err := Open(src)
+	if err != nil {
+		return err
+	}
+	if dirs.TokenizerDir == "" {
+		return fmt.Errorf("export: no tokenizer.json or tokenizer.model in %s; the exported model would not load with AutoTokenizer (copy the base model's tokenizer files there)", describeDirs(src))
+	}
+	if err := m.Save(outDir, llama.SaveOptions{DType: dtype, MaxShardBytes: maxShardBytes}); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	if err := writeConfig(dirs.ConfigDir, outDir, m.Config, torchDTypes[dtype]); err != nil {
+		return err
+	}
+	if err := copyAux(src, dirs, outDir, m.Config); err != nil {
+		return err
+	}
+	return nil
+}
+
+func describeDirs(src Source) string {
+	s := src.BaseDir
+	if src.WeightsDir != "" && src.WeightsDir != src.BaseDir {
+		s = src.WeightsDir + " or " + s
+	}
+	return s
+}
+
+// writeConfig writes outDir/config.json: the source config.json with every
+// key kept (transformers' own keys included), torch_dtype set and
+// tie_word_embeddings matching the weights written. Keys are sorted and
+// indented as transformers' save_pretrained writes them.
+func writeConfig(srcDir, outDir string, cfg llama.Config, torchDType string) error {
+	p := filepath.Join(srcDir, "config.json")
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		return fmt.Errorf("export: read %s: %w", p, err)
+	}
+	var m map[string]any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		return fmt.Errorf("export: %s: not valid JSON: %v", p, err)
+	}
+	m["torch_dtype"] = torchDType
+	m["tie_word_embeddings"] = cfg.TieWordEmbeddings
+	delete(m, "quantization_config") // the weights written are plain floats
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(m); err != nil { // map keys come out sorted
+		return fmt.Errorf("export: encode config.json: %w", err)
+	}
+	return writeBytes(filepath.Join(outDir, "config.json"), b.Bytes())
+}
+
+func writeBytes(path string, data []byte) error {
+	return checkpoint.WriteAtomic(path, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// copyAux copies the tokenizer files and generation_config.json. Files next
+// to the exported weights win over the base model's.
+func copyAux(src Source, dirs Dirs, outDir string, cfg llama.Config) error {
+	for _, name := range tokenizerFiles {
+		p := filepath.Join(dirs.TokenizerDir, name)
+		if !isFile(p) {
+			continue
+		}
+		if err := copyFile(p, filepath.Join(outDir, name)); err != nil {
+			return err
+		}
+	}
+	for _, d := range []string{src.WeightsDir, src.BaseDir} {
+		if p := filepath.Join(d, "generation_config.json"); d != "" && isFile(p) {
+			return copyFile(p, filepath.Join(outDir, "generation_config.json"))
+		}
+	}
+	// None anywhere: write what transformers derives from config.json.
+	gen := map[string]any{}
+	if bos := cfg.BOSID(); bos >= 0 {
+		gen["bos_token_id"] = bos
+	}
+	if eos := cfg.EOSIDs(); len(eos) == 1 {
+		gen["eos_token_id"] = eos[0]
+	} else if len(eos) > 1 {
+		gen["eos_token_id"] = eos
+	}
+	b, _ := json.MarshalIndent(gen, "", "  ")
+	return writeBytes(filepath.Join(outDir, "generation_config.json"), append(b, '\n'))
+}
+
+func copyFile(from, to string) error {
+	f, err := os.Open(from)
+	if err != nil {
+		return fmt.Errorf("export: open %s: %w", from, err)
+	}
+	defer f.Close()
+	return checkpoint.WriteAtomic(to, func(w io.Writer) error {
+		_, err := io.Copy(w, f)
+		return err
+	})
+}
+
+// PEFT writes the LoRA adapter of src to outDir exactly as PEFT's
+// save_pretrained does (adapter_model.safetensors with lora_A [r, in] and
+// lora_B [out, r] under base_model.model.<module> keys, and
+// adapter_config.json with inference_mode true). The tensors keep their
+// dtype. base_model_name_or_path keeps the adapter's value, or is set to the
+// base directory when the adapter has none. Each A/B pair is checked against
+// the base model's shapes first.
+func PEFT(src Source, outDir string) error {
+	if src.AdapterDir == "" {
+		return errors.New("export: PEFT export needs a LoRA checkpoint; this source is full fine-tuned weights (export them with format hf or gguf)")
+	}
+	if err := src.validate(); err != nil {
+		return err
+	}
+	if err := src.overlaps(outDir); err != nil {
+		return err
+	}
+	cfg, r, err := checkpoint.ReadPEFT(src.AdapterDir)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	base, err := llama.LoadConfig(src.BaseDir)
+	if err != nil {
+		return fmt.Errorf("export: base model: %w", err)
+	}
+	// lm_head is absent from a tied checkpoint even when config.json omits
+	// tie_word_embeddings (llama.Load reads it as tied too).
+	if rr, err := checkpoint.Open(src.BaseDir); err == nil {
+		if _, ok := rr.Info("lm_head.weight"); !ok {
+			base.TieWordEmbeddings = true
+		}
+		rr.Close()
+	}
+	_, shapes := llama.ParamShapes(base)
+	keys := r.Keys()
+	sort.Strings(keys)
+	adapterShapes := map[string][]int{}
+	for _, k := range keys {
+		info, _ := r.Info(k)
+		adapterShapes[k] = info.Shape
+	}
+	pairs, err := checkpoint.PEFTPairs(r.Path(), adapterShapes)
+	if err != nil {
+		return err
+	}
+	var tensors []checkpoint.WriteTensor
+	for _, p := range pairs {
+		w, ok := shapes[p.Module+".weight"]
+		if p.Module == "lm_head" && base.TieWordEmbeddings {
+			w, ok = shapes["model.embed_tokens.weight"] // lm_head shares the embeddings
+		}
+		if !ok {
+			return fmt.Errorf("export: %s: tensor %q adapts %s, which the base model in %s does not have", r.Path(), p.AKey, p.Module+".weight", src.BaseDir)
+		}
+		if w[0] != p.Out || w[1] != p.In {
+			return fmt.Errorf("export: %s: %q/%q give a [%d, %d] update but the base weight %s is %v; the adapter does not match the base model in %s", r.Path(), p.AKey, p.BKey, p.Out, p.In, p.Module+".weight", w, src.BaseDir)
+		}
+		for _, ab := range []struct{ key, name string }{{p.AKey, "A"}, {p.BKey, "B"}} {
+			info, _ := r.Info(ab.key)
+			data, err := r.Raw(ab.key)
+			if err != nil {
+				return err
+			}
+			tensors = append(tensors, checkpoint.WriteTensor{
+				Name:  "base_model.model." + p.Module + ".lora_" + ab.name + ".weight",
+				DType: info.DType, Shape: info.Shape, Data: data,
+			})
+		}
+	}
+	cfg.InferenceMode = true
+	if cfg.BaseModelNameOrPath == "" {
+		if abs, err := filepath.Abs(src.BaseDir); err == nil {
+			cfg.BaseModelNameOrPath = abs
+		} else {
+			cfg.BaseModelNameOrPath = src.BaseDir
+		}
+	}
+	if cfg.TaskType == "" {
+		cfg.TaskType = "CAUSAL_LM"
+	}
+	return checkpoint.WritePEFT(outDir, cfg, tensors)
+}
