@@ -80,6 +80,9 @@ func writeConfig(srcDir, outDir string, cfg llama.Config, torchDType string) err
 		return fmt.Errorf("export: %s: not valid JSON: %v", p, err)
 	}
 	m["torch_dtype"] = torchDType
+	if _, ok := m["dtype"]; ok { // transformers ≥ 4.56 names it dtype
+		m["dtype"] = torchDType
+	}
 	m["tie_word_embeddings"] = cfg.TieWordEmbeddings
 	delete(m, "quantization_config") // the weights written are plain floats
 	var b bytes.Buffer

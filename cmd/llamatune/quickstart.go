@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"github.com/llamatune/llamatune/configs"
 	"github.com/llamatune/llamatune/internal/quickstart"
 	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/train"
 )
 
 // quickstartJob is the job the quickstart writes next to its model and data;
@@ -48,44 +50,52 @@ export: {formats: [hf, peft, gguf], dtype: BF16, gguf_type: Q8_0}
 func init() {
 	var out string
 	cmd := &cobra.Command{
-		Use:   "quickstart [--out DIR]",
+		Use:   "quickstart [--out DIR] [--set k=v]...",
 		Short: "Tiny model + built-in data: LoRA fine-tune on CPU, held-out loss, export HF/PEFT/GGUF",
 		Args:  cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			t0 := time.Now()
-			if _, err := testutil.WriteTinyModel(filepath.Join(out, "model"), testutil.TinyOptions{Tokenizer: "llama3"}); err != nil {
-				return err
-			}
-			if _, _, err := quickstart.WriteData(filepath.Join(out, "data")); err != nil {
-				return err
-			}
-			jobPath := filepath.Join(out, "job.yaml")
-			runDir, err := filepath.Abs(filepath.Join(out, "run"))
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(jobPath, []byte(quickstartJob+"output_dir: "+runDir+"\n"), 0o644); err != nil {
-				return err
-			}
-			fmt.Printf("wrote a tiny Llama 3 (%s), built-in text and instruction data (%s) and %s\n",
-				filepath.Join(out, "model"), filepath.Join(out, "data"), jobPath)
-			job, err := configs.Load(jobPath, nil)
-			if err != nil {
-				return err
-			}
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			res, err := runTrainWith(ctx, job, "", os.Stdout, true)
-			if err != nil {
-				return err
-			}
-			if n := len(res.EvalLosses); n >= 2 {
-				fmt.Printf("held-out loss: %.3f before training -> %.3f after %d steps\n", res.EvalLosses[0], res.EvalLosses[n-1], res.Steps)
-			}
-			fmt.Printf("done in %v. Run it again with: llamatune train %s\n", time.Since(t0).Round(time.Second), jobPath)
-			return nil
+			_, err := runQuickstart(ctx, out, *sets(cmd), os.Stdout)
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&out, "out", filepath.Join("runs", "quickstart"), "directory for the model, data, job and run")
+	addSetFlag(cmd)
 	rootCmd.AddCommand(cmd)
+}
+
+// runQuickstart writes a tiny model, the built-in data and a job into out,
+// then trains and exports exactly as `llamatune train out/job.yaml` would.
+func runQuickstart(ctx context.Context, out string, sets []string, w io.Writer) (train.Result, error) {
+	t0 := time.Now()
+	if _, err := testutil.WriteTinyModel(filepath.Join(out, "model"), testutil.TinyOptions{Tokenizer: "llama3"}); err != nil {
+		return train.Result{}, err
+	}
+	if _, _, err := quickstart.WriteData(filepath.Join(out, "data")); err != nil {
+		return train.Result{}, err
+	}
+	jobPath := filepath.Join(out, "job.yaml")
+	runDir, err := filepath.Abs(filepath.Join(out, "run"))
+	if err != nil {
+		return train.Result{}, err
+	}
+	if err := os.WriteFile(jobPath, []byte(quickstartJob+"output_dir: "+runDir+"\n"), 0o644); err != nil {
+		return train.Result{}, err
+	}
+	fmt.Fprintf(w, "wrote a tiny Llama 3 (%s), built-in text and instruction data (%s) and %s\n",
+		filepath.Join(out, "model"), filepath.Join(out, "data"), jobPath)
+	job, err := configs.Load(jobPath, sets)
+	if err != nil {
+		return train.Result{}, err
+	}
+	res, err := runTrainWith(ctx, job, "", w, true)
+	if err != nil {
+		return res, err
+	}
+	if n := len(res.EvalLosses); n >= 2 {
+		fmt.Fprintf(w, "held-out loss: %.3f before training -> %.3f after %d steps\n", res.EvalLosses[0], res.EvalLosses[n-1], res.Steps)
+	}
+	fmt.Fprintf(w, "done in %v. Run it again with: llamatune train %s\n", time.Since(t0).Round(time.Second), jobPath)
+	return res, nil
 }

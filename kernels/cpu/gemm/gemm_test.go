@@ -308,10 +308,10 @@ func BenchmarkSgemmMLPUp(b *testing.B)   { benchSgemm(b, false, true, 512, 2048,
 func BenchmarkSgemmMLPDown(b *testing.B) { benchSgemm(b, false, false, 512, 512, 2048) } // h·W
 func BenchmarkSgemmWGrad(b *testing.B)   { benchSgemm(b, true, false, 512, 2048, 512) }  // dWᵀ = xᵀ·dy
 
-func BenchmarkSgemm1024Generic(b *testing.B) {
+func BenchmarkSgemm512Generic(b *testing.B) {
 	forceGeneric = true
 	defer func() { forceGeneric = false }()
-	benchSgemm(b, false, false, 1024, 1024, 1024)
+	benchSgemm(b, false, false, 512, 512, 512)
 }
 
 // BenchmarkSgemmKernels compares every supported micro-kernel on 1024³ NN.
