@@ -42,6 +42,10 @@ type Options struct {
 	// OpenEval opens held-out data from its beginning (nil: no evaluation).
 	OpenEval func() (Batches, error)
 
+	// Loss is the training objective of one micro-batch (nil: the model's
+	// next-token cross-entropy). Evaluation always uses cross-entropy.
+	Loss LossFunc
+
 	GradAccum   int // micro-batches per optimizer step (≥ 1)
 	MaxSteps    int // optimizer steps; the run also ends when the data does
 	Optim       optim.AdamWConfig
@@ -67,6 +71,20 @@ type Options struct {
 	// AfterStep, when set, runs after every optimizer step (tests use it to
 	// interrupt a run).
 	AfterStep func(s StepMetrics)
+}
+
+// LossFunc returns the loss of one micro-batch on the tape: the SUM of its
+// per-token losses divided by normalizer (the trained-token count of the
+// whole optimizer step), so that accumulated micro-batches add up to the
+// step's mean.
+type LossFunc func(tp *tensor.Tape, b *data.Batch, normalizer float64) (*tensor.Tensor, error)
+
+// CrossEntropy is the default LossFunc: next-token cross-entropy of m.
+func CrossEntropy(m *llama.Model) LossFunc {
+	return func(tp *tensor.Tape, b *data.Batch, normalizer float64) (*tensor.Tensor, error) {
+		loss, _, err := m.Loss(tp, Input(b), b.Labels, normalizer)
+		return loss, err
+	}
 }
 
 // Meta identifies what a checkpoint belongs to.
@@ -124,6 +142,9 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		return res, fmt.Errorf("creating run directory: %w", err)
 	}
 	be := o.Model.Backend()
+	if o.Loss == nil {
+		o.Loss = CrossEntropy(o.Model)
+	}
 	opt := optim.NewAdamW(be, o.Trainable, o.Optim)
 	st := state{}
 	var cursor *data.Cursor
@@ -206,7 +227,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 			if o.LoRA != nil {
 				o.LoRA.SetStep(uint64(st.Micro + i))
 			}
-			l, err := forwardBackward(o.Model, b, float64(max(total, 1)))
+			l, err := forwardBackward(o.Model.Backend(), o.Loss, b, float64(max(total, 1)), total > 0)
 			if err != nil {
 				return res, err
 			}
@@ -277,7 +298,8 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 
 func bad(x float64) bool { return math.IsNaN(x) || math.IsInf(x, 0) }
 
-func input(b *data.Batch) *llama.Input {
+// Input is the model input of a packed batch.
+func Input(b *data.Batch) *llama.Input {
 	return &llama.Input{Rows: b.Rows, SeqLen: b.SeqLen, InputIDs: b.InputIDs, PositionIDs: b.PositionIDs, DocStart: b.DocStart}
 }
 
@@ -292,18 +314,18 @@ func countTargets(b *data.Batch) int {
 	return n
 }
 
-// forwardBackward accumulates the gradient of Σ(losses)/normalizer for one
-// micro-batch and returns its share of the step loss.
-func forwardBackward(m *llama.Model, b *data.Batch, normalizer float64) (float64, error) {
-	tp := tensor.NewTape(m.Backend())
+// forwardBackward accumulates the gradient of the micro-batch's loss (already
+// divided by the step's normalizer) and returns that loss.
+func forwardBackward(be kernels.Backend, loss LossFunc, b *data.Batch, normalizer float64, backward bool) (float64, error) {
+	tp := tensor.NewTape(be)
 	defer tp.Release()
-	loss, n, err := m.Loss(tp, input(b), b.Labels, normalizer)
+	l, err := loss(tp, b, normalizer)
 	if err != nil {
 		return 0, err
 	}
-	v := float64(loss.Item())
-	if n > 0 {
-		tp.Backward(loss)
+	v := float64(l.Item())
+	if backward && l.RequiresGrad() {
+		tp.Backward(l)
 	}
 	return v, nil
 }
@@ -328,7 +350,7 @@ func Evaluate(m *llama.Model, open func() (Batches, error), maxBatches int) (flo
 		}
 		tp := tensor.NewTape(m.Backend())
 		tp.NoGrad = true
-		loss, n, err := m.Loss(tp, input(b), b.Labels, 1) // normalizer 1: the sum
+		loss, n, err := m.Loss(tp, Input(b), b.Labels, 1) // normalizer 1: the sum
 		if err != nil {
 			return 0, err
 		}
