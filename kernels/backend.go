@@ -153,6 +153,12 @@ type Backend interface {
 	// receive the gradient of sum·GradScale.
 	LinearCrossEntropy(b CEBuffers, labels []int32, args CEArgs) (lossSum float64, count int)
 
+	// LinearKD: the fused distillation loss (see KDArgs). Returns the sums of
+	// the KD and CE parts over counted positions (unweighted) and the count;
+	// gradients of (KDWeight·T²·kd + (1−KDWeight)·ce)·GradScale go to the
+	// student's gradient buffers.
+	LinearKD(b KDBuffers, labels []int32, args KDArgs) (kdSum, ceSum float64, count int)
+
 	// Elementwise on n elements (all F32).
 	Add(a, b, out Buffer)                 // out = a + b
 	AddScaled(dst, src Buffer, s float32) // dst += s * src
@@ -175,4 +181,48 @@ func (a AttnArgs) KeyRange(b, i int) (first, last int) {
 		first = int(a.DocStart[b*a.Tk+last])
 	}
 	return first, last
+}
+
+// KDKind is a distillation divergence.
+type KDKind uint8
+
+const (
+	ForwardKL KDKind = iota // KL(teacher ‖ student): mass-covering (Hinton et al.)
+	ReverseKL               // KL(student ‖ teacher): mode-seeking
+	JSD                     // generalized Jensen–Shannon with weight Beta on the teacher
+)
+
+// KDArgs describe the fused lm_head + distillation loss. Per counted position
+// (label ≠ IgnoreIndex) the loss is
+//
+//	KDWeight·T²·D(teacher_T, student_T) + (1−KDWeight)·CE(student, label)
+//
+// with D the KDKind divergence between distributions at temperature T. The
+// teacher is dense (TeacherHidden > 0: logits = TH·TWᵀ made chunk by chunk,
+// like the student's) or sparse (K > 0: top-k ids and log-probs per position).
+// Sparse teachers are compared over K+1 buckets — the K ids and one tail bucket
+// holding the remaining mass (TopKTail), or over the K ids renormalized
+// (TopKRenorm; forward KL only, the student keeps its full softmax).
+type KDArgs struct {
+	Tokens, Hidden, Vocab int
+	Rank                  int // student low-rank lm_head term (see CEArgs)
+	TeacherHidden         int // dense teacher hidden size; 0 for sparse
+	K                     int // sparse teacher top-k; 0 for dense
+	Renorm                bool
+	Kind                  KDKind
+	Beta                  float32 // JSD weight of the teacher in the mixture, in (0, 1)
+	Temperature           float32
+	KDWeight              float32
+	Chunk                 int
+	GradScale             float32
+}
+
+// KDBuffers are the operands of LinearKD: the student's (as for
+// LinearCrossEntropy) and the teacher's, dense (TH [Tokens,TeacherHidden],
+// TW [Vocab,TeacherHidden]) or sparse (TopKIDs, TopKLogProbs: [Tokens·K]).
+type KDBuffers struct {
+	Student      CEBuffers
+	TH, TW       Buffer
+	TopKIDs      []int32
+	TopKLogProbs []float32
 }

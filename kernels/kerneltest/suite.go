@@ -29,6 +29,7 @@ func Run(t *testing.T, be kernels.Backend) {
 	t.Run("SwiGLU", func(t *testing.T) { testSwiGLU(t, be) })
 	t.Run("Attention", func(t *testing.T) { testAttention(t, be) })
 	t.Run("LinearCrossEntropy", func(t *testing.T) { testCE(t, be) })
+	t.Run("LinearKD", func(t *testing.T) { testKD(t, be) })
 	t.Run("Elementwise", func(t *testing.T) { testElementwise(t, be) })
 	t.Run("AdamW", func(t *testing.T) { testAdamW(t, be) })
 }

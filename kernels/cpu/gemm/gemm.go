@@ -23,12 +23,14 @@
 //
 // # Parallelism
 //
-// Up to runtime.GOMAXPROCS(0) worker goroutines (fewer for small products)
-// walk the same (jc, pc) blocks. They pack each B block together, one share
-// of its panels each, meet at a barrier, and then claim work items, a block
-// of rows (whose A block the claiming worker packs) times a share of the B
-// panels, from an atomic counter (see schedule and worker), so that the
-// work balances itself even when other processes slow some workers down.
+// Up to runtime.GOMAXPROCS(0) worker goroutines (fewer for small products,
+// or when several Sgemm calls run at once) walk the same (jc, pc) blocks.
+// They claim the panels of each B block to pack them together, then claim
+// work items, a block of rows (whose A block the claiming worker packs)
+// times a share of the B panels (see schedule and worker). Claims come from
+// shared atomic counters and the B blocks are double-buffered, with no
+// barrier, so the work balances itself even when other processes slow some
+// workers down.
 //
 // # Kernels
 //
@@ -126,7 +128,10 @@ const (
 // Sgemm computes C = alpha*op(A)*op(B) + beta*C with row-major storage.
 // op(A) is m×k (A stored k×m when transA), op(B) is k×n (B stored n×k when
 // transB); lda, ldb, ldc are the row strides of the stored matrices.
-// When beta is zero C need not be initialised (NaNs in it are overwritten).
+// When beta is zero C need not be initialised (NaNs in it are overwritten);
+// when alpha is zero (or k is zero) A and B are not read and C = beta*C, as in
+// BLAS. It panics if a slice is too short for its dimensions and stride.
+// Safe for concurrent use; it runs on up to GOMAXPROCS goroutines.
 func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	checkArgs(transA, transB, m, n, k, a, lda, b, ldb, c, ldc)
 	if m == 0 || n == 0 {
@@ -150,7 +155,7 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 	defer done()
 	rowBlock, rowBlocks, colShares := schedule(m, n, threads, ks)
 
-	sh := getShared(ks, threads)
+	sh := getShared(ks, threads, rowBlocks*colShares)
 	p := &problem{ks: ks, transA: transA, transB: transB, m: m, n: n, k: k,
 		alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
 		threads: threads, rowBlock: rowBlock, rowBlocks: rowBlocks, colShares: colShares, sh: sh}
@@ -177,7 +182,7 @@ var activeCalls atomic.Int32
 // workers returns how many goroutines a product of work multiply-adds should
 // use: GOMAXPROCS shared among the Sgemm calls running at the same time (so
 // that calls made from already-parallel code, e.g. one per attention head,
-// do not multiply the goroutines and barriers), and at most one per
+// do not multiply the goroutines), and at most one per
 // minThreadWork. done must be called when the product is finished.
 func workers(work int64) (threads int, done func()) {
 	active := int(activeCalls.Add(1))
@@ -224,21 +229,25 @@ type problem struct {
 	rowBlock       int // rows per work item, see schedule
 	rowBlocks      int
 	colShares      int
-	sh             *shared // jointly packed B blocks, item counters, barrier
+	sh             *shared // jointly packed B blocks and their claim counters
 }
 
 // worker t runs the five-loop blocking described in the package comment.
-// All workers walk the same (jc, pc) sequence of B blocks. For each block
-// they pack the B panels together (each a contiguous share), meet at a
-// barrier, then claim work items (a block of rows × a share of the panels,
-// see schedule) from an atomic counter until none are left, packing the A
-// block of each item's rows and running the macro-kernel on it.
+// All workers walk the same (jc, pc) sequence of B blocks; for each block
+// they claim, from shared counters, first B panels to pack and then work
+// items (a block of rows × a share of the panels, see schedule) to compute,
+// packing the A block of each item's rows before running the macro-kernel.
 //
-// The B buffers and item counters are double-buffered, so one barrier per
-// block suffices: packing block i+1 overwrites the buffer of block i-1, and
-// worker 0 resets block i+1's counter (that of block i-1) before arriving at
-// barrier i+1; every worker has finished block i-1 before arriving at
-// barrier i, which worker 0 has passed by then.
+// There is no barrier: a worker that is ahead packs the next block itself
+// (into the other of two B buffers) and starts on it while the others finish
+// the current one. The counters of each buffer only ever grow (blocks that
+// reuse a buffer continue its counts), so a worker knows the range of claims
+// that belong to its block from the deterministic block sequence, and claims
+// with compare-and-swap never overshoot into a later block. A buffer is only
+// refilled once every item of the block that last used it is done, and an
+// item only starts once the same item of the previous block is done (both
+// update the same part of C). Neither wait can deadlock: a worker moves on to
+// a block only when every item of the previous one has been claimed.
 func (p *problem) worker(t int) {
 	ks := p.ks
 	mr, nr := ks.mr, ks.nr
@@ -248,49 +257,93 @@ func (p *problem) worker(t int) {
 	// 256+44. kc and nc are the same in every worker (shared B blocks).
 	kc := ceilDiv(k, ceilDiv(k, ks.kc))
 	nc := roundUp(ceilDiv(n, ceilDiv(n, ks.nc)), nr)
-	items := p.rowBlocks * p.colShares
+	items := int64(p.rowBlocks * p.colShares)
 
 	ws := getWorkspace(ks)
 	defer putWorkspace(ws)
+	var packBase, itemBase [2]int64 // where this block's claims start, per buffer
 	block := 0
 	for jc := 0; jc < n; jc += nc {
 		nb := min(nc, n-jc)
 		np := ceilDiv(nb, nr) // panels in this B block
 		for pc := 0; pc < k; pc += kc {
 			kb := min(kc, k-pc)
-			slot := block & 1
+			s := block & 1
 			block++
-			bbuf := p.sh.b[slot]
-			if t == 0 {
-				p.sh.next[slot].Store(0)
+			sl := &p.sh.sync[s]
+			bbuf := p.sh.b[s]
+			pb, ib := packBase[s], itemBase[s]
+			packEnd, itemEnd := pb+int64(np), ib+items
+			packBase[s], itemBase[s] = packEnd, itemEnd
+
+			// The buffer's previous block must be fully consumed.
+			waitFor(&sl.itemDone, ib)
+			// Pack the panels nobody has claimed yet, then wait for
+			// those still being packed by others.
+			for {
+				q, ok := claim(&sl.packNext, packEnd)
+				if !ok {
+					break
+				}
+				jp := int(q - pb)
+				packB(bbuf, p.transB, p.b, p.ldb, pc, kb, jc, nb, nr, jp, jp+1)
+				sl.packDone.Add(1)
 			}
-			packB(bbuf, p.transB, p.b, p.ldb, pc, kb, jc, nb, nr, t*np/p.threads, (t+1)*np/p.threads)
-			if p.threads > 1 {
-				p.sh.bar.wait()
-			}
+			waitFor(&sl.packDone, packEnd)
+
 			beta := p.beta
 			if pc > 0 {
 				beta = 1
 			}
 			packedRows := -1 // row block whose A panels are in ws.a
 			for {
-				x := int(p.sh.next[slot].Add(1) - 1)
-				if x >= items {
+				x, ok := claim(&sl.itemNext, itemEnd)
+				if !ok {
 					break
 				}
-				rb, cs := x/p.colShares, x%p.colShares
+				i := int(x - ib)
+				// The previous k block's update of the same part of C
+				// (claimed earlier, maybe still running elsewhere) must
+				// land first: that one may have overwritten C (beta).
+				waitFor(&p.sh.itemBlock[i], int64(block-1))
+				rb, cs := i/p.colShares, i%p.colShares
 				q0, q1 := cs*np/p.colShares, (cs+1)*np/p.colShares
-				if q0 == q1 {
-					continue
+				if q0 < q1 {
+					ic := rb * p.rowBlock
+					mb := min(p.rowBlock, m-ic)
+					if rb != packedRows {
+						packA(ws.a, p.transA, p.a, p.lda, ic, mb, pc, kb, mr)
+						packedRows = rb
+					}
+					p.macroKernel(ws, bbuf, ic, mb, jc, nb, kb, q0, q1, beta)
 				}
-				ic := rb * p.rowBlock
-				mb := min(p.rowBlock, m-ic)
-				if rb != packedRows {
-					packA(ws.a, p.transA, p.a, p.lda, ic, mb, pc, kb, mr)
-					packedRows = rb
-				}
-				p.macroKernel(ws, bbuf, ic, mb, jc, nb, kb, q0, q1, beta)
+				p.sh.itemBlock[i].Store(int64(block))
+				sl.itemDone.Add(1)
 			}
+		}
+	}
+}
+
+// claim takes the next value of ctr if it is below end.
+func claim(ctr *atomic.Int64, end int64) (int64, bool) {
+	for {
+		x := ctr.Load()
+		if x >= end {
+			return 0, false
+		}
+		if ctr.CompareAndSwap(x, x+1) {
+			return x, true
+		}
+	}
+}
+
+// waitFor spins until ctr reaches target. The waits are short (another
+// worker finishing one panel or item), so it only yields the processor now
+// and then, for a sibling worker waiting for one (nested parallelism).
+func waitFor(ctr *atomic.Int64, target int64) {
+	for i := 1; ctr.Load() < target; i++ {
+		if i%64 == 0 {
+			runtime.Gosched()
 		}
 	}
 }
@@ -454,18 +507,27 @@ func getWorkspace(ks *kernelSpec) *workspace {
 func putWorkspace(ws *workspace) { wsPool.Put(ws) }
 
 // shared is the state the workers of one Sgemm call share: two kc×nc packed
-// B buffers and two work-item counters (double-buffered, see worker) and the
-// barrier.
+// B buffers and the claim counters of each (see worker).
 type shared struct {
 	ks   *kernelSpec
 	b    [2][]float32
-	next [2]atomic.Int64
-	bar  barrier
+	sync [2]bufferSync
+	// itemBlock[i] is the number of blocks (in worker order) whose work
+	// item i is done.
+	itemBlock []atomic.Int64
+}
+
+// bufferSync counts, over all blocks that used one B buffer, the B panels
+// claimed and packed and the work items claimed and done.
+type bufferSync struct {
+	packNext, packDone atomic.Int64
+	itemNext, itemDone atomic.Int64
+	_                  [64]byte // keep the two buffers' counters apart
 }
 
 var sharedPool sync.Pool
 
-func getShared(ks *kernelSpec, workers int) *shared {
+func getShared(ks *kernelSpec, workers, items int) *shared {
 	var sh *shared
 	if v := sharedPool.Get(); v != nil {
 		if sh = v.(*shared); sh.ks != ks {
@@ -482,7 +544,20 @@ func getShared(ks *kernelSpec, workers int) *shared {
 	if workers == 1 {
 		sh.b[1] = sh.b[0] // a lone worker needs no double buffering
 	}
-	sh.bar.reset(workers)
+	for i := range sh.sync {
+		bs := &sh.sync[i]
+		bs.packNext.Store(0)
+		bs.packDone.Store(0)
+		bs.itemNext.Store(0)
+		bs.itemDone.Store(0)
+	}
+	if cap(sh.itemBlock) < items {
+		sh.itemBlock = make([]atomic.Int64, items)
+	}
+	sh.itemBlock = sh.itemBlock[:items]
+	for i := range sh.itemBlock {
+		sh.itemBlock[i].Store(0)
+	}
 	return sh
 }
 
@@ -491,54 +566,6 @@ func putShared(sh *shared) {
 		sh.b[1] = nil
 	}
 	sharedPool.Put(sh)
-}
-
-// barrier is a reusable rendezvous for a fixed number of goroutines. A
-// waiter spins briefly (the other workers are usually microseconds away on a
-// machine that is not oversubscribed), then sleeps on a condition variable.
-type barrier struct {
-	n     int32
-	count atomic.Int32
-	gen   atomic.Uint32
-	mu    sync.Mutex
-	cond  sync.Cond
-}
-
-// barrierSpins is how many times a waiter polls before sleeping (~10-50µs).
-const barrierSpins = 1 << 12
-
-func (b *barrier) reset(n int) {
-	b.cond.L = &b.mu
-	b.n = int32(n)
-	b.count.Store(0)
-}
-
-// wait blocks until all n goroutines have called wait.
-func (b *barrier) wait() {
-	gen := b.gen.Load() // before arriving: the last arrival bumps gen
-	if b.count.Add(1) == b.n {
-		b.count.Store(0)
-		b.mu.Lock()
-		b.gen.Add(1)
-		b.cond.Broadcast()
-		b.mu.Unlock()
-		return
-	}
-	for i := 0; i < barrierSpins; i++ {
-		if b.gen.Load() != gen {
-			return
-		}
-		if i%64 == 63 {
-			// Let a sibling worker that is waiting for a P (nested
-			// parallelism, e.g. Sgemm called from parallel goroutines) run.
-			runtime.Gosched()
-		}
-	}
-	b.mu.Lock()
-	for b.gen.Load() == gen {
-		b.cond.Wait()
-	}
-	b.mu.Unlock()
 }
 
 // alignedFloats returns a zeroed slice of n float32 starting on a 64-byte
