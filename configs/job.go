@@ -44,6 +44,7 @@ type Job struct {
 	OutputDir  string     `yaml:"output_dir"` // run directory (default runs/<job file name>)
 	Seed       uint64     `yaml:"seed"`       // default 42; also the default of data.seed
 	OnNaN      string     `yaml:"on_nan"`     // stop (default) | skip (the step is dropped)
+	Distill    *Distill   `yaml:"distill"`    // only for llamatune distill / teacher-logits / generate
 
 	// File is the job file Load read ("" for a job built in Go); Dir is its directory, against
 	// which relative paths were resolved. Neither is part of the YAML.
@@ -508,6 +509,9 @@ func (j *Job) resolvePaths() {
 		return filepath.Join(j.Dir, p)
 	}
 	j.Model = res(j.Model)
+	if d := j.Distill; d != nil {
+		d.Teacher.Model, d.Teacher.Shards = res(d.Teacher.Model), res(d.Teacher.Shards)
+	}
 	for i := range j.Data.Datasets {
 		j.Data.Datasets[i].Path = res(j.Data.Datasets[i].Path)
 	}
@@ -542,6 +546,9 @@ func (j *Job) fillDefaults() {
 		}
 	}
 	def(&j.Method, "lora")
+	if j.Distill != nil {
+		j.Distill.fillDefaults(j)
+	}
 	l := &j.LoRA
 	if j.unset("lora.r", l.R == 0) {
 		l.R = DefaultLoRARank
@@ -845,6 +852,9 @@ func (j *Job) Validate() error {
 		addf("output_dir: missing")
 	}
 	add(oneOfRequired("on_nan", j.OnNaN, "stop", "skip"))
+	if j.Distill != nil {
+		errs = append(errs, j.Distill.validate()...)
+	}
 
 	if !SkipFileChecks {
 		errs = append(errs, j.checkFiles()...)

@@ -300,20 +300,29 @@ func (m *Model) Loss(tp *tensor.Tape, in *Input, labels []int32, normalizer floa
 		return nil, 0, err
 	}
 	targets := ShiftLabels(labels, in.Rows, in.SeqLen, in.DocStart)
-	if a, ok := m.Adapters["lm_head"]; ok {
-		// logits = h·Wᵀ + (s·h·Aᵀ)·Bᵀ: the fused loss takes the low-rank term
-		// as a second GEMM, still without full logits or a merged W.
-		lr, ok := a.(LowRankAdapter)
-		if !ok {
-			return nil, 0, fmt.Errorf("llama: the lm_head adapter %T does not expose low-rank factors", a)
-		}
-		_, b, s := lr.LowRank()
-		hr := tp.Scale(lr.Hidden(tp, h), s)
-		loss, n := tp.LinearCrossEntropyLowRank(h, m.LMHead, hr, b, targets, normalizer, m.CEChunk)
-		return loss, n, nil
+	hr, wr, err := m.LMHeadLowRank(tp, h)
+	if err != nil {
+		return nil, 0, err
 	}
-	loss, n := tp.LinearCrossEntropy(h, m.LMHead, targets, normalizer, m.CEChunk)
+	loss, n := tp.LinearCrossEntropyLowRank(h, m.LMHead, hr, wr, targets, normalizer, m.CEChunk)
 	return loss, n, nil
+}
+
+// LMHeadLowRank returns the low-rank part of the logits, hr·wrᵀ with
+// hr = s·dropout(h)·Aᵀ and wr = B, when lm_head carries a LoRA adapter
+// (nil, nil otherwise). Fused losses add it as a second GEMM:
+// logits = h·Wᵀ + hr·wrᵀ, without full logits or a merged W.
+func (m *Model) LMHeadLowRank(tp *tensor.Tape, h *tensor.Tensor) (hr, wr *tensor.Tensor, err error) {
+	a, ok := m.Adapters["lm_head"]
+	if !ok {
+		return nil, nil, nil
+	}
+	lr, ok := a.(LowRankAdapter)
+	if !ok {
+		return nil, nil, fmt.Errorf("llama: the lm_head adapter %T does not expose low-rank factors", a)
+	}
+	_, b, s := lr.LowRank()
+	return tp.Scale(lr.Hidden(tp, h), s), b, nil
 }
 
 func sameShape(a, b []int) bool {
