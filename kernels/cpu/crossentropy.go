@@ -79,18 +79,13 @@ func (*Backend) LinearCrossEntropy(bufs kernels.CEBuffers, labels []int32, a ker
 					rowLoss[r] = 0
 					continue
 				}
-				m := row[0]
-				for _, x := range row {
-					m = max(m, x)
-				}
-				var s float64
-				for _, x := range row {
-					s += math.Exp(float64(x - m))
-				}
-				lse := float64(m) + math.Log(s)
-				rowLoss[r] = lse - float64(row[lab])
-				for j, x := range row {
-					row[j] = float32(math.Exp(float64(x)-lse)) * a.GradScale
+				target := float64(row[lab])
+				m := maxOf(row)
+				sum := expSum(row, row, m, 1) // row = exp(z − max)
+				rowLoss[r] = float64(m) + math.Log(sum) - target
+				k := a.GradScale / float32(sum)
+				for j := range row {
+					row[j] *= k // softmax · GradScale
 				}
 				row[lab] -= a.GradScale
 			}

@@ -138,11 +138,18 @@ func (*Backend) LinearKD(b kernels.KDBuffers, labels []int32, a kernels.KDArgs) 
 
 // kdWork holds per-goroutine scratch for one position.
 type kdWork struct {
-	q    []float64 // student softmax at T
-	logP []float64 // teacher bucket log-probs
-	logQ []float64 // student bucket log-probs
-	g    []float64 // G per bucket
-	d    []float64 // ∂D/∂(z/T) per token
+	q1, qT, p []float32 // student softmax at 1 and at T; teacher softmax at T (dense)
+	g         []float32 // G per token (dense JSD)
+	logP      []float64 // sparse: teacher bucket log-probs
+	logQ      []float64 // sparse: student bucket log-probs
+	gb        []float64 // sparse: G per bucket
+}
+
+func grow32(s []float32, n int) []float32 {
+	if cap(s) < n {
+		return make([]float32, n)
+	}
+	return s[:n]
 }
 
 func grow(s []float64, n int) []float64 {
@@ -152,80 +159,146 @@ func grow(s []float64, n int) []float64 {
 	return s[:n]
 }
 
+// maxOf is the largest element of v.
+func maxOf(v []float32) float32 {
+	m := v[0]
+	for _, x := range v {
+		m = max(m, x)
+	}
+	return m
+}
+
+// expSum sets dst[i] = exp(scale·(src[i]−shift)) and returns their sum.
+func expSum(dst, src []float32, shift, scale float32) float64 {
+	var s float64
+	for i, x := range src {
+		e := float32(math.Exp(float64(scale * (x - shift))))
+		dst[i] = e
+		s += float64(e)
+	}
+	return s
+}
+
 // row computes one position's KD and CE values and overwrites z (student
 // logits) with dz. trow is the dense teacher's logits, or ids/lps the top-k.
 func (w *kdWork) row(z, trow []float32, ids []int32, lps []float32, label int, a kernels.KDArgs) (kd, ce float64) {
 	V := len(z)
-	invT := 1 / float64(a.Temperature)
-	alpha := float64(a.KDWeight)
-	// Student at T=1 (CE) and at T (KD).
-	m := float64(z[0])
-	for _, x := range z {
-		m = math.Max(m, float64(x))
-	}
-	var s1, sT float64
-	for _, x := range z {
-		s1 += math.Exp(float64(x) - m)
-		sT += math.Exp((float64(x) - m) * invT)
-	}
-	lse1 := m + math.Log(s1)
-	lseT := m*invT + math.Log(sT)
+	invT := 1 / a.Temperature
+	alpha, beta := float64(a.KDWeight), float64(a.Beta)
+
+	// Student: softmax at 1 (CE) and at T (KD); at T = 1 they are one array.
+	m := maxOf(z)
+	w.q1 = grow32(w.q1, V)
+	s1 := expSum(w.q1, z, m, 1)
+	lse1 := float64(m) + math.Log(s1)
 	ce = lse1 - float64(z[label])
-	w.q = grow(w.q, V)
-	for j, x := range z {
-		w.q[j] = math.Exp(float64(x)*invT - lseT)
+	inv1 := float32(1 / s1)
+	for j := range w.q1 {
+		w.q1[j] *= inv1
+	}
+	qT, lseT := w.q1, lse1
+	if a.Temperature != 1 {
+		w.qT = grow32(w.qT, V)
+		sT := expSum(w.qT, z, m, invT)
+		lseT = float64(m*invT) + math.Log(sT)
+		invS := float32(1 / sT)
+		for j := range w.qT {
+			w.qT[j] *= invS
+		}
+		qT = w.qT
+	}
+	logq := func(j int) float64 { return float64(z[j]*invT) - lseT }
+
+	scale := float64(a.GradScale)
+	kdScale := alpha * float64(a.Temperature)
+	// dz_j = GradScale·[(1−α)(softmax(z)_j − 1[j=y]) + α·T·∂D/∂(z_j/T)], with
+	// ∂D/∂(z_j/T) = (q_j/Q_b(j))·G_b(j) − q_j·ΣG (see LinearKD).
+	emit := func(j int, dkd float64) {
+		z[j] = float32(scale * ((1-alpha)*float64(w.q1[j]) + kdScale*dkd))
 	}
 
-	// Buckets: token j (dense); top-k ids then the tail (sparse).
-	var nb int
 	if trow != nil {
-		nb = V
-		w.logP, w.logQ = grow(w.logP, nb), grow(w.logQ, nb)
-		mt := float64(trow[0])
-		for _, x := range trow {
-			mt = math.Max(mt, float64(x))
+		mt := maxOf(trow)
+		w.p = grow32(w.p, V)
+		st := expSum(w.p, trow, mt, invT)
+		lset := float64(mt*invT) + math.Log(st)
+		invSt := float32(1 / st)
+		for j := range w.p {
+			w.p[j] *= invSt
 		}
-		var st float64
-		for _, x := range trow {
-			st += math.Exp((float64(x) - mt) * invT)
-		}
-		lset := mt*invT + math.Log(st)
-		for j := range trow {
-			w.logP[j] = float64(trow[j])*invT - lset
-			w.logQ[j] = float64(z[j])*invT - lseT
+		logp := func(j int) float64 { return float64(trow[j]*invT) - lset }
+		switch a.Kind {
+		case kernels.ForwardKL: // G = −P, ΣG = −1
+			for j := 0; j < V; j++ {
+				if p := float64(w.p[j]); p > 0 {
+					kd += p * (logp(j) - logq(j))
+				}
+			}
+			for j := 0; j < V; j++ {
+				emit(j, float64(qT[j])-float64(w.p[j]))
+			}
+		case kernels.ReverseKL: // G = Q(log Q − log P + 1)
+			var sumG float64
+			for j := 0; j < V; j++ {
+				q, diff := float64(qT[j]), logq(j)-logp(j)
+				kd += q * diff
+				sumG += q * (diff + 1)
+			}
+			for j := 0; j < V; j++ {
+				q := float64(qT[j])
+				emit(j, q*(logq(j)-logp(j)+1)-q*sumG)
+			}
+		case kernels.JSD: // G = (1−β)Q log(Q/M)
+			w.g = grow32(w.g, V)
+			var sumG float64
+			for j := 0; j < V; j++ {
+				p, q := float64(w.p[j]), float64(qT[j])
+				lm := math.Log(beta*p + (1-beta)*q)
+				if p > 0 {
+					kd += beta * p * (logp(j) - lm)
+				}
+				g := (1 - beta) * q * (logq(j) - lm)
+				kd += g
+				w.g[j] = float32(g)
+				sumG += g
+			}
+			for j := 0; j < V; j++ {
+				emit(j, float64(w.g[j])-float64(qT[j])*sumG)
+			}
 		}
 	} else {
-		K := len(ids)
-		nb = K + 1
-		w.logP, w.logQ = grow(w.logP, nb), grow(w.logQ, nb)
-		var pk, qk float64
-		for i := 0; i < K; i++ {
-			pk += math.Exp(float64(lps[i]))
-			qk += w.q[ids[i]]
-			w.logQ[i] = float64(z[ids[i]])*invT - lseT
-		}
-		tail := 1 - pk
-		for i := 0; i < K; i++ {
-			w.logP[i] = float64(lps[i]) * invT
-		}
-		if a.Renorm {
-			w.logP[K] = math.Inf(-1)
-		} else {
-			w.logP[K] = math.Log(math.Max(tail, 1e-12)) * invT
-		}
-		lsP := logSumExp(w.logP)
-		for i := range w.logP {
-			w.logP[i] -= lsP
-		}
-		w.logQ[K] = math.Log(math.Max(1-qk, 1e-30))
-		if a.Renorm {
-			nb = K // no tail bucket: forward KL against the renormalized top-k
-		}
+		kd = w.sparse(z, qT, ids, lps, a, logq, emit)
 	}
+	z[label] -= float32(scale * (1 - alpha))
+	return kd, ce
+}
 
-	// D and G per bucket.
-	w.g = grow(w.g, nb)
+// sparse is the top-k part of row: K buckets for the teacher's ids plus a
+// tail bucket (or no tail with Renorm).
+func (w *kdWork) sparse(z, qT []float32, ids []int32, lps []float32, a kernels.KDArgs, logq func(int) float64, emit func(int, float64)) (kd float64) {
+	K := len(ids)
+	invT := 1 / float64(a.Temperature)
 	beta := float64(a.Beta)
+	w.logP, w.logQ, w.gb = grow(w.logP, K+1), grow(w.logQ, K+1), grow(w.gb, K+1)
+	var pk, qk float64
+	for i := 0; i < K; i++ {
+		pk += math.Exp(float64(lps[i]))
+		qk += float64(qT[ids[i]])
+		w.logP[i] = float64(lps[i]) * invT
+		w.logQ[i] = logq(int(ids[i]))
+	}
+	nb := K + 1
+	if a.Renorm {
+		w.logP[K] = math.Inf(-1)
+		nb = K // forward KL against the renormalized top-k
+	} else {
+		w.logP[K] = math.Log(math.Max(1-pk, 1e-12)) * invT
+	}
+	lsP := logSumExp(w.logP)
+	for i := range w.logP {
+		w.logP[i] -= lsP
+	}
+	w.logQ[K] = math.Log(math.Max(1-qk, 1e-30))
 	var sumG float64
 	for b := 0; b < nb; b++ {
 		lp, lq := w.logP[b], w.logQ[b]
@@ -241,44 +314,27 @@ func (w *kdWork) row(z, trow []float32, ids []int32, lps []float32, label int, a
 			kd += Q * (lq - lp)
 			g = Q * (lq - lp + 1)
 		case kernels.JSD:
-			M := beta*P + (1-beta)*Q
-			lm := math.Log(M)
+			lm := math.Log(beta*P + (1-beta)*Q)
 			if P > 0 {
 				kd += beta * P * (lp - lm)
 			}
-			kd += (1 - beta) * Q * (lq - lm)
 			g = (1 - beta) * Q * (lq - lm)
+			kd += g
 		}
-		w.g[b] = g
+		w.gb[b] = g
 		sumG += g
 	}
-
-	// ∂D/∂(z_j/T) per token, then
-	// dz_j = GradScale·[(1−α)(softmax(z)_j − 1[j=y]) + α·T·∂D/∂(z_j/T)].
-	w.d = grow(w.d, V)
-	if trow != nil {
-		for j := range w.d {
-			w.d[j] = w.g[j] - w.q[j]*sumG
-		}
-	} else {
-		tailRatio := 0.0 // tokens outside the top-k share the tail bucket (renorm: no bucket)
-		if !a.Renorm {
-			tailRatio = w.g[len(ids)] / math.Exp(w.logQ[len(ids)])
-		}
-		for j := range w.d {
-			w.d[j] = w.q[j] * (tailRatio - sumG)
-		}
-		for i, id := range ids {
-			w.d[id] = w.g[i] - w.q[id]*sumG
-		}
+	tailRatio := 0.0 // tokens outside the top-k share the tail bucket (renorm: no bucket)
+	if !a.Renorm {
+		tailRatio = w.gb[K] / math.Exp(w.logQ[K])
 	}
-	scale := float64(a.GradScale)
-	kdScale := alpha * float64(a.Temperature)
 	for j := range z {
-		z[j] = float32(scale * ((1-alpha)*math.Exp(float64(z[j])-lse1) + kdScale*w.d[j]))
+		emit(j, float64(qT[j])*(tailRatio-sumG))
 	}
-	z[label] -= float32(scale * (1 - alpha))
-	return kd, ce
+	for i, id := range ids {
+		emit(int(id), w.gb[i]-float64(qT[id])*sumG)
+	}
+	return kd
 }
 
 func logSumExp(v []float64) float64 {
