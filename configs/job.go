@@ -546,9 +546,6 @@ func (j *Job) fillDefaults() {
 		}
 	}
 	def(&j.Method, "lora")
-	if j.Distill != nil {
-		j.Distill.fillDefaults(j)
-	}
 	l := &j.LoRA
 	if j.unset("lora.r", l.R == 0) {
 		l.R = DefaultLoRARank
@@ -622,6 +619,9 @@ func (j *Job) fillDefaults() {
 	}
 	if j.unset("seed", j.Seed == 0) {
 		j.Seed = DefaultJobSeed
+	}
+	if j.Distill != nil {
+		j.Distill.fillDefaults(j) // after the seed: distill.generate.seed defaults to it
 	}
 	def(&j.OnNaN, "stop")
 	j.Data.fillDefaults(j.Seed)

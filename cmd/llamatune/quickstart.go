@@ -47,11 +47,42 @@ logging: {every: 5}
 export: {formats: [hf, peft, gguf], dtype: BF16, gguf_type: Q8_0}
 `
 
+// quickstartDistillJob distils the fine-tuned model (merged, exported as HF)
+// into a smaller student, fully fine-tuned with the teacher's full
+// distribution; `llamatune distill DIR/distill.yaml` runs it again.
+const quickstartDistillJob = `# Written by llamatune quickstart: distil the fine-tuned tiny model into a smaller one.
+model: student
+method: full
+data:
+  datasets:
+    - {path: data/text.jsonl, type: text}
+    - {path: data/chat.jsonl, type: messages}
+  seq_len: 128
+  packing: true
+  template: llama3
+  epochs: 3
+  eval: {fraction: 0.1}
+distill:
+  teacher: {model: run/export/hf}
+  loss: forward_kl
+  temperature: 1.0
+  kd_weight: 0.8
+  top_k: 0
+optimizer: {lr: 0.01, weight_decay: 0.0}
+schedule: {type: cosine, warmup_steps: 3}
+batch: {micro_batch_size: 4, grad_accum: 1}
+max_steps: 30
+checkpoint: {every: 0, keep_last: 1}
+eval: {every: 15}
+logging: {every: 5}
+export: {formats: [hf], dtype: BF16}
+`
+
 func init() {
 	var out string
 	cmd := &cobra.Command{
 		Use:   "quickstart [--out DIR] [--set k=v]...",
-		Short: "Tiny model + built-in data: LoRA fine-tune on CPU, held-out loss, export HF/PEFT/GGUF",
+		Short: "Tiny model + built-in data on CPU: LoRA fine-tune, export HF/PEFT/GGUF, distil into a smaller student",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -89,13 +120,34 @@ func runQuickstart(ctx context.Context, out string, sets []string, w io.Writer) 
 	if err != nil {
 		return train.Result{}, err
 	}
-	res, err := runTrainWith(ctx, job, "", w, true)
+	res, err := runTrainWith(ctx, job, "", w, runHooks{evalAtStart: true})
 	if err != nil {
 		return res, err
 	}
 	if n := len(res.EvalLosses); n >= 2 {
 		fmt.Fprintf(w, "held-out loss: %.3f before training -> %.3f after %d steps\n", res.EvalLosses[0], res.EvalLosses[n-1], res.Steps)
 	}
-	fmt.Fprintf(w, "done in %v. Run it again with: llamatune train %s\n", time.Since(t0).Round(time.Second), jobPath)
+
+	// Distillation: the fine-tuned model teaches a smaller student.
+	if _, err := testutil.WriteTinyModel(filepath.Join(out, "student"), testutil.TinyOptions{Tokenizer: "llama3", Layers: 1, Hidden: 32, Seed: 7}); err != nil {
+		return res, err
+	}
+	distillPath := filepath.Join(out, "distill.yaml")
+	if err := os.WriteFile(distillPath, []byte(quickstartDistillJob+"output_dir: "+runDir+"-distill\n"), 0o644); err != nil {
+		return res, err
+	}
+	fmt.Fprintf(w, "\ndistilling it into a smaller student (1 layer, hidden 32): %s\n", distillPath)
+	djob, err := configs.Load(distillPath, sets)
+	if err != nil {
+		return res, err
+	}
+	dres, err := runTrainWith(ctx, djob, "", w, runHooks{evalAtStart: true, setup: distillSetup})
+	if err != nil {
+		return res, err
+	}
+	if n := len(dres.EvalLosses); n >= 2 {
+		fmt.Fprintf(w, "student held-out loss: %.3f before distillation -> %.3f after %d steps\n", dres.EvalLosses[0], dres.EvalLosses[n-1], dres.Steps)
+	}
+	fmt.Fprintf(w, "done in %v. Run them again with: llamatune train %s; llamatune distill %s\n", time.Since(t0).Round(time.Second), jobPath, distillPath)
 	return res, nil
 }

@@ -207,10 +207,19 @@ func (s *session) totalSteps() (int, error) {
 
 // runTrain is the `train` recipe: load, attach, train, plot, export.
 func runTrain(ctx context.Context, job *configs.Job, resume string, out io.Writer) (train.Result, error) {
-	return runTrainWith(ctx, job, resume, out, false)
+	return runTrainWith(ctx, job, resume, out, runHooks{})
 }
 
-func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.Writer, evalAtStart bool) (train.Result, error) {
+// runHooks let other recipes (quickstart, distill) reuse the train recipe.
+type runHooks struct {
+	evalAtStart bool
+	// setup runs once the model is loaded and trainable; it may set the
+	// loss (distillation) and replace the training data (offline teacher
+	// shards). The returned cleanup runs at the end.
+	setup func(ctx context.Context, s *session, o *train.Options) (cleanup func(), err error)
+}
+
+func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.Writer, hooks runHooks) (train.Result, error) {
 	s, err := openSession(job)
 	if err != nil {
 		return train.Result{}, err
@@ -251,7 +260,14 @@ func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.W
 		MaxGradNorm: job.Optimizer.MaxGradNorm,
 		OutDir:      job.OutputDir, SaveEvery: job.Checkpoint.Every, KeepLast: job.Checkpoint.KeepLast,
 		EvalEvery: job.Eval.Every, EvalBatches: job.Eval.Batches, LogEvery: job.Logging.Every,
-		OnNaN: job.OnNaN, Seed: job.Seed, Meta: meta, Resume: resume, Log: out, TTY: tty, EvalAtStart: evalAtStart,
+		OnNaN: job.OnNaN, Seed: job.Seed, Meta: meta, Resume: resume, Log: out, TTY: tty, EvalAtStart: hooks.evalAtStart,
+	}
+	if hooks.setup != nil {
+		cleanup, err := hooks.setup(ctx, s, &o)
+		if err != nil {
+			return train.Result{}, err
+		}
+		defer cleanup()
 	}
 	if s.evalData != nil {
 		o.OpenEval = s.openEval

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/llamatune/llamatune/configs"
+	"github.com/llamatune/llamatune/distill"
+	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/train"
+)
+
+func init() {
+	var resume string
+	cmd := &cobra.Command{
+		Use:   "distill JOB.yaml [--set k=v]... [--resume [DIR]]",
+		Short: "Train a student from a teacher (in-process, OpenAI-compatible server, or offline top-k shards)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			job, err := configs.Load(args[0], *sets(cmd))
+			if err != nil {
+				return err
+			}
+			if job.Distill == nil {
+				return fmt.Errorf("%s: no distill: section; add distill: {teacher: {model: DIR}} (or url:, shards:)", args[0])
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			_, err = runTrainWith(ctx, job, resume, os.Stdout, runHooks{setup: distillSetup})
+			return err
+		},
+	}
+	addSetFlag(cmd)
+	cmd.Flags().StringVar(&resume, "resume", "", "resume from a checkpoint dir, or the run's latest when given without a value")
+	cmd.Flags().Lookup("resume").NoOptDefVal = "latest"
+	rootCmd.AddCommand(cmd)
+}
+
+// openTeacher makes the job's teacher and checks it shares the student's
+// vocabulary.
+func openTeacher(job *configs.Job, s *session) (distill.Teacher, error) {
+	d := job.Distill
+	studentHash, err := distill.VocabHash(job.Model)
+	if err != nil {
+		return nil, err
+	}
+	student := distill.Info{Name: job.Model, VocabSize: s.model.Config.VocabSize, VocabHash: studentHash}
+	var t distill.Teacher
+	switch {
+	case d.Teacher.Model != "":
+		dt := kernels.F32
+		if job.Precision.Weights == "bf16" {
+			dt = kernels.BF16
+		}
+		if t, err = distill.NewInProcess(d.Teacher.Model, s.model.Backend(), dt); err != nil {
+			return nil, err
+		}
+	case d.Teacher.URL != "":
+		hash := d.Teacher.VocabHash
+		if hash == "" {
+			hash = studentHash // the user asserts the server's model shares the student's tokenizer
+		}
+		if t, err = distill.NewServer(distill.ServerOptions{BaseURL: d.Teacher.URL, Model: d.Teacher.Name,
+			APIKeyEnv: d.Teacher.APIKeyEnv, Concurrency: d.Teacher.Concurrency,
+			Timeout: time.Duration(d.Teacher.Timeout * float64(time.Second)), MaxRetries: d.Teacher.Retries,
+			Info: distill.Info{Name: d.Teacher.Name, VocabSize: s.model.Config.VocabSize, VocabHash: hash}}); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("distill.teacher.shards: offline shards are not wired into distill yet; use teacher.model or teacher.url")
+	}
+	if err := distill.CheckVocab(t.Info(), student); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// distillSetup swaps the loss for the KD loss against the job's teacher.
+func distillSetup(ctx context.Context, s *session, o *train.Options) (func(), error) {
+	d := s.job.Distill
+	kind, err := distill.ParseKind(d.Loss)
+	if err != nil {
+		return nil, err
+	}
+	t, err := openTeacher(s.job, s)
+	if err != nil {
+		return nil, err
+	}
+	o.Loss = distill.KDLoss(ctx, s.model, t, distill.LossConfig{Kind: kind, Beta: d.Beta, Temperature: d.Temperature,
+		KDWeight: d.KDWeight, TopK: d.TopK, Renorm: d.Sparse == "renorm"})
+	fmt.Fprintf(o.Log, "distilling from %s (%s, T=%g, kd_weight %g, top_k %d)\n", t.Info().Name, d.Loss, d.Temperature, d.KDWeight, d.TopK)
+	return func() { t.Close() }, nil
+}
