@@ -3,7 +3,6 @@ package distill
 import (
 	"context"
 	"fmt"
-	"math"
 	"sync"
 
 	"github.com/llamatune/llamatune/data"
@@ -106,76 +105,17 @@ func (t *InProcess) TopK(ctx context.Context, b *data.Batch, k int) (*TopK, erro
 }
 
 // hidden is the model's final hidden states [tokens, hidden] on the host.
-// It runs the decoder layer by layer, each on its own non-recording tape that
-// is released as soon as the layer's output is copied out, so only one
-// layer's activations live at a time (a NoGrad tape over the whole model
-// would keep every layer's until the end). A model carrying adapters goes
-// through Model.Hidden instead.
+// Model.Hidden on a non-recording tape runs layer by layer and frees each
+// layer's activations as soon as its output exists.
 func (t *InProcess) hidden(ctx context.Context, in *llama.Input) ([]float32, error) {
-	m, be, c := t.m, t.m.Backend(), t.m.Config
-	for i, id := range in.InputIDs {
-		if id < 0 || int(id) >= c.VocabSize {
-			return nil, fmt.Errorf("teacher %s: token id %d at row %d position %d is outside its vocabulary (size %d)", t.info.Name, id, i/in.SeqLen, i%in.SeqLen, c.VocabSize)
-		}
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	n := in.Rows * in.SeqLen
-	if (in.PositionIDs != nil && len(in.PositionIDs) != n) || (in.DocStart != nil && len(in.DocStart) != n) || len(in.InputIDs) != n {
-		return nil, fmt.Errorf("teacher %s: batch of %d×%d has %d ids, %d positions, %d doc starts", t.info.Name, in.Rows, in.SeqLen, len(in.InputIDs), len(in.PositionIDs), len(in.DocStart))
-	}
-	if len(m.Adapters) > 0 {
-		tp := llama.NewInferenceTape(be)
-		defer tp.Release()
-		h, err := m.Hidden(tp, in)
-		if err != nil {
-			return nil, fmt.Errorf("teacher %s: %w", t.info.Name, err)
-		}
-		return h.F32(), nil
-	}
-	pos := in.PositionIDs
-	if pos == nil {
-		pos = make([]int32, n)
-		for i := range pos {
-			pos[i] = int32(i % in.SeqLen)
-		}
-	}
-	H, hd := c.HiddenSize, c.HeadDimension()
-	eps := float32(c.RMSNormEps)
-	invFreq := c.InvFreq()
-	args := kernels.AttnArgs{Batch: in.Rows, Tq: in.SeqLen, Tk: in.SeqLen, Heads: c.NumAttentionHeads,
-		KVHeads: c.NumKeyValueHeads, HeadDim: hd, Scale: float32(1 / math.Sqrt(float64(hd))), DocStart: in.DocStart}
-	// keep copies y out of a layer tape into a buffer of our own.
-	keep := func(y *tensor.Tensor) *tensor.Tensor {
-		buf := be.Alloc(kernels.F32, y.Numel())
-		be.Copy(buf, y.Buf)
-		return tensor.Wrap(be, buf, y.Shape...)
-	}
-	tp := llama.NewInferenceTape(be)
-	x := keep(tp.Embedding(m.EmbedTokens, in.InputIDs))
-	tp.Release()
-	defer func() { be.Free(x.Buf) }()
-	for i := range m.Layers {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		L := &m.Layers[i]
-		tp := llama.NewInferenceTape(be)
-		h := tp.RMSNorm(x, L.InputLayernorm, eps)
-		q := tp.RoPE(tp.Linear(h, L.QProj), pos, args.Heads, hd, invFreq)
-		k := tp.RoPE(tp.Linear(h, L.KProj), pos, args.KVHeads, hd, invFreq)
-		v := tp.Linear(h, L.VProj)
-		r := tp.Add(x, tp.Linear(tp.Attention(q, k, v, args), L.OProj))
-		h = tp.RMSNorm(r, L.PostAttentionLayernorm, eps)
-		y := tp.Add(r, tp.Linear(tp.SwiGLU(tp.Linear(h, L.GateProj), tp.Linear(h, L.UpProj)), L.DownProj))
-		nx := keep(y)
-		tp.Release()
-		be.Free(x.Buf)
-		x = nx
-	}
-	tp = llama.NewInferenceTape(be)
+	tp := llama.NewInferenceTape(t.m.Backend())
 	defer tp.Release()
-	out := tp.RMSNorm(x, m.Norm, eps).F32()
-	if len(out) != n*H {
-		panic(fmt.Sprintf("distill: hidden states of %d values for %d tokens × %d", len(out), n, H))
+	h, err := t.m.Hidden(tp, in)
+	if err != nil {
+		return nil, fmt.Errorf("teacher %s: %w", t.info.Name, err)
 	}
-	return out, nil
+	return h.F32(), nil
 }

@@ -5,10 +5,18 @@ package tensor
 // runs fn again on a fresh recording tape from a detached copy of x, then
 // propagates the upstream gradient through it. Parameters used inside fn
 // accumulate their gradients as usual. fn must be deterministic (seed any
-// dropout from state captured outside fn).
+// dropout from state captured outside fn). On a non-recording tape it just
+// runs fn and frees everything but the output at once (layer-by-layer
+// inference in bounded memory).
 func (tp *Tape) Recompute(x *Tensor, fn func(tp *Tape, x *Tensor) *Tensor) *Tensor {
 	if !tp.recording() {
-		return fn(tp, x)
+		// Inference: keep only fn's output, free its intermediates now.
+		inner := &Tape{be: tp.be, NoGrad: true}
+		y0 := fn(inner, x)
+		y := tp.result(tp.alloc(y0.Numel()), y0.Shape)
+		tp.be.Copy(y.Buf, y0.Buf)
+		inner.Release()
+		return y
 	}
 	inner := &Tape{be: tp.be, NoGrad: true}
 	y0 := fn(inner, x)

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/llamatune/llamatune/configs"
+	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/distill"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/train"
@@ -73,7 +74,7 @@ func openTeacher(job *configs.Job, s *session) (distill.Teacher, error) {
 			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("distill.teacher.shards: offline shards are not wired into distill yet; use teacher.model or teacher.url")
+		return nil, fmt.Errorf("distill.teacher.shards: opened by distillSetup")
 	}
 	if err := distill.CheckVocab(t.Info(), student); err != nil {
 		t.Close()
@@ -89,12 +90,54 @@ func distillSetup(ctx context.Context, s *session, o *train.Options) (func(), er
 	if err != nil {
 		return nil, err
 	}
-	t, err := openTeacher(s.job, s)
-	if err != nil {
+	var t distill.Teacher
+	if dir := d.Teacher.Shards; dir != "" {
+		// The shards are both the data (packed rows as teacher-logits wrote
+		// them) and the teacher of the batches they hand out.
+		st := &shardTeacher{}
+		o.OpenData = func(from *data.Cursor) (train.Batches, error) {
+			r, err := distill.OpenShards(dir, distill.ShardReaderOptions{BatchRows: s.job.Batch.MicroBatchSize, From: from})
+			if err != nil {
+				return nil, err
+			}
+			st.r = r
+			return r, nil
+		}
+		r, err := distill.OpenShards(dir, distill.ShardReaderOptions{BatchRows: 1})
+		if err != nil {
+			return nil, err
+		}
+		st.info = r.Info()
+		r.Close()
+		studentHash, err := distill.VocabHash(s.job.Model)
+		if err != nil {
+			return nil, err
+		}
+		if err := distill.CheckVocab(st.info, distill.Info{Name: s.job.Model, VocabSize: s.model.Config.VocabSize, VocabHash: studentHash}); err != nil {
+			return nil, err
+		}
+		t = st
+	} else if t, err = openTeacher(s.job, s); err != nil {
 		return nil, err
 	}
 	o.Loss = distill.KDLoss(ctx, s.model, t, distill.LossConfig{Kind: kind, Beta: d.Beta, Temperature: d.Temperature,
 		KDWeight: d.KDWeight, TopK: d.TopK, Renorm: d.Sparse == "renorm"})
 	fmt.Fprintf(o.Log, "distilling from %s (%s, T=%g, kd_weight %g, top_k %d)\n", t.Info().Name, d.Loss, d.Temperature, d.KDWeight, d.TopK)
 	return func() { t.Close() }, nil
+}
+
+// shardTeacher forwards to the shard reader the trainer opened last (the
+// trainer reopens the data at every resume).
+type shardTeacher struct {
+	r    *distill.ShardReader
+	info distill.Info
+}
+
+func (t *shardTeacher) Info() distill.Info { return t.info }
+func (t *shardTeacher) Close() error       { return nil }
+func (t *shardTeacher) TopK(ctx context.Context, b *data.Batch, k int) (*distill.TopK, error) {
+	if t.r == nil {
+		return nil, fmt.Errorf("distill: teacher shards are not open")
+	}
+	return t.r.TopK(ctx, b, k)
 }

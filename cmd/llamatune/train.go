@@ -178,14 +178,14 @@ func (s *session) openTrain(from *data.Cursor) (train.Batches, error) {
 func (s *session) openEval() (train.Batches, error) { return data.New(*s.evalData, nil) }
 
 // totalSteps is max_steps, or the optimizer steps one pass of the data makes.
-func (s *session) totalSteps() (int, error) {
-	if s.job.MaxSteps > 0 {
-		return s.job.MaxSteps, nil
+func totalSteps(job *configs.Job, open func(*data.Cursor) (train.Batches, error)) (int, error) {
+	if job.MaxSteps > 0 {
+		return job.MaxSteps, nil
 	}
-	if s.trainData.Epochs < 0 {
+	if job.Data.Epochs < 0 {
 		return 0, fmt.Errorf("data.epochs is -1 (repeat forever): set max_steps")
 	}
-	p, err := data.New(s.trainData, nil)
+	p, err := open(nil)
 	if err != nil {
 		return 0, err
 	}
@@ -202,7 +202,7 @@ func (s *session) totalSteps() (int, error) {
 	if n == 0 {
 		return 0, fmt.Errorf("the training data yields no batch")
 	}
-	return (n + s.job.Batch.GradAccum - 1) / s.job.Batch.GradAccum, nil
+	return (n + job.Batch.GradAccum - 1) / job.Batch.GradAccum, nil
 }
 
 // runTrain is the `train` recipe: load, attach, train, plot, export.
@@ -227,14 +227,6 @@ func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.W
 	if err := s.makeTrainable(); err != nil {
 		return train.Result{}, err
 	}
-	total, err := s.totalSteps()
-	if err != nil {
-		return train.Result{}, err
-	}
-	warmup := job.Schedule.WarmupSteps
-	if warmup == 0 && job.Schedule.WarmupRatio > 0 {
-		warmup = int(math.Ceil(job.Schedule.WarmupRatio * float64(total)))
-	}
 	yaml, err := job.YAML()
 	if err != nil {
 		return train.Result{}, err
@@ -253,10 +245,8 @@ func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.W
 		Model: s.model, LoRA: s.lora, Trainable: s.trainable,
 		OpenData:  s.openTrain,
 		GradAccum: job.Batch.GradAccum,
-		MaxSteps:  total,
 		Optim: optim.AdamWConfig{LR: job.Optimizer.LR, Beta1: job.Optimizer.Betas[0], Beta2: job.Optimizer.Betas[1],
 			Eps: job.Optimizer.Eps, WeightDecay: job.Optimizer.WeightDecay},
-		Schedule:    optim.Schedule{Kind: job.Schedule.Type, WarmupSteps: warmup, TotalSteps: total, MinLRRatio: job.Schedule.MinLRRatio},
 		MaxGradNorm: job.Optimizer.MaxGradNorm,
 		OutDir:      job.OutputDir, SaveEvery: job.Checkpoint.Every, KeepLast: job.Checkpoint.KeepLast,
 		EvalEvery: job.Eval.Every, EvalBatches: job.Eval.Batches, LogEvery: job.Logging.Every,
@@ -269,6 +259,16 @@ func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.W
 		}
 		defer cleanup()
 	}
+	total, err := totalSteps(job, o.OpenData)
+	if err != nil {
+		return train.Result{}, err
+	}
+	warmup := job.Schedule.WarmupSteps
+	if warmup == 0 && job.Schedule.WarmupRatio > 0 {
+		warmup = int(math.Ceil(job.Schedule.WarmupRatio * float64(total)))
+	}
+	o.MaxSteps = total
+	o.Schedule = optim.Schedule{Kind: job.Schedule.Type, WarmupSteps: warmup, TotalSteps: total, MinLRRatio: job.Schedule.MinLRRatio}
 	if s.evalData != nil {
 		o.OpenEval = s.openEval
 	}

@@ -227,8 +227,8 @@ func (m *Model) Hidden(tp *tensor.Tape, in *Input) (*tensor.Tensor, error) {
 		block := func(tp *tensor.Tape, x *tensor.Tensor) *tensor.Tensor {
 			return m.layer(tp, i, x, pos, args)
 		}
-		if m.Recompute {
-			x = tp.Recompute(x, block)
+		if m.Recompute || tp.NoGrad {
+			x = tp.Recompute(x, block) // inference: each layer's activations are freed after it
 		} else {
 			x = block(tp, x)
 		}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/llamatune/llamatune/configs"
+	"github.com/llamatune/llamatune/distill/fakeserver"
+	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/kernels/cpu"
+	"github.com/llamatune/llamatune/model/llama"
+)
+
+// The distill command with each teacher source: in-process (full
+// distribution), offline shards written by teacher-logits, and an
+// OpenAI-compatible server (the fake vLLM).
+func TestDistillTeachers(t *testing.T) {
+	dir := t.TempDir()
+	teacherDir := filepath.Join(dir, "teacher")
+	if _, err := testutil.WriteTinyModel(teacherDir, testutil.TinyOptions{Tokenizer: "llama2", Layers: 2, Hidden: 64, Seed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testutil.WriteTinyModel(filepath.Join(dir, "student"), testutil.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Seed: 2}); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile("../../testdata/war-and-peace-60k.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines strings.Builder
+	for i := 0; i < 6000; i += 400 {
+		b, _ := json.Marshal(map[string]string{"text": string(raw[i : i+400])})
+		lines.Write(append(b, '\n'))
+	}
+	os.WriteFile(filepath.Join(dir, "data.jsonl"), []byte(lines.String()), 0o644)
+	job := `model: student
+method: lora
+lora: {r: 4, alpha: 8, target_modules: [all-linear, lm_head]}
+data:
+  datasets: [{path: data.jsonl, type: text}]
+  seq_len: 64
+  shuffle_buffer: 0
+  eval: {fraction: 0.2}
+distill:
+  teacher: {model: teacher}
+  kd_weight: 0.7
+  temperature: 2.0
+optimizer: {lr: 0.01}
+batch: {micro_batch_size: 2}
+max_steps: 3
+output_dir: run
+`
+	jobPath := filepath.Join(dir, "job.yaml")
+	os.WriteFile(jobPath, []byte(job), 0o644)
+	run := func(name string, sets ...string) {
+		t.Helper()
+		sets = append(sets, "output_dir="+filepath.Join(dir, "run-"+name))
+		j, err := configs.Load(jobPath, sets)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var log bytes.Buffer
+		res, err := runTrainWith(context.Background(), j, "", &log, runHooks{setup: distillSetup})
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, log.String())
+		}
+		if res.Steps != 3 || len(res.Losses) != 3 {
+			t.Fatalf("%s: %d steps, losses %v", name, res.Steps, res.Losses)
+		}
+		for _, l := range res.Losses {
+			if math.IsNaN(l) || l <= 0 {
+				t.Fatalf("%s: losses %v", name, res.Losses)
+			}
+		}
+		if !strings.Contains(log.String(), "distilling from") {
+			t.Fatalf("%s: %s", name, log.String())
+		}
+	}
+	run("in-process dense", "distill.top_k=0")
+	run("in-process top-k", "distill.top_k=8", "distill.loss=jsd")
+
+	shards := filepath.Join(dir, "shards")
+	var out bytes.Buffer
+	if err := runTeacherLogits(context.Background(), jobPath, nil, teacherLogitsFlags{out: shards, k: 8}, &out, &out); err != nil {
+		t.Fatalf("teacher-logits: %v\n%s", err, out.String())
+	}
+	run("shards", "distill.teacher.model=", "distill.teacher.shards="+shards, "distill.top_k=8", "distill.loss=reverse_kl")
+
+	tm, err := llama.Load(teacherDir, cpu.New(), kernels.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := fakeserver.New(fakeserver.Options{Model: tm, Name: "tiny-teacher",
+		Faults: []fakeserver.Fault{{Kind: fakeserver.Status5xx, OnRequest: 2}, {Kind: fakeserver.Malformed, OnRequest: 5}}})
+	defer srv.Close()
+	run("server", "distill.teacher.model=", "distill.teacher.url="+srv.URL(), "distill.teacher.name=tiny-teacher",
+		"distill.top_k=8", "distill.teacher.retries=3")
+}
