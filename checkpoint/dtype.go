@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"encoding/binary"
+	"github.com/llamatune/llamatune/kernels"
 	"math"
 	"sort"
 	"strings"
@@ -57,26 +58,12 @@ func knownDTypes() string {
 	return strings.Join(names, ", ")
 }
 
-// F32ToBF16 converts a float32 to bfloat16 bits with round-to-nearest-even.
-// Values beyond the largest finite bfloat16 round to ±Inf, exactly as
-// PyTorch does. NaN stays NaN: the sign and the top payload bits are kept and
-// the quiet bit is set, so a signalling NaN whose payload lives only in the
-// low 16 bits cannot turn into Inf.
-func F32ToBF16(f float32) uint16 {
-	b := math.Float32bits(f)
-	if b&0x7fffffff > 0x7f800000 { // NaN
-		return uint16(b>>16) | 0x0040
-	}
-	// Add half an ulp of bf16 (0x7fff) plus the lowest kept bit, so that an
-	// exact tie rounds towards the even result.
-	b += 0x7fff + (b>>16)&1
-	return uint16(b >> 16)
-}
+// F32ToBF16 converts a float32 to bfloat16 bits with round-to-nearest-even
+// (kernels.F32ToBF16: overflow to ±Inf as PyTorch, NaN stays NaN).
+func F32ToBF16(f float32) uint16 { return kernels.F32ToBF16(f) }
 
 // BF16ToF32 widens bfloat16 bits to float32 (exact).
-func BF16ToF32(h uint16) float32 {
-	return math.Float32frombits(uint32(h) << 16)
-}
+func BF16ToF32(h uint16) float32 { return kernels.BF16ToF32(h) }
 
 // F32ToF16 converts a float32 to IEEE 754 half-precision bits with
 // round-to-nearest-even (overflow goes to ±Inf, NaN stays NaN).
