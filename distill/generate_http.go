@@ -14,7 +14,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -57,30 +56,16 @@ type ChatServer struct {
 
 // NewChatServer checks the options; it does not contact the server.
 func NewChatServer(o ChatServerOptions) (*ChatServer, error) {
-	if o.BaseURL == "" {
-		return nil, errors.New("teacher server: no URL; give --teacher-url (e.g. http://localhost:8000/v1)")
-	}
-	if !strings.HasPrefix(o.BaseURL, "http://") && !strings.HasPrefix(o.BaseURL, "https://") {
-		return nil, fmt.Errorf("teacher server: URL %q must start with http:// or https://", o.BaseURL)
-	}
-	if o.Model == "" {
-		return nil, errors.New("teacher server: no model name; give --teacher-name, the name the server serves (GET /v1/models lists it)")
+	url, key, err := endpoint(o.BaseURL, o.Model, o.APIKey, o.APIKeyEnv, "chat/completions",
+		"give --teacher-url", "give --teacher-name")
+	if err != nil {
+		return nil, err
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 300 * time.Second
 	}
-	if o.APIKeyEnv == "" {
-		o.APIKeyEnv = "OPENAI_API_KEY"
-	}
-	if o.APIKey == "" {
-		o.APIKey = os.Getenv(o.APIKeyEnv)
-	}
-	base := strings.TrimRight(o.BaseURL, "/")
-	if !strings.HasSuffix(base, "/v1") {
-		base += "/v1"
-	}
-	s := &ChatServer{o: o, url: base + "/chat/completions"}
-	s.h = newGenHTTP(o.Client, o.APIKey, o.APIKeyEnv, o.Timeout, o.MaxRetries, o.Backoff, o.MaxBackoff)
+	s := &ChatServer{o: o, url: url}
+	s.h = newGenHTTP(o.Client, key, o.APIKeyEnv, o.Timeout, o.MaxRetries, o.Backoff, o.MaxBackoff)
 	return s, nil
 }
 

@@ -11,7 +11,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -73,14 +72,10 @@ var _ Teacher = (*Server)(nil)
 
 // NewServer checks the options; it does not contact the server.
 func NewServer(o ServerOptions) (*Server, error) {
-	if o.BaseURL == "" {
-		return nil, errors.New("teacher server: no URL; set distill.teacher.url (e.g. http://localhost:8000/v1)")
-	}
-	if !strings.HasPrefix(o.BaseURL, "http://") && !strings.HasPrefix(o.BaseURL, "https://") {
-		return nil, fmt.Errorf("teacher server: URL %q must start with http:// or https://", o.BaseURL)
-	}
-	if o.Model == "" {
-		return nil, errors.New("teacher server: no model name; set distill.teacher.name to the name the server serves (GET /v1/models lists it)")
+	url, key, err := endpoint(o.BaseURL, o.Model, o.APIKey, o.APIKeyEnv, "completions",
+		"set distill.teacher.url", "set distill.teacher.name")
+	if err != nil {
+		return nil, err
 	}
 	if o.Info.Name == "" {
 		o.Info.Name = o.Model
@@ -103,18 +98,7 @@ func NewServer(o ServerOptions) (*Server, error) {
 	if o.MaxBackoff <= 0 {
 		o.MaxBackoff = 30 * time.Second
 	}
-	if o.APIKeyEnv == "" {
-		o.APIKeyEnv = "OPENAI_API_KEY"
-	}
-	s := &Server{o: o, key: o.APIKey, client: o.Client}
-	if s.key == "" {
-		s.key = os.Getenv(o.APIKeyEnv)
-	}
-	base := strings.TrimRight(o.BaseURL, "/")
-	if !strings.HasSuffix(base, "/v1") {
-		base += "/v1"
-	}
-	s.url = base + "/completions"
+	s := &Server{o: o, key: key, url: url, client: o.Client}
 	if s.client == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConnsPerHost = o.Concurrency

