@@ -108,7 +108,7 @@ func TestKDBeatsCE(t *testing.T) {
 	kdLoss := trainModel(t, kdStudent, tok, dataPath, steps, 1e-2, kd)
 
 	t.Logf("held-out CE: teacher %.3f; student after %d steps: CE-only %.3f, KD %.3f", teacherLoss, steps, ceLoss, kdLoss)
-	if !(kdLoss < ceLoss-0.1) {
-		t.Fatalf("KD student %.3f is not at least 0.1 nats below the CE-only student %.3f", kdLoss, ceLoss)
+	if !(kdLoss < ceLoss-0.2) {
+		t.Fatalf("KD student %.3f is not at least 0.2 nats below the CE-only student %.3f", kdLoss, ceLoss)
 	}
 }
