@@ -36,7 +36,7 @@ func (*Backend) LinearCrossEntropy(bufs kernels.CEBuffers, labels []int32, a ker
 	}
 	chunk := a.Chunk
 	if chunk <= 0 {
-		chunk = 1024
+		chunk = autoChunk(V)
 	}
 	hv, wv := F32(h), asF32(w)
 	var dhv, dwv []float32
@@ -111,3 +111,11 @@ func (*Backend) LinearCrossEntropy(bufs kernels.CEBuffers, labels []int32, a ker
 	}
 	return sum, count
 }
+
+// logitsBudget is how many logits (floats) one chunk of the fused losses may
+// hold when the caller leaves the chunk size to the backend: 64 MiB.
+const logitsBudget = 1 << 24
+
+// autoChunk is the positions per chunk for a vocabulary of V: 128 for Llama 3's
+// 128,256 tokens, 512 for Llama 2's 32,000; at least 16.
+func autoChunk(V int) int { return max(16, min(1024, logitsBudget/max(V, 1))) }

@@ -50,7 +50,7 @@ func (*Backend) LinearKD(b kernels.KDBuffers, labels []int32, a kernels.KDArgs) 
 	}
 	chunk := a.Chunk
 	if chunk <= 0 {
-		chunk = 512
+		chunk = autoChunk(V) / 2 // student and teacher logits both live
 	}
 	hv, wv := F32(s.H), asF32(s.W)
 	var hrv, wrv, thv, twv []float32

@@ -43,7 +43,8 @@ type Model struct {
 	// Recompute re-runs each decoder layer in backward instead of keeping
 	// its activations.
 	Recompute bool
-	// CEChunk is how many tokens' logits the loss makes at once.
+	// CEChunk is how many tokens' logits the loss makes at once (0: the
+	// backend picks, bounding the chunk's logits to 64 MiB).
 	CEChunk int
 
 	be      kernels.Backend
@@ -97,7 +98,7 @@ func New(c Config, be kernels.Backend, params map[string]*tensor.Tensor) (*Model
 		}
 		t.Name = n
 	}
-	m := &Model{Config: c, be: be, invFreq: c.InvFreq(), names: names, params: params, CEChunk: 512,
+	m := &Model{Config: c, be: be, invFreq: c.InvFreq(), names: names, params: params,
 		Adapters: map[string]Adapter{}}
 	m.EmbedTokens = params["model.embed_tokens.weight"]
 	m.Norm = params["model.norm.weight"]
