@@ -2,10 +2,12 @@ package main
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
 	"github.com/llamatune/llamatune/internal/benchmark"
+	"github.com/llamatune/llamatune/internal/quickstart"
 )
 
 func init() {
@@ -43,6 +45,30 @@ func init() {
 	step.Flags().IntVar(&o.SeqLen, "seq", 256, "tokens per row")
 	step.Flags().IntVar(&o.Steps, "steps", 5, "timed steps (after one warm-up)")
 	step.Flags().BoolVar(&o.Recompute, "recompute", false, "activation recomputation per layer")
-	bench.AddCommand(gemm, step)
+	var kind, textFile string
+	tok := &cobra.Command{
+		Use:   "tokenizer [--kind llama3|llama2] [--text FILE]",
+		Short: "tokenizer MB/s, one core and all cores (default text: the built-in War and Peace sample)",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			text := quickstart.Text()
+			if textFile != "" {
+				b, err := os.ReadFile(textFile)
+				if err != nil {
+					return err
+				}
+				text = string(b)
+			}
+			r, err := benchmark.Tokenizer(kind, text, 3)
+			if err != nil {
+				return err
+			}
+			fmt.Println(r)
+			return nil
+		},
+	}
+	tok.Flags().StringVar(&kind, "kind", "llama3", "llama3 or llama2")
+	tok.Flags().StringVar(&textFile, "text", "", "UTF-8 text file to encode")
+	bench.AddCommand(gemm, step, tok)
 	rootCmd.AddCommand(bench)
 }

@@ -5,9 +5,12 @@ package benchmark
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"runtime"
+	"strings"
 	"time"
 
+	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/internal/testutil"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
@@ -122,4 +125,51 @@ func Step(o StepOptions) (StepResult, error) {
 	res.MeanStep = total / time.Duration(max(o.Steps, 1))
 	res.TokensPerSec = float64(o.Rows*o.SeqLen) / res.MeanStep.Seconds()
 	return res, nil
+}
+
+// TokenizerResult is one tokenizer measurement.
+type TokenizerResult struct {
+	Kind                 string
+	Bytes, Tokens        int
+	SingleMBps, BatchMBs float64
+}
+
+func (r TokenizerResult) String() string {
+	return fmt.Sprintf("tokenizer %s: %d bytes -> %d tokens; encode %.1f MB/s on one core, batch encode (lines) %.1f MB/s on %d cores",
+		r.Kind, r.Bytes, r.Tokens, r.SingleMBps, r.BatchMBs, runtime.GOMAXPROCS(0))
+}
+
+// Tokenizer times the embedded Llama 3 or Llama 2 tokenizer on text: one
+// Encode of the whole text, and BatchEncode of its lines. Every repetition
+// loads a fresh tokenizer, so its word caches start cold (repeated text would
+// otherwise be served from them); the best repetition is reported.
+func Tokenizer(kind, text string, reps int) (TokenizerResult, error) {
+	dir, err := os.MkdirTemp("", "llamatune-bench-tok-")
+	if err != nil {
+		return TokenizerResult{}, err
+	}
+	defer os.RemoveAll(dir)
+	if err := tokenizer.WriteFiles(dir, kind); err != nil {
+		return TokenizerResult{}, err
+	}
+	lines := strings.SplitAfter(text, "\n")
+	res := TokenizerResult{Kind: kind, Bytes: len(text)}
+	best := func(f func(tokenizer.Tokenizer)) (float64, error) {
+		d := time.Duration(1 << 62)
+		for i := 0; i < max(reps, 1); i++ {
+			tok, err := tokenizer.Load(dir)
+			if err != nil {
+				return 0, err
+			}
+			t0 := time.Now()
+			f(tok)
+			d = min(d, time.Since(t0))
+		}
+		return float64(len(text)) / d.Seconds() / 1e6, nil
+	}
+	if res.SingleMBps, err = best(func(t tokenizer.Tokenizer) { res.Tokens = len(t.Encode(text)) }); err != nil {
+		return res, err
+	}
+	res.BatchMBs, err = best(func(t tokenizer.Tokenizer) { t.BatchEncode(lines) })
+	return res, err
 }

@@ -16,6 +16,9 @@ import (
 //go:embed assets/war-and-peace-40k.txt
 var text string
 
+// Text is the built-in War and Peace sample (40 kB).
+func Text() string { return text }
+
 // WriteData writes dir/text.jsonl (War and Peace paragraphs) and
 // dir/chat.jsonl (short instruction conversations) and returns their paths.
 func WriteData(dir string) (textPath, chatPath string, err error) {
