@@ -19,6 +19,7 @@ import (
 	"github.com/llamatune/llamatune/export"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
+	"github.com/llamatune/llamatune/kernels/cuda"
 	"github.com/llamatune/llamatune/lora"
 	"github.com/llamatune/llamatune/model/llama"
 	"github.com/llamatune/llamatune/optim"
@@ -27,6 +28,9 @@ import (
 )
 
 func init() {
+	// The CUDA backend is linked in; it reports a clear error at use where
+	// no GPU or driver is found.
+	configs.RegisterDevice("cuda")
 	var resume string
 	cmd := &cobra.Command{
 		Use:   "train JOB.yaml [--set k=v]... [--resume [DIR]]",
@@ -101,10 +105,14 @@ type session struct {
 }
 
 func openSession(job *configs.Job) (*session, error) {
-	if job.Device != "" && job.Device != "cpu" {
-		return nil, fmt.Errorf("device %q: only the cpu backend is built so far", job.Device)
+	var be kernels.Backend = cpu.New()
+	if job.Device == "cuda" {
+		b, err := cuda.New()
+		if err != nil {
+			return nil, fmt.Errorf("device: cuda: %w", err)
+		}
+		be = b
 	}
-	be := cpu.New()
 	dt := kernels.F32
 	if job.Precision.Weights == "bf16" && job.Method != "full" {
 		dt = kernels.BF16 // frozen base weights only; adapters stay f32

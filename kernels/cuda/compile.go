@@ -40,7 +40,7 @@ func programSource(family string) (string, error) {
 	// The #include of common.cuh in each .cu is for nvcc and editors; the
 	// program gets the header inline instead, so NVRTC needs no include path.
 	text := strings.Replace(string(body), `#include "common.cuh"`, "// common.cuh inlined above", 1)
-	return string(common) + "\n#line 1 \"" + family + ".cu\"\n" + text, nil
+	return "#line 1 \"common.cuh\"\n" + string(common) + "\n#line 1 \"" + family + ".cu\"\n" + text, nil
 }
 
 // compileOptions are the NVRTC options for a device of compute capability
@@ -63,7 +63,11 @@ func cacheKey(family, source string, opts []string, major, minor, nvrtcMajor, nv
 		h.Write([]byte(o))
 	}
 	sum := hex.EncodeToString(h.Sum(nil))[:20]
-	return fmt.Sprintf("%s-sm%d%d-nvrtc%d.%d-%s.cubin", family, major, minor, nvrtcMajor, nvrtcMinor, sum)
+	ext := ".cubin"
+	if isPTX(opts) {
+		ext = ".ptx"
+	}
+	return fmt.Sprintf("%s-sm%d%d-nvrtc%d.%d-%s%s", family, major, minor, nvrtcMajor, nvrtcMinor, sum, ext)
 }
 
 // cacheDir is $LLAMATUNE_CUDA_CACHE, else <user cache dir>/llamatune/cuda
@@ -121,7 +125,30 @@ func (l *libs) nvrtcVersion() (int, int, error) {
 	return int(major), int(minor), nvrtcErr("nvrtcVersion", r)
 }
 
-// compile runs NVRTC on source and returns a CUBIN.
+// ptxFallbackOptions target a virtual architecture when NVRTC does not know
+// the device's SM (a GPU newer than the NVRTC): the driver JIT-compiles the
+// PTX at load.
+func ptxFallbackOptions(major, minor int) []string {
+	o := compileOptions(major, minor)
+	o[0] = "--gpu-architecture=compute_80"
+	if major*10+minor >= 90 {
+		o[0] = "--gpu-architecture=compute_90"
+	}
+	return o
+}
+
+// isPTX says whether options ask for PTX (a compute_ target) rather than a CUBIN.
+func isPTX(opts []string) bool {
+	for _, o := range opts {
+		if strings.HasPrefix(o, "--gpu-architecture=compute_") {
+			return true
+		}
+	}
+	return false
+}
+
+// compile runs NVRTC on source and returns a CUBIN (or NUL-terminated PTX
+// when opts name a compute_ architecture).
 func (l *libs) compile(family, source string, opts []string) ([]byte, error) {
 	src, name := cstr(source), cstr(family+".cu")
 	var prog uintptr
@@ -142,18 +169,22 @@ func (l *libs) compile(family, source string, opts []string) ([]byte, error) {
 	if err := nvrtcErr("nvrtcCompileProgram", r); err != nil {
 		return nil, &CompileError{Family: family, Err: err, Log: l.programLog(prog)}
 	}
+	getSize, get, what := l.nvrtc.getCUBINSize, l.nvrtc.getCUBIN, "CUBIN"
+	if isPTX(opts) {
+		getSize, get, what = l.nvrtc.getPTXSize, l.nvrtc.getPTX, "PTX"
+	}
 	var size uintptr
-	if err := nvrtcErr("nvrtcGetCUBINSize", ccall(l.nvrtc.getCUBINSize, prog, uintptr(unsafe.Pointer(&size)))); err != nil {
+	if err := nvrtcErr("nvrtcGet"+what+"Size", ccall(getSize, prog, uintptr(unsafe.Pointer(&size)))); err != nil {
 		return nil, &CompileError{Family: family, Err: err}
 	}
-	img := make([]byte, size)
+	img := make([]byte, size) // PTX: size includes the NUL cuModuleLoadData needs
 	if size > 0 {
-		if err := nvrtcErr("nvrtcGetCUBIN", ccall(l.nvrtc.getCUBIN, prog, uintptr(unsafe.Pointer(&img[0])))); err != nil {
+		if err := nvrtcErr("nvrtcGet"+what, ccall(get, prog, uintptr(unsafe.Pointer(&img[0])))); err != nil {
 			return nil, &CompileError{Family: family, Err: err}
 		}
 	}
 	if len(img) == 0 {
-		return nil, &CompileError{Family: family, Err: fmt.Errorf("NVRTC produced an empty CUBIN for options %v", opts)}
+		return nil, &CompileError{Family: family, Err: fmt.Errorf("NVRTC produced an empty image for options %v", opts)}
 	}
 	return img, nil
 }

@@ -5,6 +5,11 @@
 
 typedef unsigned short bf16_t;
 
+// NVRTC has no <math.h>; nvcc does. Device code only.
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
 // Storage types of a buffer, as kernels.DType.
 #define DT_F32 0
 #define DT_BF16 1
