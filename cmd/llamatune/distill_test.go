@@ -40,25 +40,12 @@ func TestDistillTeachers(t *testing.T) {
 		lines.Write(append(b, '\n'))
 	}
 	os.WriteFile(filepath.Join(dir, "data.jsonl"), []byte(lines.String()), 0o644)
-	job := `model: student
-method: lora
-lora: {r: 4, alpha: 8, target_modules: [all-linear, lm_head]}
-data:
-  datasets: [{path: data.jsonl, type: text}]
-  seq_len: 64
-  shuffle_buffer: 0
-  eval: {fraction: 0.2}
-distill:
-  teacher: {model: teacher}
-  kd_weight: 0.7
-  temperature: 2.0
-optimizer: {lr: 0.01}
-batch: {micro_batch_size: 2}
-max_steps: 3
-output_dir: run
-`
+	job, err := os.ReadFile("../../configs/examples/distill_tiny.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
 	jobPath := filepath.Join(dir, "job.yaml")
-	os.WriteFile(jobPath, []byte(job), 0o644)
+	os.WriteFile(jobPath, job, 0o644)
 	run := func(name string, sets ...string) {
 		t.Helper()
 		sets = append(sets, "output_dir="+filepath.Join(dir, "run-"+name))
