@@ -62,23 +62,28 @@ func loadLlama3JSON(path string, cfg *tokenConfig) (*byteLevel, error) {
 	return parseLlama3JSON(data, path, cfg)
 }
 
+// tokenizerJSON is the part of HF's tokenizer.json that the loader and the
+// GGUF vocabulary export read.
+type tokenizerJSON struct {
+	AddedTokens []struct {
+		ID      int    `json:"id"`
+		Content string `json:"content"`
+		Special bool   `json:"special"`
+	} `json:"added_tokens"`
+	PreTokenizer  json.RawMessage `json:"pre_tokenizer"`
+	PostProcessor json.RawMessage `json:"post_processor"`
+	Normalizer    json.RawMessage `json:"normalizer"`
+	Model         struct {
+		Type         string          `json:"type"`
+		Vocab        map[string]int  `json:"vocab"`
+		Merges       json.RawMessage `json:"merges"`
+		IgnoreMerges bool            `json:"ignore_merges"`
+		ByteFallback bool            `json:"byte_fallback"`
+	} `json:"model"`
+}
+
 func parseLlama3JSON(data []byte, path string, cfg *tokenConfig) (*byteLevel, error) {
-	var f struct {
-		AddedTokens []struct {
-			ID      int    `json:"id"`
-			Content string `json:"content"`
-			Special bool   `json:"special"`
-		} `json:"added_tokens"`
-		PreTokenizer json.RawMessage `json:"pre_tokenizer"`
-		Normalizer   json.RawMessage `json:"normalizer"`
-		Model        struct {
-			Type         string          `json:"type"`
-			Vocab        map[string]int  `json:"vocab"`
-			Merges       json.RawMessage `json:"merges"`
-			IgnoreMerges bool            `json:"ignore_merges"`
-			ByteFallback bool            `json:"byte_fallback"`
-		} `json:"model"`
-	}
+	var f tokenizerJSON
 	if err := json.Unmarshal(data, &f); err != nil {
 		return nil, fmt.Errorf("tokenizer: %s: %v", path, err)
 	}

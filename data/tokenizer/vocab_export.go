@@ -244,20 +244,7 @@ func exportSentencePiece(data []byte, path, dir string, tc *exportConfig, vocabS
 }
 
 func exportByteLevel(data []byte, path string, tc *exportConfig, vocabSize int) (*Vocab, error) {
-	var f struct {
-		AddedTokens []struct {
-			ID      int    `json:"id"`
-			Content string `json:"content"`
-			Special bool   `json:"special"`
-		} `json:"added_tokens"`
-		PreTokenizer  json.RawMessage `json:"pre_tokenizer"`
-		PostProcessor json.RawMessage `json:"post_processor"`
-		Model         struct {
-			Type   string          `json:"type"`
-			Vocab  map[string]int  `json:"vocab"`
-			Merges json.RawMessage `json:"merges"`
-		} `json:"model"`
-	}
+	var f tokenizerJSON
 	if err := json.Unmarshal(data, &f); err != nil {
 		return nil, fmt.Errorf("tokenizer: %s: %v", path, err)
 	}
