@@ -153,6 +153,11 @@ type Backend interface {
 	// receive the gradient of sum·GradScale.
 	LinearCrossEntropy(b CEBuffers, labels []int32, args CEArgs) (lossSum float64, count int)
 
+	// CrossEntropy is the unfused twin of LinearCrossEntropy, over logits
+	// [rows, vocab] already made: returns the loss sum and counted rows, and
+	// accumulates dlogits += (softmax − onehot)·gradScale (nil: skipped).
+	CrossEntropy(logits, dlogits Buffer, labels []int32, rows, vocab int, gradScale float32) (lossSum float64, count int)
+
 	// LinearKD: the fused distillation loss (see KDArgs). Returns the sums of
 	// the KD and CE parts over counted positions (unweighted) and the count;
 	// gradients of (KDWeight·T²·kd + (1−KDWeight)·ce)·GradScale go to the

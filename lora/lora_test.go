@@ -266,3 +266,36 @@ func TestLMHeadAdapterOnTiedModel(t *testing.T) {
 		}
 	}
 }
+
+// LLAMATUNE_NO_FUSED=1 (full logits, then cross-entropy) gives the fused
+// loss's value and gradients, lm_head adapter included.
+func TestUnfusedMatchesFused(t *testing.T) {
+	run := func() (float32, [][]float32) {
+		m, s, in, labels := setup(t, allTargets(), kernels.F32)
+		tp := tensor.NewTape(m.Backend())
+		loss, _, err := m.Loss(tp, in, labels, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := loss.Item()
+		tp.Backward(loss)
+		var g [][]float32
+		for _, p := range s.Params() {
+			g = append(g, p.GradF32())
+		}
+		return v, g
+	}
+	fl, fg := run()
+	t.Setenv("LLAMATUNE_NO_FUSED", "1")
+	ul, ug := run()
+	if math.Abs(float64(fl-ul)) > 1e-5 {
+		t.Fatalf("loss fused %v, unfused %v", fl, ul)
+	}
+	for i := range fg {
+		for j := range fg[i] {
+			if math.Abs(float64(fg[i][j]-ug[i][j])) > 1e-5*(1+math.Abs(float64(fg[i][j]))) {
+				t.Fatalf("param %d elem %d: fused %v unfused %v", i, j, fg[i][j], ug[i][j])
+			}
+		}
+	}
+}

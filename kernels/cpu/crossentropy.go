@@ -72,22 +72,7 @@ func (*Backend) LinearCrossEntropy(bufs kernels.CEBuffers, labels []int32, a ker
 		}
 		parallelFor(n, 1, func(lo, hi int) {
 			for r := lo; r < hi; r++ {
-				row := z[r*V : (r+1)*V]
-				lab := labels[c0+r]
-				if lab == kernels.IgnoreIndex {
-					clear(row)
-					rowLoss[r] = 0
-					continue
-				}
-				target := float64(row[lab])
-				m := maxOf(row)
-				sum := expSum(row, row, m, 1) // row = exp(z − max)
-				rowLoss[r] = float64(m) + math.Log(sum) - target
-				k := a.GradScale / float32(sum)
-				for j := range row {
-					row[j] *= k // softmax · GradScale
-				}
-				row[lab] -= a.GradScale
+				rowLoss[r] = ceRow(z[r*V:(r+1)*V], labels[c0+r], a.GradScale)
 			}
 		})
 		for r := 0; r < n; r++ {
@@ -119,3 +104,61 @@ const logitsBudget = 1 << 24
 // autoChunk is the positions per chunk for a vocabulary of V: 128 for Llama 3's
 // 128,256 tokens, 512 for Llama 2's 32,000; at least 16.
 func autoChunk(V int) int { return max(16, min(1024, logitsBudget/max(V, 1))) }
+
+// ceRow turns one row of logits into (softmax − onehot(label))·scale in place
+// and returns −log softmax[label]; an ignored row becomes zeros and costs 0.
+func ceRow(row []float32, label int32, scale float32) float64 {
+	if label == kernels.IgnoreIndex {
+		clear(row)
+		return 0
+	}
+	target := float64(row[label])
+	m := maxOf(row)
+	sum := expSum(row, row, m, 1) // row = exp(z − max)
+	k := scale / float32(sum)
+	for j := range row {
+		row[j] *= k // softmax · scale
+	}
+	row[label] -= scale
+	return float64(m) + math.Log(sum) - target
+}
+
+// CrossEntropy is the unfused loss over materialized logits [rows, vocab]:
+// the sum of −log softmax(logits)[label] over counted rows, with
+// dlogits += (softmax − onehot)·gradScale. It is LinearCrossEntropy's twin
+// for LLAMATUNE_NO_FUSED=1 (logits from a separate Linear).
+func (*Backend) CrossEntropy(logits, dlogits kernels.Buffer, labels []int32, rows, vocab int, gradScale float32) (float64, int) {
+	lv := F32(logits)
+	if len(lv) != rows*vocab || len(labels) != rows {
+		panic(fmt.Sprintf("cpu.CrossEntropy: %d logits, %d labels for %d×%d", len(lv), len(labels), rows, vocab))
+	}
+	for t, l := range labels {
+		if l != kernels.IgnoreIndex && (l < 0 || int(l) >= vocab) {
+			panic(fmt.Sprintf("cpu.CrossEntropy: label %d at row %d outside vocab %d", l, t, vocab))
+		}
+	}
+	var dv []float32
+	if dlogits != nil {
+		dv = F32(dlogits)
+	}
+	losses := make([]float64, rows)
+	parallelFor(rows, 1, func(lo, hi int) {
+		row := make([]float32, vocab)
+		for r := lo; r < hi; r++ {
+			copy(row, lv[r*vocab:(r+1)*vocab])
+			losses[r] = ceRow(row, labels[r], gradScale)
+			if dv != nil {
+				axpy(dv[r*vocab:(r+1)*vocab], row, 1)
+			}
+		}
+	})
+	var sum float64
+	count := 0
+	for r, l := range labels {
+		if l != kernels.IgnoreIndex {
+			sum += losses[r]
+			count++
+		}
+	}
+	return sum, count
+}

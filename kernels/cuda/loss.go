@@ -256,3 +256,43 @@ func (be *Backend) LinearKD(b kernels.KDBuffers, labels []int32, a kernels.KDArg
 	}
 	return kdSum, ceSum, count
 }
+
+// CrossEntropy is LinearCrossEntropy's unfused twin over logits already made
+// (LLAMATUNE_NO_FUSED=1): the same ce_rows kernel on a copy of the logits,
+// then dlogits += the result.
+func (be *Backend) CrossEntropy(logits, dlogits kernels.Buffer, labels []int32, rows, vocab int, gradScale float32) (float64, int) {
+	const op = "CrossEntropy"
+	if lb := be.f32(op, logits); lb.n != rows*vocab || len(labels) != rows {
+		panic(fmt.Sprintf("cuda.CrossEntropy: %d logits, %d labels for %d×%d", lb.n, len(labels), rows, vocab))
+	}
+	checkLabels(op, labels, vocab, []span{{0, rows}})
+	if rows == 0 {
+		return 0, 0
+	}
+	z := be.Alloc(kernels.F32, rows*vocab)
+	defer be.Free(z)
+	be.Copy(z, logits)
+	losses := func() []float64 {
+		defer be.enter()()
+		dlab, freeL := be.uploadI32(op, labels)
+		defer freeL()
+		rowLoss, freeR := be.tmp(op, kernels.F32, 2*rows) // f64
+		defer freeR()
+		be.memset0(op, rowLoss.ptr, 8*rows)
+		be.launch(op, "ce_rows", dim3{uint32(rows), 1, 1}, uint32(rowBlock(vocab/4, lossBlockLimit)), 0,
+			z.(*Buffer).ptr, vocab, dlab, gradScale, rowLoss.ptr)
+		return be.downloadF64(op, rowLoss.ptr, rows)
+	}()
+	if dlogits != nil {
+		be.AddScaled(dlogits, z, 1)
+	}
+	var sum float64
+	count := 0
+	for t, l := range losses {
+		if labels[t] != kernels.IgnoreIndex {
+			sum += l
+			count++
+		}
+	}
+	return sum, count
+}

@@ -29,6 +29,7 @@ func Run(t *testing.T, be kernels.Backend) {
 	t.Run("SwiGLU", func(t *testing.T) { testSwiGLU(t, be) })
 	t.Run("Attention", func(t *testing.T) { testAttention(t, be) })
 	t.Run("LinearCrossEntropy", func(t *testing.T) { testCE(t, be) })
+	t.Run("CrossEntropy", func(t *testing.T) { testUnfusedCE(t, be) })
 	t.Run("LinearKD", func(t *testing.T) { testKD(t, be) })
 	t.Run("Elementwise", func(t *testing.T) { testElementwise(t, be) })
 	t.Run("AdamW", func(t *testing.T) { testAdamW(t, be) })
@@ -267,6 +268,28 @@ func testCE(t *testing.T, be kernels.Backend) {
 			}
 		}
 	}
+}
+
+// testUnfusedCE checks CrossEntropy over given logits: the loss against the
+// reference with W = identity, dlogits against central differences.
+func testUnfusedCE(t *testing.T, be kernels.Backend) {
+	g := newGen(12)
+	T, V := 9, 29
+	labels := []int32{3, -100, 28, 0, 5, -100, 12, 12, 1}
+	eye := make([]float64, V*V)
+	for i := 0; i < V; i++ {
+		eye[i*V+i] = 1
+	}
+	z := g.vec(T*V, 3, kernels.F32)
+	d := be.Alloc(kernels.F32, T*V)
+	sum, n := be.CrossEntropy(upload(be, kernels.F32, z), d, labels, T, V, 0.25)
+	want, wantN := refCrossEntropy(z, eye, labels, T, V, V)
+	if n != wantN {
+		t.Errorf("counted %d rows, want %d", n, wantN)
+	}
+	check(t, "unfused ce loss", []float32{float32(sum)}, []float64{want}, tolF32)
+	loss := func() float64 { s, _ := refCrossEntropy(z, eye, labels, T, V, V); return 0.25 * s }
+	check(t, "unfused ce dlogits", be.ToF32(d), numGrad(z, loss), tolGrad)
 }
 
 // catCols joins a [rows, p] and b [rows, q] into [rows, p+q].

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
 
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/tensor"
@@ -301,6 +302,11 @@ func (m *Model) Loss(tp *tensor.Tape, in *Input, labels []int32, normalizer floa
 		return nil, 0, err
 	}
 	targets := ShiftLabels(labels, in.Rows, in.SeqLen, in.DocStart)
+	if os.Getenv("LLAMATUNE_NO_FUSED") == "1" {
+		// Unfused twin: full [tokens × vocab] logits, then cross-entropy.
+		loss, n := tp.CrossEntropy(m.linear(tp, "lm_head", h, m.LMHead), targets, normalizer)
+		return loss, n, nil
+	}
 	hr, wr, err := m.LMHeadLowRank(tp, h)
 	if err != nil {
 		return nil, 0, err
