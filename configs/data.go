@@ -43,7 +43,7 @@ type Data struct {
 	Seed          *uint64   `yaml:"seed"`            // default 42
 	Epochs        int       `yaml:"epochs"`          // default 1; -1 = repeat forever
 	Stop          string    `yaml:"stop"`            // all_exhausted (default) | first_exhausted
-	Template      string    `yaml:"template"`        // llama3 (default) | llama2 | chatml | model | Jinja
+	Template      string    `yaml:"template"`        // auto (default: the model's chat_template, else by tokenizer) | llama3 | llama2 | chatml | model | Jinja
 	TrainOn       string    `yaml:"train_on"`        // assistant (default) | all
 	TrainOnPrompt bool      `yaml:"train_on_prompt"` // prompt_completion: loss on the prompt too
 	AddBOS        *bool     `yaml:"add_bos"`         // text / prompt_completion (default true)
@@ -266,7 +266,7 @@ func (d *Data) Validate(path string) []error {
 	add(oneOf(path+".train_on", d.TrainOn, "assistant", "all"))
 	add(oneOf(path+".bad_rows", d.BadRows, "fail", "skip"))
 	if t := d.Template; t != "" && !strings.Contains(t, "{{") && !strings.Contains(t, "{%") {
-		add(oneOf(path+".template", t, "llama3", "llama2", "chatml", "model"))
+		add(oneOf(path+".template", t, "auto", "llama3", "llama2", "chatml", "model"))
 	}
 	validateDatasets := func(p string, ds []Dataset) {
 		for i, x := range ds {
@@ -299,11 +299,12 @@ func (d *Data) Validate(path string) []error {
 
 // DataEnv is what the data section needs from the rest of the job to become data.Options.
 type DataEnv struct {
-	Tokenizer    data.Tokenizer // nil is fine when every dataset is tokenized
-	VocabSize    int            // for tokenized data without a tokenizer
-	ChatTemplate string         // the model's chat_template, for template: model
-	BaseDir      string         // relative dataset paths are resolved against it (the job file's dir)
-	BatchRows    int            // rows per batch (the trainer's micro batch)
+	Tokenizer     data.Tokenizer // nil is fine when every dataset is tokenized
+	VocabSize     int            // for tokenized data without a tokenizer
+	ChatTemplate  string         // the model's chat_template, for template: model (and auto)
+	TokenizerKind string         // llama3 | llama2: the built-in template auto falls back to
+	BaseDir       string         // relative dataset paths are resolved against it (the job file's dir)
+	BatchRows     int            // rows per batch (the trainer's micro batch)
 }
 
 // Options turns the section into data-package options for training and, when eval data is
@@ -313,6 +314,16 @@ func (d *Data) Options(env DataEnv) (train data.Options, eval *data.Options, err
 		return train, nil, errors.Join(errs...)
 	}
 	template := d.Template
+	if template == "auto" || template == "" {
+		switch {
+		case env.ChatTemplate != "":
+			template = "model"
+		case env.TokenizerKind == "llama2":
+			template = "llama2"
+		default:
+			template = "llama3"
+		}
+	}
 	if template == "model" {
 		if env.ChatTemplate == "" {
 			return train, nil, errors.New("data.template: model, but the model has no chat_template in tokenizer_config.json; pick llama3, llama2 or chatml")

@@ -125,3 +125,25 @@ data:
 		}
 	}
 }
+
+// template: auto (the default) takes the model's chat_template, else the
+// built-in template of the tokenizer's family.
+func TestTemplateAuto(t *testing.T) {
+	d, err := parseData(t, "data:\n  datasets: [{path: x.jsonl}]\n  seq_len: 16\n  template: auto\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ chat, kind, want string }{
+		{"", "llama2", "llama2"},
+		{"", "llama3", "llama3"},
+		{"{{ messages }}", "llama2", "{{ messages }}"},
+	} {
+		o, _, err := d.Options(DataEnv{ChatTemplate: tc.chat, TokenizerKind: tc.kind})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.Template != tc.want {
+			t.Errorf("chat_template %q, tokenizer %s: template %q, want %q", tc.chat, tc.kind, o.Template, tc.want)
+		}
+	}
+}

@@ -660,7 +660,7 @@ func (d *Data) fillDefaults(seed uint64) {
 		d.Epochs = 1
 	}
 	def(&d.Stop, "all_exhausted")
-	def(&d.Template, "llama3")
+	def(&d.Template, "auto")
 	def(&d.TrainOn, "assistant")
 	def(&d.BadRows, "fail")
 	if d.Workers == 0 {

@@ -76,7 +76,7 @@ func TestDefaults(t *testing.T) {
 	}
 	d := j.Data
 	if !*d.Packing || d.PackPool != 8 || d.Truncation != "truncate" || *d.ShuffleBuffer != 10000 || *d.Seed != 42 ||
-		d.Epochs != 1 || d.Template != "llama3" || d.TrainOn != "assistant" || d.BadRows != "fail" ||
+		d.Epochs != 1 || d.Template != "auto" || d.TrainOn != "assistant" || d.BadRows != "fail" ||
 		d.Datasets[0].Format != "auto" || d.Datasets[0].Weight != 1 {
 		t.Errorf("data defaults: %+v", d)
 	}

@@ -3,6 +3,9 @@ package data
 import (
 	"fmt"
 	"strings"
+
+	"github.com/llamatune/llamatune/data/chat"
+	"github.com/llamatune/llamatune/data/tokenizer"
 )
 
 // Doc is one tokenized document: ids and labels aligned (not shifted), -100 where no loss.
@@ -197,16 +200,43 @@ func (f *formatter) tokenize(ex *Example) ([]Doc, error) {
 			return nil, rowErr(ex.Loc, "chat template %s: %v", o.Template, err)
 		}
 		var ids, labels []int32
-		for _, s := range segs {
-			if s.Text == "" {
-				continue
+		if full, ok := o.Tokenizer.(tokenizer.Tokenizer); ok {
+			// The whole render in one piece, as the model sees it at inference
+			// (no BPE seams, no stray SentencePiece prefixes at segment edges);
+			// special-token text typed inside a message stays plain text.
+			cs := make([]chat.Segment, len(segs))
+			for i, s := range segs {
+				cs[i] = chat.Segment{Text: s.Text, Train: s.Train || o.TrainOn == TrainOnAll}
 			}
-			t := toInt32(o.Tokenizer.EncodeWithSpecial(s.Text))
-			ids = append(ids, t...)
-			if s.Train || o.TrainOn == TrainOnAll {
-				labels = append(labels, t...)
-			} else {
-				labels = append(labels, masked(len(t))...)
+			contents := make([]string, len(msgs))
+			for i, m := range msgs {
+				contents[i] = m.Content
+			}
+			plain, ok := chat.ContentRanges(full, chat.Join(cs), contents)
+			if !ok {
+				return nil, rowErr(ex.Loc, "a message contains special-token text and chat template %s changes that message, so it cannot be kept as plain text", o.Template)
+			}
+			all, train := chat.Tokenize(full, cs, plain)
+			for i, id := range all {
+				ids = append(ids, int32(id))
+				if train[i] {
+					labels = append(labels, int32(id))
+				} else {
+					labels = append(labels, -100)
+				}
+			}
+		} else {
+			for _, s := range segs {
+				if s.Text == "" {
+					continue
+				}
+				t := toInt32(o.Tokenizer.EncodeWithSpecial(s.Text))
+				ids = append(ids, t...)
+				if s.Train || o.TrainOn == TrainOnAll {
+					labels = append(labels, t...)
+				} else {
+					labels = append(labels, masked(len(t))...)
+				}
 			}
 		}
 		if len(ids) == 0 {

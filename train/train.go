@@ -114,6 +114,14 @@ type StepMetrics struct {
 	EvalPPL       float64 `json:"eval_ppl,omitempty"`
 }
 
+// evalLine is a metrics.jsonl line of an evaluation outside a training step
+// (before the first, after the last): no training fields.
+type evalLine struct {
+	Step     int     `json:"step"`
+	EvalLoss float64 `json:"eval_loss"`
+	EvalPPL  float64 `json:"eval_ppl"`
+}
+
 // Result summarizes a run.
 type Result struct {
 	Steps       int
@@ -140,6 +148,11 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	}
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return res, fmt.Errorf("creating run directory: %w", err)
+	}
+	if o.Resume == "" {
+		if last, err := LatestCheckpoint(o.OutDir); err == nil {
+			return res, fmt.Errorf("run directory %s already holds checkpoints of an earlier run (latest %s): continue it with --resume, or pick another output_dir (or delete that one)", o.OutDir, last)
+		}
 	}
 	be := o.Model.Backend()
 	if o.Loss == nil {
@@ -178,7 +191,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 			return res, err
 		}
 		res.EvalLosses = append(res.EvalLosses, l)
-		line, _ := json.Marshal(StepMetrics{Step: 0, EvalLoss: l, EvalPPL: math.Exp(l)})
+		line, _ := json.Marshal(evalLine{Step: 0, EvalLoss: l, EvalPPL: math.Exp(l)})
 		metrics.Write(append(line, '\n'))
 		fmt.Fprintf(o.Log, "eval before training: loss %.4f, perplexity %.2f\n", l, math.Exp(l))
 	}
@@ -214,6 +227,9 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 			micro = append(micro, b)
 		}
 		if len(micro) == 0 {
+			if st.Step == 0 {
+				return res, fmt.Errorf("the training data yields no batch: check data.seq_len, truncation and the chat template (llamatune data inspect shows what the pipeline makes)")
+			}
 			break
 		}
 		total, tokens := 0, 0
@@ -289,7 +305,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 			return res, err
 		}
 		res.EvalLosses = append(res.EvalLosses, l)
-		line, _ := json.Marshal(StepMetrics{Step: st.Step, EvalLoss: l, EvalPPL: math.Exp(l)})
+		line, _ := json.Marshal(evalLine{Step: st.Step, EvalLoss: l, EvalPPL: math.Exp(l)})
 		metrics.Write(append(line, '\n'))
 		fmt.Fprintf(o.Log, "eval at step %d: loss %.4f, perplexity %.2f\n", st.Step, l, math.Exp(l))
 	}

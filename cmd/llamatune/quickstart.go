@@ -100,6 +100,12 @@ func init() {
 // then trains and exports exactly as `llamatune train out/job.yaml` would.
 func runQuickstart(ctx context.Context, out string, sets []string, w io.Writer) (train.Result, error) {
 	t0 := time.Now()
+	// A quickstart starts over: its earlier runs would otherwise be resumed.
+	for _, d := range []string{"run", "run-distill"} {
+		if err := os.RemoveAll(filepath.Join(out, d)); err != nil {
+			return train.Result{}, err
+		}
+	}
 	if _, err := testutil.WriteTinyModel(filepath.Join(out, "model"), testutil.TinyOptions{Tokenizer: "llama3"}); err != nil {
 		return train.Result{}, err
 	}

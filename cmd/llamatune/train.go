@@ -129,7 +129,7 @@ func openSession(job *configs.Job) (*session, error) {
 	if tok.VocabSize() > m.Config.VocabSize {
 		return nil, fmt.Errorf("tokenizer of %s has %d ids but config.json vocab_size is %d: tokenizer and model do not match", job.Model, tok.VocabSize(), m.Config.VocabSize)
 	}
-	env := configs.DataEnv{Tokenizer: tok, VocabSize: m.Config.VocabSize, BatchRows: job.Batch.MicroBatchSize}
+	env := configs.DataEnv{Tokenizer: tok, VocabSize: m.Config.VocabSize, BatchRows: job.Batch.MicroBatchSize, TokenizerKind: tok.Kind()}
 	if raw, err := os.ReadFile(filepath.Join(job.Model, "tokenizer_config.json")); err == nil {
 		env.ChatTemplate, _ = tokenizer.ParseChatTemplate(raw)
 	}

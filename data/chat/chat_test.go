@@ -142,7 +142,7 @@ func TestTokenizeMask(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ids, train := Tokenize(tok, segs)
+	ids, train := Tokenize(tok, segs, nil)
 	var got []int
 	for i, id := range ids {
 		if train[i] {
@@ -170,7 +170,7 @@ func TestTokenizeMask(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ids, train = Tokenize(tok2, segs)
+	ids, train = Tokenize(tok2, segs, nil)
 	var parts []string
 	var cur []int
 	for i, id := range ids {

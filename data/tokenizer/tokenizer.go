@@ -268,10 +268,16 @@ func (s *specials) build() {
 
 // split calls text(seg) for each run of ordinary text and special(id) for each special token.
 func (s *specials) split(str string, text func(string), special func(int)) {
+	s.splitExcept(str, nil, text, special)
+}
+
+// splitExcept is split, ignoring special-token text that starts at a byte i
+// with plain(i) true (plain is called with increasing i; nil: none).
+func (s *specials) splitExcept(str string, plain func(int) bool, text func(string), special func(int)) {
 	start := 0
 	for i := 0; i < len(str); i++ {
 		cands := s.first[str[i]]
-		if cands == nil {
+		if cands == nil || (plain != nil && plain(i)) {
 			continue
 		}
 		for _, c := range cands {
@@ -325,4 +331,49 @@ func batchEncode(texts []string, enc func(string) []int) [][]int {
 	}
 	wg.Wait()
 	return out
+}
+
+// EncodeWithSpecialExcept is EncodeWithSpecial, except that special-token
+// text starting inside one of the plain byte ranges [start, end) of text is
+// encoded as ordinary text. Chat rendering passes the ranges of the message
+// contents, so that a user who types "<|eot_id|>" never produces the special
+// token: specials come only from the template.
+func EncodeWithSpecialExcept(tok Tokenizer, text string, plain [][2]int) []int {
+	var sp *specials
+	var enc func(string, []int) []int
+	switch t := tok.(type) {
+	case *byteLevel:
+		var w bpeWork
+		sp, enc = t.sp, func(s string, out []int) []int { return t.encodeText(s, out, &w) }
+	case *sentencePiece:
+		sp, enc = t.sp, t.encodeText
+	default:
+		return tok.EncodeWithSpecial(text)
+	}
+	out := make([]int, 0, len(text)/3+1)
+	k := 0
+	isPlain := func(i int) bool {
+		for k < len(plain) && plain[k][1] <= i {
+			k++
+		}
+		return k < len(plain) && plain[k][0] <= i
+	}
+	sp.splitExcept(text, isPlain, func(s string) { out = enc(s, out) }, func(id int) { out = append(out, id) })
+	return out
+}
+
+// HasSpecial reports whether s contains the text of a special token.
+func HasSpecial(tok Tokenizer, s string) bool {
+	found := false
+	var sp *specials
+	switch t := tok.(type) {
+	case *byteLevel:
+		sp = t.sp
+	case *sentencePiece:
+		sp = t.sp
+	default:
+		return false
+	}
+	sp.split(s, func(string) {}, func(int) { found = true })
+	return found
 }

@@ -53,6 +53,9 @@ func WriteTinyModel(dir string, o TinyOptions) (llama.Config, error) {
 	c.NumHiddenLayers, c.HiddenSize, c.IntermediateSize = o.Layers, o.Hidden, 2*o.Hidden
 	c.NumAttentionHeads, c.NumKeyValueHeads = o.Hidden/16, max(o.Hidden/32, 1)
 	c.TieWordEmbeddings = true // as Llama 3.2 1B/3B: keeps the tiny model small
+	if o.Tokenizer == "llama2" {
+		c.RopeScaling, c.RopeTheta = nil, 10000 // as Llama 2
+	}
 	c.BosTokenID = json.RawMessage(fmt.Sprint(tok.BOS()))
 	eos := []int{tok.EOS()}
 	if e := tok.EOT(); e >= 0 && e != tok.EOS() {

@@ -14,12 +14,12 @@ import (
 
 // RopeScaling is config.json's rope_scaling.
 type RopeScaling struct {
-	RopeType                      string  `json:"rope_type"`
-	Type                          string  `json:"type"` // older key for the same thing
+	RopeType                      string  `json:"rope_type,omitempty"`
+	Type                          string  `json:"type,omitempty"` // older key for the same thing
 	Factor                        float64 `json:"factor"`
-	LowFreqFactor                 float64 `json:"low_freq_factor"`
-	HighFreqFactor                float64 `json:"high_freq_factor"`
-	OriginalMaxPositionEmbeddings int     `json:"original_max_position_embeddings"`
+	LowFreqFactor                 float64 `json:"low_freq_factor,omitempty"`
+	HighFreqFactor                float64 `json:"high_freq_factor,omitempty"`
+	OriginalMaxPositionEmbeddings int     `json:"original_max_position_embeddings,omitempty"`
 }
 
 // Kind is rope_type, or the legacy type.
