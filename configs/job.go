@@ -852,6 +852,9 @@ func (j *Job) Validate() error {
 		addf("output_dir: missing")
 	}
 	add(oneOfRequired("on_nan", j.OnNaN, "stop", "skip"))
+	if j.Method == "full" && j.Precision.Weights == "bf16" {
+		addf("precision.weights: bf16 stores frozen base weights; full fine-tuning trains every weight in f32 (master weights), so use f32 or method: lora")
+	}
 	if j.Distill != nil {
 		errs = append(errs, j.Distill.validate()...)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -45,7 +46,7 @@ func init() {
 
 // openTeacher makes the job's teacher and checks it shares the student's
 // vocabulary.
-func openTeacher(job *configs.Job, s *session) (distill.Teacher, error) {
+func openTeacher(job *configs.Job, s *session, log io.Writer) (distill.Teacher, error) {
 	d := job.Distill
 	studentHash, err := distill.VocabHash(job.Model)
 	if err != nil {
@@ -65,7 +66,8 @@ func openTeacher(job *configs.Job, s *session) (distill.Teacher, error) {
 	case d.Teacher.URL != "":
 		hash := d.Teacher.VocabHash
 		if hash == "" {
-			hash = studentHash // the user asserts the server's model shares the student's tokenizer
+			hash = studentHash
+			fmt.Fprintf(log, "note: distill.teacher.vocab_hash is not set: assuming %s serves a model with the student's tokenizer (%s); set it to have the vocabulary checked\n", d.Teacher.Name, studentHash)
 		}
 		if t, err = distill.NewServer(distill.ServerOptions{BaseURL: d.Teacher.URL, Model: d.Teacher.Name,
 			APIKeyEnv: d.Teacher.APIKeyEnv, Concurrency: d.Teacher.Concurrency,
@@ -117,7 +119,7 @@ func distillSetup(ctx context.Context, s *session, o *train.Options) (func(), er
 			return nil, err
 		}
 		t = st
-	} else if t, err = openTeacher(s.job, s); err != nil {
+	} else if t, err = openTeacher(s.job, s, o.Log); err != nil {
 		return nil, err
 	}
 	o.Loss = distill.KDLoss(ctx, s.model, t, distill.LossConfig{Kind: kind, Beta: d.Beta, Temperature: d.Temperature,

@@ -101,7 +101,7 @@ func init() {
 func runQuickstart(ctx context.Context, out string, sets []string, w io.Writer) (train.Result, error) {
 	t0 := time.Now()
 	// A quickstart starts over: its earlier runs would otherwise be resumed.
-	for _, d := range []string{"run", "run-distill"} {
+	for _, d := range []string{"run", "run-distill", "run-ce"} {
 		if err := os.RemoveAll(filepath.Join(out, d)); err != nil {
 			return train.Result{}, err
 		}
@@ -153,6 +153,25 @@ func runQuickstart(ctx context.Context, out string, sets []string, w io.Writer) 
 	}
 	if n := len(dres.EvalLosses); n >= 2 {
 		fmt.Fprintf(w, "student held-out loss: %.3f before distillation -> %.3f after %d steps\n", dres.EvalLosses[0], dres.EvalLosses[n-1], dres.Steps)
+	}
+
+	// The same student, data and steps with cross-entropy alone: what KD adds.
+	fmt.Fprintf(w, "\nbaseline: the same student trained with cross-entropy only\n")
+	cjob, err := configs.Load(distillPath, sets)
+	if err != nil {
+		return res, err
+	}
+	cjob.OutputDir, cjob.Export.Formats = runDir+"-ce", nil
+	if err := os.RemoveAll(cjob.OutputDir); err != nil {
+		return res, err
+	}
+	cres, err := runTrainWith(ctx, cjob, "", w, runHooks{})
+	if err != nil {
+		return res, err
+	}
+	if len(dres.EvalLosses) > 0 && len(cres.EvalLosses) > 0 {
+		kd, ce := dres.EvalLosses[len(dres.EvalLosses)-1], cres.EvalLosses[len(cres.EvalLosses)-1]
+		fmt.Fprintf(w, "student held-out loss after %d steps: distilled %.3f, cross-entropy only %.3f (KD − CE = %+.3f nats)\n", dres.Steps, kd, ce, kd-ce)
 	}
 	fmt.Fprintf(w, "done in %v. Run them again with: llamatune train %s; llamatune distill %s\n", time.Since(t0).Round(time.Second), jobPath, distillPath)
 	return res, nil

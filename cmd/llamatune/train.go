@@ -41,6 +41,9 @@ func init() {
 			if err != nil {
 				return err
 			}
+			if job.Distill != nil {
+				fmt.Fprintln(os.Stderr, "note: `llamatune train` ignores the job's distill: section; `llamatune distill` uses it")
+			}
 			if cmd.Flags().Changed("resume") && resume == "" {
 				resume = "latest"
 			}
@@ -109,7 +112,7 @@ func openSession(job *configs.Job) (*session, error) {
 	if job.Device == "cuda" {
 		b, err := cuda.New()
 		if err != nil {
-			return nil, fmt.Errorf("device: cuda: %w", err)
+			return nil, fmt.Errorf("device: cuda: %w (device: cpu trains on the CPU)", err)
 		}
 		be = b
 	}
