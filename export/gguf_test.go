@@ -170,7 +170,7 @@ func TestGGUFLlama2(t *testing.T) {
 				!reflect.DeepEqual(a.FeedForwardLength, []uint64{128, 128}) {
 				t.Errorf("architecture %+v", a)
 			}
-			if get("llama.rope.dimension_count").ValueUint32() != 16 || get("llama.rope.freq_base").ValueFloat32() != 500000 ||
+			if get("llama.rope.dimension_count").ValueUint32() != 16 || get("llama.rope.freq_base").ValueFloat32() != float32(c.RopeTheta) ||
 				get("llama.attention.layer_norm_rms_epsilon").ValueFloat32() != 1e-5 || get("general.file_type").ValueUint32() != gc.ftype ||
 				get("general.alignment").ValueUint32() != 32 || get("llama.vocab_size").ValueUint32() != 32000 {
 				t.Error("hyper-parameters differ")
@@ -197,7 +197,10 @@ func TestGGUFLlama2(t *testing.T) {
 			for _, ti := range gf.TensorInfos {
 				names = append(names, ti.Name)
 			}
-			wantNames := []string{"token_embd.weight", "rope_freqs.weight"}
+			wantNames := []string{"token_embd.weight"}
+			if c.RopeScaling != nil && c.RopeScaling.Kind() == "llama3" {
+				wantNames = append(wantNames, "rope_freqs.weight")
+			}
 			for i := 0; i < 2; i++ {
 				for _, n := range []string{"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"} {
 					wantNames = append(wantNames, "blk."+string(rune('0'+i))+"."+n+".weight")
@@ -351,6 +354,11 @@ func TestGGUFLlama3(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := ggufData(t, path, gf)
+	// Llama 3.1 rope scaling travels as llama.cpp's rope_freqs factors.
+	if ti, ok := gf.TensorInfos.Get("rope_freqs.weight"); !ok || ti.Type != gguf.GGMLTypeF32 {
+		t.Fatalf("rope_freqs.weight: %v %v", ok, ti.Type)
+	}
+	checkRopeFreqs(t, merged.Config, f32s(data["rope_freqs.weight"]))
 	for _, name := range []string{"token_embd.weight", "blk.1.attn_k.weight"} {
 		ti, _ := gf.TensorInfos.Get(name)
 		if ti.Type != gguf.GGMLTypeQ8_0 {
