@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/kernels"
@@ -197,6 +199,11 @@ func loadCheckpoint(dir string, o Options, opt interface {
 	check("model (config.json and weights index)", st.ModelHash, o.Meta.ModelHash)
 	check("data section", st.DataHash, o.Meta.DataHash)
 	if len(diffs) > 0 {
+		if old, err := os.ReadFile(filepath.Join(dir, "job.yaml")); err == nil && o.Meta.JobYAML != "" {
+			if keys := changedKeys(old, []byte(o.Meta.JobYAML)); len(keys) > 0 {
+				diffs = append(diffs, "changed job keys: "+strings.Join(keys, ", "))
+			}
+		}
 		return st, fmt.Errorf("refusing to resume from %s, it belongs to another run: %s", dir, strings.Join(diffs, "; "))
 	}
 	r, err := checkpoint.Open(filepath.Join(dir, "trainable.safetensors"))
@@ -228,4 +235,58 @@ func loadCheckpoint(dir string, o Options, opt interface {
 func restore(p *tensor.Tensor, v []float32) {
 	be := p.Backend()
 	be.Copy(p.Buf, be.FromF32(kernels.F32, v))
+}
+
+// changedKeys lists the key paths whose values differ between two job YAMLs
+// ("data.seq_len: 128 -> 256"), at most 10.
+func changedKeys(a, b []byte) []string {
+	var ma, mb any
+	if yaml.Unmarshal(a, &ma) != nil || yaml.Unmarshal(b, &mb) != nil {
+		return nil
+	}
+	fa, fb := map[string]string{}, map[string]string{}
+	flatten("", ma, fa)
+	flatten("", mb, fb)
+	var out []string
+	for k, v := range fa {
+		if w, ok := fb[k]; !ok || w != v {
+			out = append(out, fmt.Sprintf("%s: %s -> %s", k, v, orNone(w, ok)))
+		}
+	}
+	for k, w := range fb {
+		if _, ok := fa[k]; !ok {
+			out = append(out, fmt.Sprintf("%s: (none) -> %s", k, w))
+		}
+	}
+	sort.Strings(out)
+	if len(out) > 10 {
+		out = append(out[:10], fmt.Sprintf("and %d more", len(out)-10))
+	}
+	return out
+}
+
+func orNone(s string, ok bool) string {
+	if !ok {
+		return "(none)"
+	}
+	return s
+}
+
+func flatten(prefix string, v any, out map[string]string) {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			p := k
+			if prefix != "" {
+				p = prefix + "." + k
+			}
+			flatten(p, e, out)
+		}
+	case []any:
+		for i, e := range x {
+			flatten(fmt.Sprintf("%s[%d]", prefix, i), e, out)
+		}
+	default:
+		out[prefix] = fmt.Sprint(x)
+	}
 }

@@ -154,14 +154,16 @@ func TestResumeRefusesOtherRun(t *testing.T) {
 	out := t.TempDir()
 	s := newSetup(t, modelDir, dataPath, out, "lora", data.SplitTrain)
 	s.opts.MaxSteps, s.opts.OpenEval = 1, nil
+	s.opts.Meta.JobYAML = "data:\n  seq_len: 48\n  seed: 3\n"
 	if _, err := train.Run(context.Background(), s.opts); err != nil {
 		t.Fatal(err)
 	}
 	s2 := newSetup(t, modelDir, dataPath, out, "lora", data.SplitTrain)
 	s2.opts.MaxSteps, s2.opts.OpenEval, s2.opts.Resume = 2, nil, "latest"
 	s2.opts.Meta.DataHash = "other"
+	s2.opts.Meta.JobYAML = "data:\n  seq_len: 64\n  seed: 3\n"
 	_, err := train.Run(context.Background(), s2.opts)
-	if err == nil || !strings.Contains(err.Error(), "data section") {
+	if err == nil || !strings.Contains(err.Error(), "data section") || !strings.Contains(err.Error(), "data.seq_len: 48 -> 64") {
 		t.Fatalf("resume with other data: %v", err)
 	}
 }
