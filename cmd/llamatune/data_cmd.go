@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -31,7 +32,7 @@ type dataJob struct {
 	data  configs.Data
 }
 
-func loadDataJob(path string) (*dataJob, error) {
+func loadDataJob(path string, sets []string) (*dataJob, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read job: %v", err)
@@ -46,6 +47,9 @@ func loadDataJob(path string) (*dataJob, error) {
 	j := &dataJob{path: path, dir: filepath.Dir(path)}
 	var dataNode *yaml.Node
 	m := root.Content[0]
+	if errs := configs.ApplyOverrides(m, sets, os.Environ()); len(errs) > 0 {
+		return nil, fmt.Errorf("%s: %w", path, errors.Join(errs...))
+	}
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		switch m.Content[i].Value {
 		case "model":
@@ -75,9 +79,7 @@ func loadDataJob(path string) (*dataJob, error) {
 	}
 	j.data = d
 	if j.model != "" && !filepath.IsAbs(j.model) {
-		if _, err := os.Stat(j.model); err != nil {
-			j.model = filepath.Join(j.dir, j.model)
-		}
+		j.model = filepath.Join(j.dir, j.model) // as the full job loader: relative to the job file
 	}
 	return j, nil
 }

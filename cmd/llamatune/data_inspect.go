@@ -30,7 +30,7 @@ the stats: examples, tokens, trained tokens, truncated and dropped documents, an
 packing efficiency (non-pad tokens / all tokens).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			job, err := loadDataJob(args[0])
+			job, err := loadDataJob(args[0], *sets(cmd))
 			if err != nil {
 				return err
 			}
@@ -85,6 +85,7 @@ packing efficiency (non-pad tokens / all tokens).`,
 	cmd.Flags().Int64Var(&limit, "limit", 0, "compute stats over at most this many examples (0: one full pass)")
 	cmd.Flags().BoolVar(&eval, "eval", false, "inspect the eval data instead of the training data")
 	cmd.Flags().StringVar(&color, "color", "auto", "dim masked tokens: auto | always | never (never marks them «like this»)")
+	addSetFlag(cmd)
 	dataCmd.AddCommand(cmd)
 }
 

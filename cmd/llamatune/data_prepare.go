@@ -32,7 +32,7 @@ pass: the rows are split back into their documents and packed again. One pass is
 			if out == "" {
 				return fmt.Errorf("data prepare: --out DIR is required")
 			}
-			job, err := loadDataJob(args[0])
+			job, err := loadDataJob(args[0], *sets(cmd))
 			if err != nil {
 				return err
 			}
@@ -99,6 +99,7 @@ pass: the rows are split back into their documents and packed again. One pass is
 	}
 	cmd.Flags().StringVar(&out, "out", "", "output directory (required; must not hold a prepared dataset)")
 	cmd.Flags().BoolVar(&eval, "eval", false, "prepare the eval data instead of the training data")
+	addSetFlag(cmd)
 	dataCmd.AddCommand(cmd)
 }
 
