@@ -23,6 +23,33 @@ type WriteTensor struct {
 	DType string
 	Shape []int
 	Data  []byte
+	// Encode, when set (and Data nil), produces the data at write time, so
+	// that a whole model is never encoded in memory at once.
+	Encode func() ([]byte, error)
+}
+
+// byteSize is product(Shape) · size(DType) (validated by validateTensors).
+func (t WriteTensor) byteSize() int64 {
+	n := int64(dtypeSizes[t.DType])
+	for _, d := range t.Shape {
+		n *= int64(d)
+	}
+	return n
+}
+
+// data returns the tensor's bytes, encoding them now when Encode is set.
+func (t WriteTensor) data(file string) ([]byte, error) {
+	if t.Encode == nil {
+		return t.Data, nil
+	}
+	b, err := t.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("%stensor %q: %w", where(file), t.Name, err)
+	}
+	if int64(len(b)) != t.byteSize() {
+		return nil, fmt.Errorf("%stensor %q: encoded %d bytes, shape %v of %s needs %d", where(file), t.Name, len(b), t.Shape, t.DType, t.byteSize())
+	}
+	return b, nil
 }
 
 // FormatKey and FormatPyTorch: Hugging Face transformers refuses a safetensors
@@ -54,7 +81,11 @@ func writeTo(w io.Writer, file string, tensors []WriteTensor, metadata map[strin
 		return err
 	}
 	for _, t := range tensors {
-		if _, err := w.Write(t.Data); err != nil {
+		data, err := t.data(file)
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(data); err != nil {
 			return err
 		}
 	}
@@ -102,10 +133,11 @@ func validateTensors(file string, tensors []WriteTensor) (int64, error) {
 		if numel > math.MaxInt64/int64(size) {
 			return 0, fmt.Errorf("%stensor %q: shape %v is too large", where(file), t.Name, t.Shape)
 		}
-		if want := numel * int64(size); int64(len(t.Data)) != want {
+		want := numel * int64(size)
+		if t.Encode == nil && int64(len(t.Data)) != want {
 			return 0, fmt.Errorf("%stensor %q: shape %v of %s needs %d bytes of data, got %d", where(file), t.Name, t.Shape, t.DType, want, len(t.Data))
 		}
-		total += int64(len(t.Data))
+		total += want
 	}
 	return total, nil
 }
@@ -164,7 +196,7 @@ func encodeHeader(file string, tensors []WriteTensor, metadata map[string]string
 			}
 			h.WriteString(strconv.Itoa(d))
 		}
-		end := off + int64(len(t.Data))
+		end := off + t.byteSize()
 		fmt.Fprintf(&h, `],"data_offsets":[%d,%d]}`, off, end)
 		off = end
 	}
@@ -197,7 +229,11 @@ func WriteFile(path string, tensors []WriteTensor, metadata map[string]string) e
 			return err
 		}
 		for _, t := range tensors {
-			if _, err := w.Write(t.Data); err != nil {
+			data, err := t.data(path)
+			if err != nil {
+				return err
+			}
+			if _, err := w.Write(data); err != nil {
 				return err
 			}
 		}
@@ -277,7 +313,7 @@ func planShards(tensors []WriteTensor, maxShardBytes int64) [][]WriteTensor {
 	var cur []WriteTensor
 	var curBytes int64
 	for _, t := range tensors {
-		sz := int64(len(t.Data))
+		sz := t.byteSize()
 		if len(cur) > 0 && curBytes+sz > maxShardBytes {
 			shards = append(shards, cur)
 			cur, curBytes = nil, 0

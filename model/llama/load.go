@@ -77,22 +77,23 @@ func (m *Model) Save(dir string, o SaveOptions) error {
 	if dt == "" {
 		dt = "F32"
 	}
+	var encode func([]float32) []byte
+	switch dt {
+	case "F32":
+		encode = checkpoint.EncodeF32
+	case "BF16":
+		encode = checkpoint.EncodeF32AsBF16
+	case "F16":
+		encode = checkpoint.EncodeF32AsF16
+	default:
+		return fmt.Errorf("llama: unsupported save dtype %q (F32, BF16, F16)", dt)
+	}
 	var ts []checkpoint.WriteTensor
 	for _, n := range m.names {
 		p := m.params[n]
-		v := p.F32()
-		var data []byte
-		switch dt {
-		case "F32":
-			data = checkpoint.EncodeF32(v)
-		case "BF16":
-			data = checkpoint.EncodeF32AsBF16(v)
-		case "F16":
-			data = checkpoint.EncodeF32AsF16(v)
-		default:
-			return fmt.Errorf("llama: unsupported save dtype %q (F32, BF16, F16)", dt)
-		}
-		ts = append(ts, checkpoint.WriteTensor{Name: n, DType: dt, Shape: p.Shape, Data: data})
+		// Encoded one tensor at a time as the files are written.
+		ts = append(ts, checkpoint.WriteTensor{Name: n, DType: dt, Shape: p.Shape,
+			Encode: func() ([]byte, error) { return encode(p.F32()), nil }})
 	}
 	cfg := m.Config
 	cfg.TorchDtype = map[string]string{"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dt]
