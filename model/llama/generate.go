@@ -41,28 +41,12 @@ func (m *Model) Step(cache *KVCache, tokens []int32) ([]float32, error) {
 		pos[i] = int32(off + i)
 	}
 	hd := c.HeadDimension()
-	kvw := c.NumKeyValueHeads * hd
 	args := kernels.AttnArgs{Batch: 1, Tq: n, Tk: off + n, Heads: c.NumAttentionHeads, KVHeads: c.NumKeyValueHeads,
 		HeadDim: hd, QOffset: off, Scale: float32(1 / math.Sqrt(float64(hd)))}
 	eps := float32(c.RMSNormEps)
 	x := tp.Embedding(m.EmbedTokens, tokens)
 	for i := range m.Layers {
-		L := &m.Layers[i]
-		p := fmt.Sprintf("model.layers.%d.", i)
-		h := tp.RMSNorm(x, L.InputLayernorm, eps)
-		q := tp.RoPE(m.linear(tp, p+"self_attn.q_proj", h, L.QProj), pos, args.Heads, hd, m.invFreq)
-		k := tp.RoPE(m.linear(tp, p+"self_attn.k_proj", h, L.KProj), pos, args.KVHeads, hd, m.invFreq)
-		v := m.linear(tp, p+"self_attn.v_proj", h, L.VProj)
-		cache.K[i] = append(cache.K[i], k.F32()...)
-		cache.V[i] = append(cache.V[i], v.F32()...)
-		kAll := tensor.FromF32(m.be, kernels.F32, cache.K[i], off+n, kvw)
-		vAll := tensor.FromF32(m.be, kernels.F32, cache.V[i], off+n, kvw)
-		a := tp.Attention(q, kAll, vAll, args)
-		x = tp.Add(x, m.linear(tp, p+"self_attn.o_proj", a, L.OProj))
-		h = tp.RMSNorm(x, L.PostAttentionLayernorm, eps)
-		g := m.linear(tp, p+"mlp.gate_proj", h, L.GateProj)
-		u := m.linear(tp, p+"mlp.up_proj", h, L.UpProj)
-		x = tp.Add(x, m.linear(tp, p+"mlp.down_proj", tp.SwiGLU(g, u), L.DownProj))
+		x = m.layer(tp, i, x, pos, args, cache)
 	}
 	cache.Len += n
 	H := c.HiddenSize

@@ -39,26 +39,11 @@ func Load(dir string, be kernels.Backend, dt kernels.DType) (*Model, error) {
 		if err := r.Expect(n, shapes[n]); err != nil {
 			return nil, fmt.Errorf("%w (config.json: %s)", err, filepath.Join(dir, "config.json"))
 		}
-		var buf kernels.Buffer
-		if dt == kernels.BF16 {
-			v, err := r.BF16(n)
-			if err != nil {
-				return nil, err
-			}
-			buf = be.Alloc(kernels.BF16, len(v))
-			// Route through f32 only on backends without direct bf16 upload.
-			f := make([]float32, len(v))
-			for i, h := range v {
-				f[i] = kernels.BF16ToF32(h)
-			}
-			be.Copy(buf, be.FromF32(kernels.F32, f))
-		} else {
-			v, err := r.F32(n)
-			if err != nil {
-				return nil, err
-			}
-			buf = be.FromF32(kernels.F32, v)
+		v, err := r.F32(n) // F32, BF16 or F16 in the file, widened exactly
+		if err != nil {
+			return nil, err
 		}
+		buf := be.FromF32(dt, v) // stored as dt (bf16: round to nearest even)
 		params[n] = tensor.Wrap(be, buf, shapes[n]...)
 	}
 	return New(cfg, be, params)

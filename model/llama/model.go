@@ -227,7 +227,7 @@ func (m *Model) Hidden(tp *tensor.Tape, in *Input) (*tensor.Tensor, error) {
 		KVHeads: c.NumKeyValueHeads, HeadDim: hd, Scale: float32(1 / math.Sqrt(float64(hd))), DocStart: in.DocStart}
 	for i := range m.Layers {
 		block := func(tp *tensor.Tape, x *tensor.Tensor) *tensor.Tensor {
-			return m.layer(tp, i, x, pos, args)
+			return m.layer(tp, i, x, pos, args, nil)
 		}
 		if m.Recompute || tp.NoGrad {
 			x = tp.Recompute(x, block) // inference: each layer's activations are freed after it
@@ -242,7 +242,10 @@ func (m *Model) Hidden(tp *tensor.Tape, in *Input) (*tensor.Tensor, error) {
 //
 //	h = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1)))   n1 = rmsnorm(x)
 //	y = h + down_proj(silu(gate_proj(n2)) · up_proj(n2))                   n2 = rmsnorm(h)
-func (m *Model) layer(tp *tensor.Tape, i int, x *tensor.Tensor, pos []int32, args kernels.AttnArgs) *tensor.Tensor {
+//
+// With a KV cache (generation), this step's keys and values are appended to
+// the cache and the queries attend to all cached positions.
+func (m *Model) layer(tp *tensor.Tape, i int, x *tensor.Tensor, pos []int32, args kernels.AttnArgs, cache *KVCache) *tensor.Tensor {
 	L, c := &m.Layers[i], m.Config
 	eps := float32(c.RMSNormEps)
 	p := fmt.Sprintf("model.layers.%d.", i)
@@ -250,6 +253,13 @@ func (m *Model) layer(tp *tensor.Tape, i int, x *tensor.Tensor, pos []int32, arg
 	q := tp.RoPE(m.linear(tp, p+"self_attn.q_proj", h, L.QProj), pos, args.Heads, args.HeadDim, m.invFreq)
 	k := tp.RoPE(m.linear(tp, p+"self_attn.k_proj", h, L.KProj), pos, args.KVHeads, args.HeadDim, m.invFreq)
 	v := m.linear(tp, p+"self_attn.v_proj", h, L.VProj)
+	if cache != nil {
+		kvw := args.KVHeads * args.HeadDim
+		cache.K[i] = append(cache.K[i], k.F32()...)
+		cache.V[i] = append(cache.V[i], v.F32()...)
+		k = tensor.FromF32(m.be, kernels.F32, cache.K[i], args.Tk, kvw)
+		v = tensor.FromF32(m.be, kernels.F32, cache.V[i], args.Tk, kvw)
+	}
 	a := tp.Attention(q, k, v, args)
 	x = tp.Add(x, m.linear(tp, p+"self_attn.o_proj", a, L.OProj))
 	h = tp.RMSNorm(x, L.PostAttentionLayernorm, eps)
