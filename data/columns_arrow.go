@@ -43,6 +43,18 @@ func detectType(has func(string) bool, cols Columns) (Type, bool) {
 	return "", false
 }
 
+// typeHint suggests a mapping for well-known layouts the detection does not
+// take on its own.
+func typeHint(has func(string) bool) string {
+	switch {
+	case has("instruction") && has("output"):
+		return " (Alpaca-style data: type: prompt_completion, columns: {prompt: instruction, completion: output}; an input column is not merged in)"
+	case has("question") && has("answer"):
+		return " (type: prompt_completion, columns: {prompt: question, completion: answer})"
+	}
+	return ""
+}
+
 func missingColumn(file, col string, typ Type, have []string) error {
 	sorted := append([]string(nil), have...)
 	sort.Strings(sorted)
@@ -65,8 +77,8 @@ func bindArrow(s *arrow.Schema, typ Type, cols Columns, file string) (*arrowBind
 	if typ == TypeAuto || typ == "" {
 		t, ok := detectType(has, cols)
 		if !ok {
-			return nil, fmt.Errorf("%s: cannot tell the example type from columns [%s]; set datasets[].type and datasets[].columns",
-				file, strings.Join(schemaNames(s), ", "))
+			return nil, fmt.Errorf("%s: cannot tell the example type from columns [%s]; set datasets[].type and datasets[].columns%s",
+				file, strings.Join(schemaNames(s), ", "), typeHint(has))
 		}
 		typ = t
 	}

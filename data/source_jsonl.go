@@ -172,8 +172,8 @@ func detectJSONLType(p string, cols Columns) (Type, error) {
 					keys = append(keys, k)
 				}
 				sort.Strings(keys)
-				return "", fmt.Errorf("%s:%d: cannot tell the example type from keys [%s]; set datasets[].type and datasets[].columns",
-					p, lineNo, strings.Join(keys, ", "))
+				return "", fmt.Errorf("%s:%d: cannot tell the example type from keys [%s]; set datasets[].type and datasets[].columns%s",
+					p, lineNo, strings.Join(keys, ", "), typeHint(func(k string) bool { _, ok := m[k]; return ok }))
 			}
 			return t, nil
 		}
