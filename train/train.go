@@ -193,7 +193,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		res.EvalLosses = append(res.EvalLosses, l)
 		line, _ := json.Marshal(evalLine{Step: 0, EvalLoss: l, EvalPPL: math.Exp(l)})
 		metrics.Write(append(line, '\n'))
-		fmt.Fprintf(o.Log, "eval before training: loss %.4f, perplexity %.2f\n", l, math.Exp(l))
+		fmt.Fprintf(o.Log, "eval before training: loss %.4f, perplexity %.5g\n", l, math.Exp(l))
 	}
 	prog := newProgress(o.Log, o.TTY, o.MaxSteps)
 	defer prog.done()
@@ -307,7 +307,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		res.EvalLosses = append(res.EvalLosses, l)
 		line, _ := json.Marshal(evalLine{Step: st.Step, EvalLoss: l, EvalPPL: math.Exp(l)})
 		metrics.Write(append(line, '\n'))
-		fmt.Fprintf(o.Log, "eval at step %d: loss %.4f, perplexity %.2f\n", st.Step, l, math.Exp(l))
+		fmt.Fprintf(o.Log, "eval at step %d: loss %.4f, perplexity %.5g\n", st.Step, l, math.Exp(l))
 	}
 	return res, nil
 }

@@ -270,6 +270,9 @@ func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.W
 		}
 		defer cleanup()
 	}
+	if job.MaxSteps <= 0 {
+		fmt.Fprintln(out, "max_steps is 0: counting the optimizer steps of one pass over the data first…")
+	}
 	total, err := totalSteps(job, o.OpenData)
 	if err != nil {
 		return train.Result{}, err
@@ -365,6 +368,6 @@ func runEval(job *configs.Job, ckpt string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "held-out loss %.4f, perplexity %.3f\n", loss, math.Exp(loss))
+	fmt.Fprintf(out, "held-out loss %.4f, perplexity %.5g\n", loss, math.Exp(loss))
 	return nil
 }
