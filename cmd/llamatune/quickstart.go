@@ -173,6 +173,6 @@ func runQuickstart(ctx context.Context, out string, sets []string, w io.Writer) 
 		kd, ce := dres.EvalLosses[len(dres.EvalLosses)-1], cres.EvalLosses[len(cres.EvalLosses)-1]
 		fmt.Fprintf(w, "student held-out loss after %d steps: distilled %.3f, cross-entropy only %.3f (KD − CE = %+.3f nats)\n", dres.Steps, kd, ce, kd-ce)
 	}
-	fmt.Fprintf(w, "done in %v. Run them again with: llamatune train %s; llamatune distill %s\n", time.Since(t0).Round(time.Second), jobPath, distillPath)
+	fmt.Fprintf(w, "done in %v. Run them again into new run directories with: llamatune train %s --set output_dir=runs/again; llamatune distill %s --set output_dir=runs/again-distill\n", time.Since(t0).Round(time.Second), jobPath, distillPath)
 	return res, nil
 }
