@@ -11,8 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
@@ -110,10 +108,10 @@ func (s *ChatServer) Generate(ctx context.Context, msgs []data.Message, sm Sampl
 	err = s.h.post(ctx, s.url, body, func(raw []byte) error {
 		var r genChatResponse
 		if err := json.Unmarshal(raw, &r); err != nil {
-			return fmt.Errorf("malformed reply (not the JSON of a chat completion: %v): %s", err, genSnippet(raw))
+			return fmt.Errorf("malformed reply (not the JSON of a chat completion: %v): %s", err, snippet(raw))
 		}
 		if len(r.Choices) == 0 || r.Choices[0].Message == nil || r.Choices[0].Message.Content == nil {
-			return fmt.Errorf("malformed reply: no choices[0].message.content: %s", genSnippet(raw))
+			return fmt.Errorf("malformed reply: no choices[0].message.content: %s", snippet(raw))
 		}
 		c := r.Choices[0]
 		rep = Reply{Text: *c.Message.Content, Truncated: c.FinishReason == "length"}
@@ -204,12 +202,9 @@ func (h genHTTP) post(ctx context.Context, url string, body []byte, parse func([
 	}
 }
 
-// delay is the wait before retry attempt+1: backoff·2^attempt capped at maxBackoff, the upper
-// half of it drawn at random.
+// delay is the wait before retry attempt+1 (see backoffDelay).
 func (h genHTTP) delay(attempt int) time.Duration {
-	d := float64(h.backoff) * math.Pow(2, float64(min(attempt, 30)))
-	d = min(d, float64(h.maxBackoff))
-	return time.Duration(d/2 + rand.Float64()*d/2)
+	return backoffDelay(h.backoff, h.maxBackoff, attempt)
 }
 
 // genMaxReply bounds a reply body.
@@ -244,7 +239,7 @@ func (h genHTTP) once(ctx context.Context, url string, body []byte) ([]byte, tim
 	if resp.StatusCode == http.StatusOK {
 		return raw, 0, nil
 	}
-	msg := fmt.Errorf("HTTP %d: %s", resp.StatusCode, genSnippet(raw))
+	msg := fmt.Errorf("HTTP %d: %s", resp.StatusCode, snippet(raw))
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable:
 		ra, _ := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After")))
@@ -265,15 +260,4 @@ func contextTooLong(msg string) bool {
 	return strings.Contains(m, "context length") || strings.Contains(m, "context window") ||
 		strings.Contains(m, "prompt is too long") || strings.Contains(m, "input is too long") ||
 		strings.Contains(m, "must be less than or equal to the max")
-}
-
-func genSnippet(b []byte) string {
-	s := strings.TrimSpace(string(b))
-	if len(s) > 300 {
-		s = s[:300] + "…"
-	}
-	if s == "" {
-		s = "(empty body)"
-	}
-	return s
 }

@@ -255,8 +255,14 @@ func (s *Server) document(ctx context.Context, b *data.Batch, d document, k int,
 // backoff is the delay before retry attempt+1: Backoff·2^attempt capped at
 // MaxBackoff, the upper half of it drawn at random (jitter).
 func (s *Server) backoff(attempt int) time.Duration {
-	d := float64(s.o.Backoff) * math.Pow(2, float64(min(attempt, 30)))
-	d = min(d, float64(s.o.MaxBackoff))
+	return backoffDelay(s.o.Backoff, s.o.MaxBackoff, attempt)
+}
+
+// backoffDelay is the wait before retry attempt+1 of both server clients:
+// base·2^attempt capped at limit, the upper half of it drawn at random.
+func backoffDelay(base, limit time.Duration, attempt int) time.Duration {
+	d := float64(base) * math.Pow(2, float64(min(attempt, 30)))
+	d = min(d, float64(limit))
 	return time.Duration(d/2 + rand.Float64()*d/2)
 }
 
