@@ -185,15 +185,25 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	if err := trimMetrics(metrics, st.Step); err != nil {
 		return res, err
 	}
-	if o.EvalAtStart && o.OpenEval != nil && st.Step == 0 {
+	// evalOnly evaluates outside a training step (before the first, after
+	// the last) and logs a metrics line without training fields.
+	evalOnly := func(step int, when string) error {
 		l, err := Evaluate(o.Model, o.OpenEval, o.EvalBatches)
 		if err != nil {
-			return res, err
+			return err
 		}
 		res.EvalLosses = append(res.EvalLosses, l)
-		line, _ := json.Marshal(evalLine{Step: 0, EvalLoss: l, EvalPPL: math.Exp(l)})
-		metrics.Write(append(line, '\n'))
-		fmt.Fprintf(o.Log, "eval before training: loss %.4f, perplexity %.5g\n", l, math.Exp(l))
+		line, _ := json.Marshal(evalLine{Step: step, EvalLoss: l, EvalPPL: math.Exp(l)})
+		if _, err := metrics.Write(append(line, '\n')); err != nil {
+			return fmt.Errorf("writing metrics.jsonl: %w", err)
+		}
+		fmt.Fprintf(o.Log, "eval %s: loss %.4f, perplexity %.5g\n", when, l, math.Exp(l))
+		return nil
+	}
+	if o.EvalAtStart && o.OpenEval != nil && st.Step == 0 {
+		if err := evalOnly(0, "before training"); err != nil {
+			return res, err
+		}
 	}
 	prog := newProgress(o.Log, o.TTY, o.MaxSteps)
 	defer prog.done()
@@ -300,14 +310,9 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		return res, err
 	}
 	if o.OpenEval != nil && !res.Interrupted && (o.EvalEvery <= 0 || st.Step%o.EvalEvery != 0) {
-		l, err := Evaluate(o.Model, o.OpenEval, o.EvalBatches)
-		if err != nil {
+		if err := evalOnly(st.Step, fmt.Sprintf("at step %d", st.Step)); err != nil {
 			return res, err
 		}
-		res.EvalLosses = append(res.EvalLosses, l)
-		line, _ := json.Marshal(evalLine{Step: st.Step, EvalLoss: l, EvalPPL: math.Exp(l)})
-		metrics.Write(append(line, '\n'))
-		fmt.Fprintf(o.Log, "eval at step %d: loss %.4f, perplexity %.5g\n", st.Step, l, math.Exp(l))
 	}
 	return res, nil
 }
