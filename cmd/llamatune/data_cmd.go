@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/term"
 
 	"github.com/llamatune/llamatune/configs"
 	"github.com/llamatune/llamatune/data"
@@ -111,7 +112,5 @@ func (j *dataJob) options(batchRows int) (train data.Options, eval *data.Options
 	return train, eval, tok, err
 }
 
-func isTerminal(f *os.File) bool {
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
+// isTerminal reports whether f is a terminal (progress bars, colours).
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }

@@ -11,7 +11,6 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/llamatune/llamatune/configs"
 	"github.com/llamatune/llamatune/data"
@@ -250,7 +249,7 @@ func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.W
 	}
 	tty := false
 	if f, ok := out.(*os.File); ok {
-		tty = term.IsTerminal(int(f.Fd()))
+		tty = isTerminal(f)
 	}
 	o := train.Options{
 		Model: s.model, LoRA: s.lora, Trainable: s.trainable,
