@@ -35,15 +35,7 @@ func (tp *Tape) LinearCrossEntropyLowRank(h, w, hr, wr *Tensor, labels []int32, 
 		}
 		rank = hr.Shape[1]
 	}
-	count := 0
-	for _, l := range labels {
-		if l != kernels.IgnoreIndex {
-			count++
-		}
-	}
-	if normalizer <= 0 {
-		normalizer = float64(max(count, 1))
-	}
+	count, normalizer := lossNormalizer(labels, normalizer)
 	loss := tp.result(tp.alloc(1), []int{1}, h, w, hr, wr)
 	b := kernels.CEBuffers{H: h.Buf, W: w.Buf}
 	grad := func(t *Tensor, n int) kernels.Buffer {
@@ -61,17 +53,7 @@ func (tp *Tape) LinearCrossEntropyLowRank(h, w, hr, wr *Tensor, labels []int32, 
 		kernels.CEArgs{Tokens: T, Hidden: H, Vocab: V, Rank: rank, Chunk: chunk, GradScale: float32(1 / normalizer)})
 	tp.be.Copy(loss.Buf, tp.be.FromF32(kernels.F32, []float32{float32(sum / normalizer)}))
 	if loss.requiresGrad {
-		tp.record(func() {
-			g := tp.be.ToF32(loss.Grad)[0]
-			for _, p := range []struct {
-				t *Tensor
-				d kernels.Buffer
-			}{{h, b.DH}, {w, b.DW}, {hr, b.DHR}, {wr, b.DWR}} {
-				if p.d != nil {
-					tp.be.AddScaled(p.t.grad(), p.d, g)
-				}
-			}
-		}, loss)
+		tp.recordSavedGrads(loss, savedGrad{h, b.DH}, savedGrad{w, b.DW}, savedGrad{hr, b.DHR}, savedGrad{wr, b.DWR})
 	}
 	return loss, count
 }

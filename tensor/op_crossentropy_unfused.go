@@ -15,15 +15,7 @@ func (tp *Tape) CrossEntropy(logits *Tensor, labels []int32, normalizer float64)
 		panic(fmt.Sprintf("tensor.CrossEntropy: logits %v, %d labels", logits.Shape, len(labels)))
 	}
 	T, V := logits.Shape[0], logits.Shape[1]
-	count := 0
-	for _, l := range labels {
-		if l != kernels.IgnoreIndex {
-			count++
-		}
-	}
-	if normalizer <= 0 {
-		normalizer = float64(max(count, 1))
-	}
+	count, normalizer := lossNormalizer(labels, normalizer)
 	loss := tp.result(tp.alloc(1), []int{1}, logits)
 	var d kernels.Buffer
 	if loss.requiresGrad {
@@ -32,7 +24,7 @@ func (tp *Tape) CrossEntropy(logits *Tensor, labels []int32, normalizer float64)
 	sum, _ := tp.be.CrossEntropy(logits.Buf, d, labels, T, V, float32(1/normalizer))
 	tp.be.Copy(loss.Buf, tp.be.FromF32(kernels.F32, []float32{float32(sum / normalizer)}))
 	if loss.requiresGrad {
-		tp.record(func() { tp.be.AddScaled(logits.grad(), d, tp.be.ToF32(loss.Grad)[0]) }, loss)
+		tp.recordSavedGrads(loss, savedGrad{logits, d})
 	}
 	return loss, count
 }

@@ -45,15 +45,7 @@ func (tp *Tape) LinearKD(h, w, hr, wr *Tensor, teacher KDTeacher, labels []int32
 		args.K = teacher.K
 		b.TopKIDs, b.TopKLogProbs = teacher.IDs, teacher.LogProbs
 	}
-	count = 0
-	for _, l := range labels {
-		if l != kernels.IgnoreIndex {
-			count++
-		}
-	}
-	if normalizer <= 0 {
-		normalizer = float64(max(count, 1))
-	}
+	count, normalizer = lossNormalizer(labels, normalizer)
 	args.GradScale = float32(1 / normalizer)
 	loss = tp.result(tp.alloc(1), []int{1}, h, w, hr, wr)
 	grad := func(t *Tensor, n int) kernels.Buffer {
@@ -71,17 +63,8 @@ func (tp *Tape) LinearKD(h, w, hr, wr *Tensor, teacher KDTeacher, labels []int32
 	total := (a*t2*kdSum + (1-a)*ceSum) / normalizer
 	tp.be.Copy(loss.Buf, tp.be.FromF32(kernels.F32, []float32{float32(total)}))
 	if loss.requiresGrad {
-		tp.record(func() {
-			g := tp.be.ToF32(loss.Grad)[0]
-			for _, p := range []struct {
-				t *Tensor
-				d kernels.Buffer
-			}{{h, b.Student.DH}, {w, b.Student.DW}, {hr, b.Student.DHR}, {wr, b.Student.DWR}} {
-				if p.d != nil {
-					tp.be.AddScaled(p.t.grad(), p.d, g)
-				}
-			}
-		}, loss)
+		tp.recordSavedGrads(loss, savedGrad{h, b.Student.DH}, savedGrad{w, b.Student.DW},
+			savedGrad{hr, b.Student.DHR}, savedGrad{wr, b.Student.DWR})
 	}
 	return loss, kdSum, ceSum, count
 }
