@@ -44,7 +44,6 @@
 package gemm
 
 import (
-	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -67,6 +66,17 @@ type kernelSpec struct {
 	mr, nr     int
 	mc, kc, nc int
 	fn         kernelFunc
+	// pairs: the kernel reads bf16 pairs (see packPanel): its panels hold
+	// one 32-bit slot per two k values, and fn's k is the number of pairs.
+	pairs bool
+}
+
+// slots is the number of panel values per row or column for kb k values.
+func (ks *kernelSpec) slots(kb int) int {
+	if ks.pairs {
+		return (kb + 1) / 2
+	}
+	return kb
 }
 
 // genericKernel is the portable pure-Go micro-kernel (kernel_go.go).
@@ -86,6 +96,11 @@ var bestKernel = genericKernel
 // compute zero padding (e.g. m = 8 with a 14-row tile).
 var narrowKernel *kernelSpec
 
+// bf16Kernel, when set, is the micro-kernel for BF16 precision (pairs of
+// bf16 per 32-bit slot, f32 accumulation); without it BF16 products run on
+// the f32 kernels with operands rounded to bf16 when packed.
+var bf16Kernel *kernelSpec
+
 // forceGeneric makes Sgemm use the pure-Go micro-kernel (and dot/axpy loops)
 // even where assembly is available (the tests use it to cover the fallback
 // path; packing helpers stay in assembly).
@@ -94,8 +109,13 @@ var forceGeneric = false
 // KernelName reports which micro-kernel Sgemm uses on this machine.
 func KernelName() string { return activeKernel().name }
 
-// kernelFor picks the micro-kernel for an m×n output.
-func kernelFor(m, n int) *kernelSpec {
+// kernelFor picks the micro-kernel for an m×n output in precision prec: the
+// bf16 pair kernel where the CPU has one, else an f32 kernel (which then
+// gets operands rounded to bf16 by the packing step).
+func kernelFor(m, n int, prec Precision) *kernelSpec {
+	if prec == BF16 && bf16Kernel != nil && !forceGeneric {
+		return bf16Kernel
+	}
 	ks := activeKernel()
 	if nk := narrowKernel; nk != nil && ks == bestKernel {
 		// Compare the padded areas the two register tiles compute; the
@@ -150,15 +170,20 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 		gemv(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		return
 	}
-	ks := kernelFor(m, n)
-	threads, done := workers(work)
-	defer done()
-	rowBlock, rowBlocks, colShares := schedule(m, n, threads, ks)
+	run(&problem{transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
+		a: Operand{F32: a}, lda: lda, b: Operand{F32: b}, ldb: ldb, beta: beta, c: c, ldc: ldc})
+}
 
-	sh := getShared(ks, threads, rowBlocks*colShares)
-	p := &problem{ks: ks, transA: transA, transB: transB, m: m, n: n, k: k,
-		alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
-		threads: threads, rowBlock: rowBlock, rowBlocks: rowBlocks, colShares: colShares, sh: sh}
+// run computes a packed product (m, n, k > 0, alpha != 0) on the kernel
+// chosen for its shape and precision.
+func run(p *problem) {
+	p.ks = kernelFor(p.m, p.n, p.prec)
+	p.round = p.prec == BF16 && !p.ks.pairs
+	threads, done := workers(int64(p.m) * int64(p.n) * int64(p.k))
+	defer done()
+	p.threads = threads
+	p.rowBlock, p.rowBlocks, p.colShares = schedule(p.m, p.n, threads, p.ks)
+	p.sh = getShared(p.ks, threads, p.rowBlocks*p.colShares)
 	if threads == 1 {
 		p.worker(0)
 	} else {
@@ -173,7 +198,7 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 		p.worker(0)
 		wg.Wait()
 	}
-	putShared(sh)
+	putShared(p.sh)
 }
 
 // activeCalls counts the Sgemm calls in progress in the process.
@@ -219,10 +244,12 @@ type problem struct {
 	transA, transB bool
 	m, n, k        int
 	alpha, beta    float32
-	a              []float32
+	a              Operand
 	lda            int
-	b              []float32
+	b              Operand
 	ldb            int
+	prec           Precision
+	round          bool // f32 kernel in BF16 precision: operands rounded to bf16 when packed
 	c              []float32
 	ldc            int
 	threads        int
@@ -250,12 +277,15 @@ type problem struct {
 // a block only when every item of the previous one has been claimed.
 func (p *problem) worker(t int) {
 	ks := p.ks
-	mr, nr := ks.mr, ks.nr
+	nr := ks.nr
 	m, n, k := p.m, p.n, p.k
 
 	// Balance the block sizes: e.g. k=300 with kc=256 gives 2×150, not
 	// 256+44. kc and nc are the same in every worker (shared B blocks).
 	kc := ceilDiv(k, ceilDiv(k, ks.kc))
+	if ks.pairs {
+		kc = roundUp(kc, 2) // whole pairs per block (the buffers hold kc/2 slots)
+	}
 	nc := roundUp(ceilDiv(n, ceilDiv(n, ks.nc)), nr)
 	items := int64(p.rowBlocks * p.colShares)
 
@@ -286,7 +316,7 @@ func (p *problem) worker(t int) {
 					break
 				}
 				jp := int(q - pb)
-				packB(bbuf, p.transB, p.b, p.ldb, pc, kb, jc, nb, nr, jp, jp+1)
+				p.packB(bbuf, pc, kb, jc, nb, jp, jp+1)
 				sl.packDone.Add(1)
 			}
 			waitFor(&sl.packDone, packEnd)
@@ -312,7 +342,7 @@ func (p *problem) worker(t int) {
 					ic := rb * p.rowBlock
 					mb := min(p.rowBlock, m-ic)
 					if rb != packedRows {
-						packA(ws.a, p.transA, p.a, p.lda, ic, mb, pc, kb, mr)
+						p.packA(ws.a, ic, mb, pc, kb)
 						packedRows = rb
 					}
 					p.macroKernel(ws, bbuf, ic, mb, jc, nb, kb, q0, q1, beta)
@@ -356,6 +386,7 @@ func (p *problem) macroKernel(ws *workspace, bbuf []float32, ic, mb, jc, nb, kb,
 	ks := p.ks
 	mr, nr := ks.mr, ks.nr
 	fn := ks.fn
+	kb = ks.slots(kb) // panel values per row/column (k pairs for the bf16 kernel)
 	c, ldc, alpha := p.c, p.ldc, p.alpha
 	for jr := q0 * nr; jr < min(q1*nr, nb); jr += nr {
 		nrr := min(nr, nb-jr)
@@ -389,10 +420,46 @@ func (p *problem) macroKernel(ws *workspace, bbuf []float32, ic, mb, jc, nb, kb,
 	}
 }
 
-// packA copies op(A)[i0:i0+mb, p0:p0+kb] into dst as MR-tall micro-panels:
+// packA packs op(A)[i0:i0+mb, p0:p0+kb] for the problem's kernel: f32
+// panels (packAF32; packPanel widens bf16 and rounds in BF16 precision), or
+// bf16 pair panels for the pair kernel.
+func (p *problem) packA(dst []float32, i0, mb, p0, kb int) {
+	if p.a.F32 != nil && !p.ks.pairs && !p.round {
+		packAF32(dst, p.transA, p.a.F32, p.lda, i0, mb, p0, kb, p.ks.mr)
+		return
+	}
+	mr := p.ks.mr
+	for ir := 0; ir < mb; ir += mr {
+		rows := min(mr, mb-ir)
+		off := (i0+ir)*p.lda + p0 // op(A)[i,p] = a[i*lda+p]: row runs along p
+		if p.transA {
+			off = p0*p.lda + i0 + ir
+		}
+		packPanel(dst[ir*p.ks.slots(kb):], mr, p.a, off, p.lda, rows, kb, !p.transA, p.ks.pairs)
+	}
+}
+
+// packB packs panels q0..q1-1 of op(B)[p0:p0+kb, j0:j0+nb] (see packA).
+func (p *problem) packB(dst []float32, p0, kb, j0, nb, q0, q1 int) {
+	nr := p.ks.nr
+	if p.b.F32 != nil && !p.ks.pairs && !p.round {
+		packBF32(dst, p.transB, p.b.F32, p.ldb, p0, kb, j0, nb, nr, q0, q1)
+		return
+	}
+	for jr := q0 * nr; jr < min(q1*nr, nb); jr += nr {
+		cols := min(nr, nb-jr)
+		off := p0*p.ldb + j0 + jr
+		if p.transB { // op(B)[p,j] = b[j*ldb+p]: stored rows run along p
+			off = (j0+jr)*p.ldb + p0
+		}
+		packPanel(dst[jr*p.ks.slots(kb):], nr, p.b, off, p.ldb, cols, kb, p.transB, p.ks.pairs)
+	}
+}
+
+// packAF32 copies op(A)[i0:i0+mb, p0:p0+kb] into dst as MR-tall micro-panels:
 // panel q holds rows i0+q*MR.. and stores, for p = 0..kb-1, the MR values
 // op(A)[row, p0+p] contiguously (zero for rows past mb).
-func packA(dst []float32, transA bool, a []float32, lda, i0, mb, p0, kb, mr int) {
+func packAF32(dst []float32, transA bool, a []float32, lda, i0, mb, p0, kb, mr int) {
 	for ir := 0; ir < mb; ir += mr {
 		panel := dst[ir*kb : (ir+mr)*kb]
 		rows := min(mr, mb-ir)
@@ -406,11 +473,11 @@ func packA(dst []float32, transA bool, a []float32, lda, i0, mb, p0, kb, mr int)
 	}
 }
 
-// packB copies panels q0..q1-1 of op(B)[p0:p0+kb, j0:j0+nb] into dst as
+// packBF32 copies panels q0..q1-1 of op(B)[p0:p0+kb, j0:j0+nb] into dst as
 // NR-wide micro-panels: panel q holds columns j0+q*NR.. and stores, for
 // p = 0..kb-1, the NR values op(B)[p0+p, col] contiguously (zero for columns
 // past nb).
-func packB(dst []float32, transB bool, b []float32, ldb, p0, kb, j0, nb, nr, q0, q1 int) {
+func packBF32(dst []float32, transB bool, b []float32, ldb, p0, kb, j0, nb, nr, q0, q1 int) {
 	for jr := q0 * nr; jr < min(q1*nr, nb); jr += nr {
 		panel := dst[jr*kb : (jr+nr)*kb]
 		cols := min(nr, nb-jr)
@@ -597,33 +664,7 @@ func scaleC(m, n int, beta float32, c []float32, ldc int) {
 }
 
 func checkArgs(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int) {
-	if m < 0 || n < 0 || k < 0 {
-		panic(fmt.Sprintf("gemm: negative dimension m=%d n=%d k=%d", m, n, k))
-	}
-	ar, ac := m, k
-	if transA {
-		ar, ac = k, m
-	}
-	br, bc := k, n
-	if transB {
-		br, bc = n, k
-	}
-	check := func(name string, s []float32, rows, cols, ld int) {
-		if rows == 0 || cols == 0 {
-			return
-		}
-		if ld < cols {
-			panic(fmt.Sprintf("gemm: ld%s=%d < %d columns", name, ld, cols))
-		}
-		if need := (rows-1)*ld + cols; len(s) < need {
-			panic(fmt.Sprintf("gemm: len(%s)=%d < %d needed for %d×%d with ld=%d", name, len(s), need, rows, cols, ld))
-		}
-	}
-	if m > 0 && n > 0 && k > 0 {
-		check("a", a, ar, ac, lda)
-		check("b", b, br, bc, ldb)
-	}
-	check("c", c, m, n, ldc)
+	checkDims(transA, transB, m, n, k, len(a), lda, len(b), ldb, len(c), ldc)
 }
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }

@@ -128,3 +128,25 @@ func copyFull(panel []float32, w int, src []float32, ld, kb int) {
 	_ = panel[kb*w-1]
 	copyRunsSSE(&panel[0], w, &src[0], ld, kb)
 }
+
+//go:noescape
+func bgemmKernel14x32AVX512BF16(kp int, a, b, c *float32, ldc int, alpha, beta float32)
+
+// bf16PairKernel is the AVX512_BF16 kernel (kernel_bf16_amd64.s): bf16 pair
+// panels, f32 accumulation. kc counts k values (kc/2 pairs): a 32×kc/2
+// dword B micro-panel is the same 24 KiB as the f32 kernel's at kc 192.
+var bf16PairKernel = &kernelSpec{
+	name: "avx512bf16-14x32",
+	mr:   14, nr: 32,
+	mc: 336, kc: 384, nc: 4096,
+	pairs: true,
+	fn: func(kp int, a, b, c []float32, ldc int, alpha, beta float32) {
+		bgemmKernel14x32AVX512BF16(kp, &a[0], &b[0], &c[0], ldc, alpha, beta)
+	},
+}
+
+func init() {
+	if cpu.X86.HasAVX512BF16 && os.Getenv("LLAMATUNE_GEMM_NO_AVX512") == "" && os.Getenv("LLAMATUNE_GEMM_NO_BF16") == "" {
+		bf16Kernel = bf16PairKernel
+	}
+}

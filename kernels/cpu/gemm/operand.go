@@ -1,0 +1,250 @@
+package gemm
+
+import (
+	"fmt"
+	"math"
+	"unsafe"
+)
+
+// Operand is a row-major matrix stored as float32 or as bfloat16 bits
+// (exactly one of F32 and BF16 is set). A bf16 operand is read in place:
+// its values are widened (or paired for the bf16 kernel) as they are
+// packed, so a frozen bf16 weight is never copied to f32 as a whole.
+type Operand struct {
+	F32  []float32
+	BF16 []uint16
+}
+
+func (o Operand) len() int {
+	if o.BF16 != nil {
+		return len(o.BF16)
+	}
+	return len(o.F32)
+}
+
+// Precision is how a product is computed.
+type Precision uint8
+
+const (
+	// F32: operands as they are (bf16 widened exactly), f32 products and sums.
+	F32 Precision = iota
+	// BF16: operands rounded to bf16 (round to nearest even), exact
+	// products, f32 accumulation: the semantics of a bf16 tensor-core or
+	// AVX512_BF16 GEMM. Without AVX512_BF16 the rounded values are widened
+	// and the f32 kernel runs (same values, up to summation order).
+	BF16
+)
+
+func (p Precision) String() string {
+	if p == BF16 {
+		return "bf16"
+	}
+	return "f32"
+}
+
+// Gemm computes C = alpha*op(A)*op(B) + beta*C like Sgemm, for operands in
+// f32 or bf16 storage and in precision prec (see Precision).
+func Gemm(prec Precision, transA, transB bool, m, n, k int, alpha float32, a Operand, lda int, b Operand, ldb int, beta float32, c []float32, ldc int) {
+	if prec == F32 && a.BF16 == nil && b.BF16 == nil {
+		Sgemm(transA, transB, m, n, k, alpha, a.F32, lda, b.F32, ldb, beta, c, ldc)
+		return
+	}
+	checkDims(transA, transB, m, n, k, a.len(), lda, b.len(), ldb, len(c), ldc)
+	if m == 0 || n == 0 {
+		return
+	}
+	if k == 0 || alpha == 0 {
+		scaleC(m, n, beta, c, ldc)
+		return
+	}
+	if int64(m)*int64(n)*int64(k) <= smallWork {
+		// Tiny: f32 copies of the (small) operands and the reference loops.
+		ra, rb := m*k, k*n
+		SgemmRef(transA, transB, m, n, k, alpha, widen(a, prec, ra, lda, transA, m, k), ldOf(transA, m, k),
+			widen(b, prec, rb, ldb, transB, k, n), ldOf(transB, k, n), beta, c, ldc)
+		return
+	}
+	run(&problem{prec: prec, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
+		a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc})
+}
+
+// ldOf is the row stride of a dense copy of op(X) (rows×cols, stored
+// transposed when trans).
+func ldOf(trans bool, rows, cols int) int {
+	if trans {
+		return rows
+	}
+	return cols
+}
+
+// widen copies a stored rows×cols operand (cols×rows when trans) densely as
+// f32, rounding to bf16 in BF16 precision.
+func widen(o Operand, prec Precision, n, ld int, trans bool, rows, cols int) []float32 {
+	sr, sc := rows, cols
+	if trans {
+		sr, sc = cols, rows
+	}
+	out := make([]float32, 0, n)
+	for i := 0; i < sr; i++ {
+		for j := 0; j < sc; j++ {
+			out = append(out, value(o, i*ld+j, prec == BF16))
+		}
+	}
+	return out
+}
+
+// value reads element i of o as f32 (rounded to bf16 when round).
+func value(o Operand, i int, round bool) float32 {
+	if o.BF16 != nil {
+		return bf16ToF32(o.BF16[i])
+	}
+	if round {
+		return bf16ToF32(f32ToBF16(o.F32[i]))
+	}
+	return o.F32[i]
+}
+
+// packPanel fills one w-wide micro-panel from n runs of op(X) starting at
+// element off of x (stride ld between runs when alongP, else between k
+// steps): element (r, p) for r < n, p < kb is x[off+r*ld+p] when alongP,
+// x[off+p*ld+r] otherwise; runs n..w-1 are zero.
+//
+// Without pairs the panel is f32: panel[p*w+r], bf16 widened exactly and
+// f32 rounded to bf16 when the problem's precision is BF16 (the caller only
+// uses this path then, or for bf16 storage). With pairs (the bf16 kernel)
+// the panel holds (kb+1)/2 rows of w 32-bit slots: slot [q*w+r] has element
+// (r, 2q) in its low half and (r, 2q+1) in its high half (zero past kb).
+func packPanel(panel []float32, w int, x Operand, off, ld, n, kb int, alongP, pairs bool) {
+	if !pairs {
+		panel = panel[:kb*w]
+		conv := func(d []float32, lo, hi, stride int) { // d[j*stride] = x[lo+j], j < hi-lo
+			if x.BF16 != nil {
+				for j, h := range x.BF16[lo:hi] {
+					d[j*stride] = bf16ToF32(h)
+				}
+				return
+			}
+			for j, f := range x.F32[lo:hi] {
+				d[j*stride] = bf16ToF32(f32ToBF16(f))
+			}
+		}
+		if alongP {
+			for r := 0; r < n; r++ {
+				conv(panel[r:], off+r*ld, off+r*ld+kb, w)
+			}
+		} else {
+			for p := 0; p < kb; p++ {
+				conv(panel[p*w:], off+p*ld, off+p*ld+n, 1)
+			}
+		}
+		if n < w {
+			for p := 0; p < kb; p++ {
+				clear(panel[p*w+n : p*w+w])
+			}
+		}
+		return
+	}
+	kp := (kb + 1) / 2
+	slots := unsafe.Slice((*uint32)(unsafe.Pointer(&panel[0])), kp*w)
+	even := kb &^ 1
+	if alongP {
+		for r := 0; r < n; r++ {
+			if x.BF16 != nil {
+				s := x.BF16[off+r*ld : off+r*ld+kb]
+				for q := 0; 2*q+1 < len(s); q++ {
+					slots[q*w+r] = uint32(s[2*q]) | uint32(s[2*q+1])<<16
+				}
+				if kb != even {
+					slots[(kp-1)*w+r] = uint32(s[even])
+				}
+			} else {
+				s := x.F32[off+r*ld : off+r*ld+kb]
+				for q := 0; 2*q+1 < len(s); q++ {
+					slots[q*w+r] = uint32(f32ToBF16(s[2*q])) | uint32(f32ToBF16(s[2*q+1]))<<16
+				}
+				if kb != even {
+					slots[(kp-1)*w+r] = uint32(f32ToBF16(s[even]))
+				}
+			}
+		}
+	} else {
+		for q := 0; q < kp; q++ {
+			row := slots[q*w : q*w+n]
+			lo := off + 2*q*ld
+			if x.BF16 != nil {
+				s0 := x.BF16[lo : lo+n]
+				if 2*q+1 < kb {
+					s1 := x.BF16[lo+ld : lo+ld+n]
+					for r := range row {
+						row[r] = uint32(s0[r]) | uint32(s1[r])<<16
+					}
+				} else {
+					for r := range row {
+						row[r] = uint32(s0[r])
+					}
+				}
+			} else {
+				s0 := x.F32[lo : lo+n]
+				if 2*q+1 < kb {
+					s1 := x.F32[lo+ld : lo+ld+n]
+					for r := range row {
+						row[r] = uint32(f32ToBF16(s0[r])) | uint32(f32ToBF16(s1[r]))<<16
+					}
+				} else {
+					for r := range row {
+						row[r] = uint32(f32ToBF16(s0[r]))
+					}
+				}
+			}
+		}
+	}
+	if n < w {
+		for q := 0; q < kp; q++ {
+			clear(slots[q*w+n : q*w+w])
+		}
+	}
+}
+
+// f32ToBF16 rounds to nearest even (NaN stays NaN); the same conversion as
+// kernels.F32ToBF16, repeated here so gemm stays a leaf package.
+func f32ToBF16(f float32) uint16 {
+	u := math.Float32bits(f)
+	if u&0x7fffffff > 0x7f800000 {
+		return uint16(u>>16) | 0x40
+	}
+	return uint16((u + 0x7fff + (u>>16)&1) >> 16)
+}
+
+func bf16ToF32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// checkDims panics when an operand of the given length is too short for its
+// dimensions and stride.
+func checkDims(transA, transB bool, m, n, k, la, lda, lb, ldb, lc, ldc int) {
+	if m < 0 || n < 0 || k < 0 {
+		panic(fmt.Sprintf("gemm: negative dimension m=%d n=%d k=%d", m, n, k))
+	}
+	ar, ac := m, k
+	if transA {
+		ar, ac = k, m
+	}
+	br, bc := k, n
+	if transB {
+		br, bc = n, k
+	}
+	check := func(name string, l, rows, cols, ld int) {
+		if rows == 0 || cols == 0 {
+			return
+		}
+		if ld < cols {
+			panic(fmt.Sprintf("gemm: ld%s=%d < %d columns", name, ld, cols))
+		}
+		if need := (rows-1)*ld + cols; l < need {
+			panic(fmt.Sprintf("gemm: len(%s)=%d < %d needed for %d×%d with ld=%d", name, l, need, rows, cols, ld))
+		}
+	}
+	if m > 0 && n > 0 && k > 0 {
+		check("a", la, ar, ac, lda)
+		check("b", lb, br, bc, ldb)
+	}
+	check("c", lc, m, n, ldc)
+}
