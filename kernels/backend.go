@@ -8,8 +8,15 @@
 //   - Backward ops ACCUMULATE into gradient buffers (dx += ...), so a tensor used
 //     twice gets the sum of both contributions. A nil gradient buffer means "this
 //     input does not need a gradient" and the op skips that work.
-//   - Compute is f32. BF16 buffers are accepted wherever an op reads a weight
-//     (MatMul, Embedding, RMSNorm weight); outputs and gradients are f32.
+//   - Storage: BF16 buffers are accepted wherever an op reads a weight
+//     (MatMul, the fused losses' W, Embedding, RMSNorm weight) and are read in
+//     place (never widened as a whole); activations, outputs and gradients
+//     are F32.
+//   - Compute (the Compute field of the GEMM-bearing ops' args): F32, the
+//     reference, or BF16: GEMM operands rounded to bf16 (round to nearest
+//     even), exact products, f32 accumulation (what tensor cores and
+//     AVX512_BF16 do). Norm statistics, softmax, RoPE angles, losses and
+//     reductions stay f32 in both.
 package kernels
 
 import "fmt"
@@ -59,6 +66,7 @@ type MatMulArgs struct {
 	Batch                     int
 	StrideA, StrideB, StrideC int
 	Alpha, Beta               float32
+	Compute                   DType // F32 or BF16 (see the package comment)
 }
 
 // AttnArgs describes causal grouped-query attention over packed rows.
@@ -77,6 +85,7 @@ type AttnArgs struct {
 	QOffset                                int
 	Scale                                  float32
 	DocStart                               []int32
+	Compute                                DType // of Q·Kᵀ and P·V (softmax stays f32)
 }
 
 // CEArgs describes the fused lm_head + cross-entropy: logits = H·Wᵀ (plus
@@ -91,6 +100,7 @@ type CEArgs struct {
 	Rank                  int // columns of HR and WR; 0 when there is no low-rank term
 	Chunk                 int
 	GradScale             float32
+	Compute               DType // of the logits GEMMs and their VJPs (softmax and loss stay f32)
 }
 
 // CEBuffers are the operands of LinearCrossEntropy. H [Tokens,Hidden],
@@ -178,6 +188,14 @@ type Backend interface {
 	AdamW(p, g, m, v Buffer, args AdamWArgs)
 }
 
+// HostMapper is implemented by backends that compute on host memory (the
+// CPU). WrapHostBF16 uses v in place as a BF16 buffer — for example a frozen
+// weight inside a memory-mapped safetensors file, which then costs no heap
+// at all. The buffer is read-only: ops only ever read weights.
+type HostMapper interface {
+	WrapHostBF16(v []uint16) Buffer
+}
+
 // KeyRange is the inclusive range [first, last] of keys that query i of batch
 // row b may attend to.
 func (a AttnArgs) KeyRange(b, i int) (first, last int) {
@@ -220,6 +238,7 @@ type KDArgs struct {
 	KDWeight              float32
 	Chunk                 int
 	GradScale             float32
+	Compute               DType // of the logits GEMMs and their VJPs
 }
 
 // KDBuffers are the operands of LinearKD: the student's (as for

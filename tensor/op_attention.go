@@ -17,6 +17,7 @@ func (tp *Tape) Attention(q, k, v *Tensor, a kernels.AttnArgs) *Tensor {
 	if q.Numel() != a.Batch*a.Tq*a.Heads*a.HeadDim || k.Numel() != a.Batch*a.Tk*a.KVHeads*a.HeadDim || v.Numel() != k.Numel() {
 		panic(fmt.Sprintf("tensor.Attention: q %v k %v v %v for %+v", q.Shape, k.Shape, v.Shape, a))
 	}
+	a.Compute = tp.Compute
 	out := tp.result(tp.alloc(q.Numel()), q.Shape, q, k, v)
 	var lse kernels.Buffer
 	if out.requiresGrad {

@@ -50,7 +50,7 @@ func (tp *Tape) LinearCrossEntropyLowRank(h, w, hr, wr *Tensor, labels []int32, 
 		b.DHR, b.DWR = grad(hr, T*rank), grad(wr, V*rank)
 	}
 	sum, _ := tp.be.LinearCrossEntropy(b, labels,
-		kernels.CEArgs{Tokens: T, Hidden: H, Vocab: V, Rank: rank, Chunk: chunk, GradScale: float32(1 / normalizer)})
+		kernels.CEArgs{Tokens: T, Hidden: H, Vocab: V, Rank: rank, Chunk: chunk, GradScale: float32(1 / normalizer), Compute: tp.Compute})
 	tp.be.Copy(loss.Buf, tp.be.FromF32(kernels.F32, []float32{float32(sum / normalizer)}))
 	if loss.requiresGrad {
 		tp.recordSavedGrads(loss, savedGrad{h, b.DH}, savedGrad{w, b.DW}, savedGrad{hr, b.DHR}, savedGrad{wr, b.DWR})

@@ -30,6 +30,7 @@ func (tp *Tape) LinearKD(h, w, hr, wr *Tensor, teacher KDTeacher, labels []int32
 	}
 	T, H, V := h.Shape[0], h.Shape[1], w.Shape[0]
 	args.Tokens, args.Hidden, args.Vocab = T, H, V
+	args.Compute = tp.Compute
 	b := kernels.KDBuffers{Student: kernels.CEBuffers{H: h.Buf, W: w.Buf}}
 	if hr != nil {
 		args.Rank = hr.Shape[1]

@@ -17,14 +17,14 @@ func (tp *Tape) Linear(x, w *Tensor) *Tensor {
 	}
 	n, in, out := x.Shape[0], x.Shape[1], w.Shape[0]
 	y := tp.result(tp.alloc(n*out), []int{n, out}, x, w)
-	tp.be.MatMul(x.Buf, w.Buf, y.Buf, kernels.MatMulArgs{TransB: true, M: n, N: out, K: in, Alpha: 1})
+	tp.be.MatMul(x.Buf, w.Buf, y.Buf, kernels.MatMulArgs{TransB: true, M: n, N: out, K: in, Alpha: 1, Compute: tp.Compute})
 	if y.requiresGrad {
 		tp.record(func() {
 			if x.requiresGrad {
-				tp.be.MatMul(y.Grad, w.Buf, x.grad(), kernels.MatMulArgs{M: n, N: in, K: out, Alpha: 1, Beta: 1})
+				tp.be.MatMul(y.Grad, w.Buf, x.grad(), kernels.MatMulArgs{M: n, N: in, K: out, Alpha: 1, Beta: 1, Compute: tp.Compute})
 			}
 			if w.requiresGrad {
-				tp.be.MatMul(y.Grad, x.Buf, w.grad(), kernels.MatMulArgs{TransA: true, M: out, N: in, K: n, Alpha: 1, Beta: 1})
+				tp.be.MatMul(y.Grad, x.Buf, w.grad(), kernels.MatMulArgs{TransA: true, M: out, N: in, K: n, Alpha: 1, Beta: 1, Compute: tp.Compute})
 			}
 		}, y)
 	}

@@ -11,14 +11,14 @@ package tensor
 func (tp *Tape) Recompute(x *Tensor, fn func(tp *Tape, x *Tensor) *Tensor) *Tensor {
 	if !tp.recording() {
 		// Inference: keep only fn's output, free its intermediates now.
-		inner := &Tape{be: tp.be, NoGrad: true}
+		inner := &Tape{be: tp.be, NoGrad: true, Compute: tp.Compute}
 		y0 := fn(inner, x)
 		y := tp.result(tp.alloc(y0.Numel()), y0.Shape)
 		tp.be.Copy(y.Buf, y0.Buf)
 		inner.Release()
 		return y
 	}
-	inner := &Tape{be: tp.be, NoGrad: true}
+	inner := &Tape{be: tp.be, NoGrad: true, Compute: tp.Compute}
 	y0 := fn(inner, x)
 	// Keep only the output buffer; drop everything else fn made.
 	y := tp.result(tp.alloc(y0.Numel()), y0.Shape, x)
@@ -27,6 +27,7 @@ func (tp *Tape) Recompute(x *Tensor, fn func(tp *Tape, x *Tensor) *Tensor) *Tens
 	y.requiresGrad = true // parameters inside fn may require grad
 	tp.record(func() {
 		sub := NewTape(tp.be)
+		sub.Compute = tp.Compute
 		xd := &Tensor{Name: x.Name, Shape: x.Shape, Buf: x.Buf, be: x.be, requiresGrad: x.requiresGrad, leaf: true}
 		out := fn(sub, xd)
 		sub.BackwardFrom(out, y.Grad)

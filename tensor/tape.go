@@ -18,8 +18,13 @@ import (
 type Tape struct {
 	be     kernels.Backend
 	NoGrad bool
-	nodes  []node
-	owned  []kernels.Buffer // intermediate buffers to free on Release
+	// Compute is the GEMM precision of the ops recorded from now on
+	// (Linear, Attention, the fused losses): F32 (the zero value, the
+	// reference) or BF16 (operands rounded to bf16, f32 accumulation; see
+	// package kernels). Tapes made by Recompute inherit it.
+	Compute kernels.DType
+	nodes   []node
+	owned   []kernels.Buffer // intermediate buffers to free on Release
 }
 
 type node struct {

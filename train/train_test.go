@@ -46,11 +46,16 @@ type setup struct {
 
 func newSetup(t *testing.T, modelDir, dataPath, outDir string, method string, split data.Split) setup {
 	t.Helper()
-	be := cpu.New()
-	m, err := llama.Load(modelDir, be, kernels.F32)
+	m, err := llama.Load(modelDir, cpu.New(), kernels.F32)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newSetupWith(t, m, modelDir, dataPath, outDir, method, split)
+}
+
+// newSetupWith is newSetup on a model already loaded.
+func newSetupWith(t *testing.T, m *llama.Model, modelDir, dataPath, outDir string, method string, split data.Split) setup {
+	t.Helper()
 	tok, err := tokenizer.Load(modelDir)
 	if err != nil {
 		t.Fatal(err)

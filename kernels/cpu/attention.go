@@ -40,7 +40,7 @@ func (*Backend) Attention(q, k, v, out, lse kernels.Buffer, a kernels.AttnArgs) 
 				for i0 := 0; i0 < a.Tq; i0 += attnBlock {
 					n, keys := w.probs(a, qv, kv, lv, b, h, kh, i0, false)
 					// O_blk = P · V
-					gemm.Sgemm(false, false, n, a.HeadDim, keys, 1, w.p, keys,
+					mm(a, false, false, n, a.HeadDim, keys, 1, w.p, keys,
 						vv[(b*a.Tk*a.KVHeads+kh)*a.HeadDim:], a.KVHeads*a.HeadDim, 0,
 						ov[((b*a.Tq+i0)*a.Heads+h)*a.HeadDim:], a.Heads*a.HeadDim)
 				}
@@ -66,9 +66,9 @@ func (*Backend) AttentionBackward(q, k, v, out, lse, dout, dq, dk, dv kernels.Bu
 					n, keys := w.probs(a, qv, kv, lv, b, h, kh, i0, true)
 					off := ((b*a.Tq+i0)*a.Heads + h) * hd
 					// dP = dO · Vᵀ
-					gemm.Sgemm(false, true, n, keys, hd, 1, dov[off:], qs, vb, ks, 0, w.dp, keys)
+					mm(a, false, true, n, keys, hd, 1, dov[off:], qs, vb, ks, 0, w.dp, keys)
 					if dvv != nil { // dV += Pᵀ · dO
-						gemm.Sgemm(true, false, keys, hd, n, 1, w.p, keys, dov[off:], qs, 1,
+						mm(a, true, false, keys, hd, n, 1, w.p, keys, dov[off:], qs, 1,
 							dvv[(b*a.Tk*a.KVHeads+kh)*hd:], ks)
 					}
 					// dS = P ∘ (dP − D) · Scale, D_i = dO_i · O_i
@@ -81,10 +81,10 @@ func (*Backend) AttentionBackward(q, k, v, out, lse, dout, dq, dk, dv kernels.Bu
 						}
 					}
 					if dqv != nil { // dQ += dS · K
-						gemm.Sgemm(false, false, n, hd, keys, 1, w.dp, keys, kb, ks, 1, dqv[off:], qs)
+						mm(a, false, false, n, hd, keys, 1, w.dp, keys, kb, ks, 1, dqv[off:], qs)
 					}
 					if dkv != nil { // dK += dSᵀ · Q
-						gemm.Sgemm(true, false, keys, hd, n, 1, w.dp, keys, qv[off:], qs, 1,
+						mm(a, true, false, keys, hd, n, 1, w.dp, keys, qv[off:], qs, 1,
 							dkv[(b*a.Tk*a.KVHeads+kh)*hd:], ks)
 					}
 				}
@@ -112,7 +112,7 @@ func (w *attnWork) probs(a kernels.AttnArgs, qv, kv, lv []float32, b, h, kh, i0 
 	_, lastKey := a.KeyRange(b, i0+n-1)
 	keys = lastKey + 1
 	hd := a.HeadDim
-	gemm.Sgemm(false, true, n, keys, hd, a.Scale,
+	mm(a, false, true, n, keys, hd, a.Scale,
 		qv[((b*a.Tq+i0)*a.Heads+h)*hd:], a.Heads*hd,
 		kv[(b*a.Tk*a.KVHeads+kh)*hd:], a.KVHeads*hd, 0, w.p, keys)
 	for r := 0; r < n; r++ {
@@ -172,4 +172,9 @@ func axpy(y, x []float32, s float32) {
 	for i := range y {
 		y[i] += s * x[i]
 	}
+}
+
+// mm is one of attention's GEMMs (f32 operands) in the args' precision.
+func mm(a kernels.AttnArgs, transA, transB bool, m, n, k int, alpha float32, x []float32, ldx int, y []float32, ldy int, beta float32, c []float32, ldc int) {
+	gemm.Gemm(precision(a.Compute), transA, transB, m, n, k, alpha, f32Op(x), ldx, f32Op(y), ldy, beta, c, ldc)
 }

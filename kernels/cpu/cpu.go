@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/kernels/cpu/gemm"
 )
 
 // Buffer is CPU storage: exactly one of F32/BF16 is set.
@@ -59,6 +60,26 @@ func WrapF32(v []float32) *Buffer { return &Buffer{dt: kernels.F32, f32: v} }
 
 // WrapBF16 makes a buffer that shares v.
 func WrapBF16(v []uint16) *Buffer { return &Buffer{dt: kernels.BF16, bf16: v} }
+
+// operand is a GEMM view of b, bf16 storage read in place.
+func operand(b kernels.Buffer) gemm.Operand {
+	cb := b.(*Buffer)
+	if cb.dt == kernels.BF16 {
+		return gemm.Operand{BF16: cb.bf16}
+	}
+	return gemm.Operand{F32: cb.f32}
+}
+
+// precision maps a Compute dtype to the GEMM precision.
+func precision(dt kernels.DType) gemm.Precision {
+	if dt == kernels.BF16 {
+		return gemm.BF16
+	}
+	return gemm.F32
+}
+
+// WrapHostBF16 uses v in place (kernels.HostMapper).
+func (*Backend) WrapHostBF16(v []uint16) kernels.Buffer { return WrapBF16(v) }
 
 // asF32 returns f32 values of b: the storage itself for F32, a widened copy for BF16.
 func asF32(b kernels.Buffer) []float32 {

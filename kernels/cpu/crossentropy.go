@@ -24,9 +24,10 @@ func (*Backend) LinearCrossEntropy(bufs kernels.CEBuffers, labels []int32, a ker
 	if h.Len() != T*H || w.Len() != V*H || len(labels) != T || (R > 0 && (bufs.HR.Len() != T*R || bufs.WR.Len() != V*R)) {
 		panic(fmt.Sprintf("cpu.LinearCrossEntropy: operands do not match %+v", a))
 	}
-	var hrv, wrv, dhrv, dwrv []float32
+	var hrv, dhrv, dwrv []float32
+	var wrv gemm.Operand
 	if R > 0 {
-		hrv, wrv = F32(bufs.HR), asF32(bufs.WR)
+		hrv, wrv = F32(bufs.HR), operand(bufs.WR)
 		if bufs.DHR != nil {
 			dhrv = F32(bufs.DHR)
 		}
@@ -38,7 +39,8 @@ func (*Backend) LinearCrossEntropy(bufs kernels.CEBuffers, labels []int32, a ker
 	if chunk <= 0 {
 		chunk = autoChunk(V)
 	}
-	hv, wv := F32(h), asF32(w)
+	hv, wv := F32(h), operand(w)
+	pr := precision(a.Compute)
 	var dhv, dwv []float32
 	if dh != nil {
 		dhv = F32(dh)
@@ -66,9 +68,9 @@ func (*Backend) LinearCrossEntropy(bufs kernels.CEBuffers, labels []int32, a ker
 			continue
 		}
 		z := logits[:n*V]
-		gemm.Sgemm(false, true, n, V, H, 1, hv[c0*H:], H, wv, H, 0, z, V)
+		gemm.Gemm(pr, false, true, n, V, H, 1, f32Op(hv[c0*H:]), H, wv, H, 0, z, V)
 		if R > 0 {
-			gemm.Sgemm(false, true, n, V, R, 1, hrv[c0*R:], R, wrv, R, 1, z, V)
+			gemm.Gemm(pr, false, true, n, V, R, 1, f32Op(hrv[c0*R:]), R, wrv, R, 1, z, V)
 		}
 		parallelFor(n, 1, func(lo, hi int) {
 			for r := lo; r < hi; r++ {
@@ -82,16 +84,16 @@ func (*Backend) LinearCrossEntropy(bufs kernels.CEBuffers, labels []int32, a ker
 			}
 		}
 		if dhv != nil {
-			gemm.Sgemm(false, false, n, H, V, 1, z, V, wv, H, 1, dhv[c0*H:], H)
+			gemm.Gemm(pr, false, false, n, H, V, 1, f32Op(z), V, wv, H, 1, dhv[c0*H:], H)
 		}
 		if dwv != nil {
-			gemm.Sgemm(true, false, V, H, n, 1, z, V, hv[c0*H:], H, 1, dwv, H)
+			gemm.Gemm(pr, true, false, V, H, n, 1, f32Op(z), V, f32Op(hv[c0*H:]), H, 1, dwv, H)
 		}
 		if dhrv != nil {
-			gemm.Sgemm(false, false, n, R, V, 1, z, V, wrv, R, 1, dhrv[c0*R:], R)
+			gemm.Gemm(pr, false, false, n, R, V, 1, f32Op(z), V, wrv, R, 1, dhrv[c0*R:], R)
 		}
 		if dwrv != nil {
-			gemm.Sgemm(true, false, V, R, n, 1, z, V, hrv[c0*R:], R, 1, dwrv, R)
+			gemm.Gemm(pr, true, false, V, R, n, 1, f32Op(z), V, f32Op(hrv[c0*R:]), R, 1, dwrv, R)
 		}
 	}
 	return sum, count

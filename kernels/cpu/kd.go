@@ -52,13 +52,15 @@ func (*Backend) LinearKD(b kernels.KDBuffers, labels []int32, a kernels.KDArgs) 
 	if chunk <= 0 {
 		chunk = autoChunk(V) / 2 // student and teacher logits both live
 	}
-	hv, wv := F32(s.H), asF32(s.W)
-	var hrv, wrv, thv, twv []float32
+	hv, wv := F32(s.H), operand(s.W)
+	pr := precision(a.Compute)
+	var hrv, thv []float32
+	var wrv, twv gemm.Operand
 	if R > 0 {
-		hrv, wrv = F32(s.HR), asF32(s.WR)
+		hrv, wrv = F32(s.HR), operand(s.WR)
 	}
 	if dense {
-		thv, twv = F32(b.TH), asF32(b.TW)
+		thv, twv = F32(b.TH), operand(b.TW)
 	}
 	n0 := min(chunk, T)
 	z := make([]float32, n0*V)
@@ -85,13 +87,13 @@ func (*Backend) LinearKD(b kernels.KDBuffers, labels []int32, a kernels.KDArgs) 
 			continue
 		}
 		zc := z[:n*V]
-		gemm.Sgemm(false, true, n, V, H, 1, hv[c0*H:], H, wv, H, 0, zc, V)
+		gemm.Gemm(pr, false, true, n, V, H, 1, f32Op(hv[c0*H:]), H, wv, H, 0, zc, V)
 		if R > 0 {
-			gemm.Sgemm(false, true, n, V, R, 1, hrv[c0*R:], R, wrv, R, 1, zc, V)
+			gemm.Gemm(pr, false, true, n, V, R, 1, f32Op(hrv[c0*R:]), R, wrv, R, 1, zc, V)
 		}
 		if dense {
 			TH := a.TeacherHidden
-			gemm.Sgemm(false, true, n, V, TH, 1, thv[c0*TH:], TH, twv, TH, 0, zt[:n*V], V)
+			gemm.Gemm(pr, false, true, n, V, TH, 1, f32Op(thv[c0*TH:]), TH, twv, TH, 0, zt[:n*V], V)
 		}
 		parallelFor(n, 1, func(lo, hi int) {
 			var w kdWork
@@ -122,16 +124,16 @@ func (*Backend) LinearKD(b kernels.KDBuffers, labels []int32, a kernels.KDArgs) 
 			}
 		}
 		if s.DH != nil {
-			gemm.Sgemm(false, false, n, H, V, 1, zc, V, wv, H, 1, F32(s.DH)[c0*H:], H)
+			gemm.Gemm(pr, false, false, n, H, V, 1, f32Op(zc), V, wv, H, 1, F32(s.DH)[c0*H:], H)
 		}
 		if s.DW != nil {
-			gemm.Sgemm(true, false, V, H, n, 1, zc, V, hv[c0*H:], H, 1, F32(s.DW), H)
+			gemm.Gemm(pr, true, false, V, H, n, 1, f32Op(zc), V, f32Op(hv[c0*H:]), H, 1, F32(s.DW), H)
 		}
 		if R > 0 && s.DHR != nil {
-			gemm.Sgemm(false, false, n, R, V, 1, zc, V, wrv, R, 1, F32(s.DHR)[c0*R:], R)
+			gemm.Gemm(pr, false, false, n, R, V, 1, f32Op(zc), V, wrv, R, 1, F32(s.DHR)[c0*R:], R)
 		}
 		if R > 0 && s.DWR != nil {
-			gemm.Sgemm(true, false, V, R, n, 1, zc, V, hrv[c0*R:], R, 1, F32(s.DWR), R)
+			gemm.Gemm(pr, true, false, V, R, n, 1, f32Op(zc), V, f32Op(hrv[c0*R:]), R, 1, F32(s.DWR), R)
 		}
 	}
 	return kdSum, ceSum, count

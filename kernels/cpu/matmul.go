@@ -12,13 +12,13 @@ import (
 // MatMuls with the transpose flags, so this one kernel serves both passes.
 func (*Backend) MatMul(a, b, c kernels.Buffer, p kernels.MatMulArgs) {
 	batch := max(p.Batch, 1)
-	av, bv, cv := asF32(a), asF32(b), F32(c)
+	av, bv, cv := operand(a), operand(b), F32(c)
 	needA := p.StrideA*(batch-1) + p.M*p.K
 	needB := p.StrideB*(batch-1) + p.K*p.N
 	needC := p.StrideC*(batch-1) + p.M*p.N
-	if len(av) < needA || len(bv) < needB || len(cv) < needC {
+	if a.Len() < needA || b.Len() < needB || len(cv) < needC {
 		panic(fmt.Sprintf("cpu.MatMul: buffers A=%d B=%d C=%d too small for %+v (need %d %d %d)",
-			len(av), len(bv), len(cv), p, needA, needB, needC))
+			a.Len(), b.Len(), len(cv), p, needA, needB, needC))
 	}
 	lda, ldb := p.K, p.N
 	if p.TransA {
@@ -28,7 +28,17 @@ func (*Backend) MatMul(a, b, c kernels.Buffer, p kernels.MatMulArgs) {
 		ldb = p.K
 	}
 	for i := 0; i < batch; i++ {
-		gemm.Sgemm(p.TransA, p.TransB, p.M, p.N, p.K, p.Alpha,
-			av[i*p.StrideA:], lda, bv[i*p.StrideB:], ldb, p.Beta, cv[i*p.StrideC:], p.N)
+		gemm.Gemm(precision(p.Compute), p.TransA, p.TransB, p.M, p.N, p.K, p.Alpha,
+			sliceOp(av, i*p.StrideA), lda, sliceOp(bv, i*p.StrideB), ldb, p.Beta, cv[i*p.StrideC:], p.N)
 	}
 }
+
+// sliceOp is o from element off on.
+func sliceOp(o gemm.Operand, off int) gemm.Operand {
+	if o.BF16 != nil {
+		return gemm.Operand{BF16: o.BF16[off:]}
+	}
+	return gemm.Operand{F32: o.F32[off:]}
+}
+
+func f32Op(v []float32) gemm.Operand { return gemm.Operand{F32: v} }

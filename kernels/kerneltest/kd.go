@@ -106,67 +106,70 @@ func testKD(t *testing.T, be kernels.Backend) {
 		cases = append(cases, tc{"dense", kind, true, false, 0, 2}, tc{"topk+tail", kind, false, false, R, 1.5})
 	}
 	cases = append(cases, tc{"topk renorm", kernels.ForwardKL, false, true, 0, 2}, tc{"dense T=1 lowrank", kernels.ForwardKL, true, false, R, 1})
-	for _, c := range cases {
-		name := fmt.Sprintf("%s kind=%d T=%g rank=%d", c.name, c.kind, c.temp, c.rank)
-		h, w := g.vec(T*H, 1.5, kernels.F32), g.vec(V*H, 1.5, kernels.F32)
-		hr, wr := g.vec(T*R, 1, kernels.F32), g.vec(V*R, 1, kernels.F32)
-		th, tw := g.vec(T*TH, 1.5, kernels.F32), g.vec(V*TH, 1.5, kernels.BF16)
-		a := kernels.KDArgs{Tokens: T, Hidden: H, Vocab: V, Rank: c.rank, Kind: c.kind, Beta: 0.3,
-			Temperature: c.temp, KDWeight: 0.7, Chunk: 3, GradScale: 0.5, Renorm: c.renorm}
-		bufs := kernels.KDBuffers{Student: kernels.CEBuffers{H: upload(be, kernels.F32, h), W: upload(be, kernels.F32, w),
-			DH: be.Alloc(kernels.F32, T*H), DW: be.Alloc(kernels.F32, V*H)}}
-		if c.rank > 0 {
-			bufs.Student.HR, bufs.Student.WR = upload(be, kernels.F32, hr), upload(be, kernels.F32, wr)
-			bufs.Student.DHR, bufs.Student.DWR = be.Alloc(kernels.F32, T*R), be.Alloc(kernels.F32, V*R)
-		}
-		var ids []int32
-		var lps []float64
-		if c.dense {
-			a.TeacherHidden = TH
-			bufs.TH, bufs.TW = upload(be, kernels.F32, th), upload(be, kernels.BF16, tw)
-		} else {
-			a.K = K
-			// A teacher distribution over V; its top-k ids and log-probs.
-			for pos := 0; pos < T; pos++ {
-				logits := g.vec(V, 3, kernels.F32)
-				var z float64
-				for _, x := range logits {
-					z += math.Exp(x)
-				}
-				used := map[int]bool{}
-				for i := 0; i < K; i++ {
-					best := -1
-					for j := range logits {
-						if !used[j] && (best < 0 || logits[j] > logits[best]) {
-							best = j
-						}
-					}
-					used[best] = true
-					ids = append(ids, int32(best))
-					lps = append(lps, float64(float32(logits[best]-math.Log(z))))
-				}
+	for _, comp := range computes {
+		tolV, tolG := tols(comp)
+		for _, c := range cases {
+			name := fmt.Sprintf("%s kind=%d T=%g rank=%d compute %v", c.name, c.kind, c.temp, c.rank, comp)
+			h, w := g.vec(T*H, 1.5, kernels.F32), g.vec(V*H, 1.5, kernels.F32)
+			hr, wr := g.vec(T*R, 1, kernels.F32), g.vec(V*R, 1, kernels.F32)
+			th, tw := g.vec(T*TH, 1.5, kernels.F32), g.vec(V*TH, 1.5, kernels.BF16)
+			a := kernels.KDArgs{Tokens: T, Hidden: H, Vocab: V, Rank: c.rank, Kind: c.kind, Beta: 0.3,
+				Temperature: c.temp, KDWeight: 0.7, Chunk: 3, GradScale: 0.5, Renorm: c.renorm, Compute: comp}
+			bufs := kernels.KDBuffers{Student: kernels.CEBuffers{H: upload(be, kernels.F32, h), W: upload(be, kernels.F32, w),
+				DH: be.Alloc(kernels.F32, T*H), DW: be.Alloc(kernels.F32, V*H)}}
+			if c.rank > 0 {
+				bufs.Student.HR, bufs.Student.WR = upload(be, kernels.F32, hr), upload(be, kernels.F32, wr)
+				bufs.Student.DHR, bufs.Student.DWR = be.Alloc(kernels.F32, T*R), be.Alloc(kernels.F32, V*R)
 			}
-			bufs.TopKIDs, bufs.TopKLogProbs = ids, f32(lps)
-		}
-		rr := c.rank
-		ref := func() (float64, float64, float64) {
-			a2 := a
-			a2.Rank = rr
-			return refKD(h, w, hr, wr, th, tw, ids, lps, labels, a2)
-		}
-		kd, ce, n := be.LinearKD(bufs, labels, a)
-		_, wantKD, wantCE := ref()
-		if n != 5 {
-			t.Errorf("%s: counted %d positions, want 5", name, n)
-		}
-		check(t, name+" kd sum", []float32{float32(kd)}, []float64{wantKD}, tolF32)
-		check(t, name+" ce sum", []float32{float32(ce)}, []float64{wantCE}, tolF32)
-		loss := func() float64 { l, _, _ := ref(); return 0.5 * l }
-		check(t, name+" dh", be.ToF32(bufs.Student.DH), numGrad(h, loss), tolGrad)
-		check(t, name+" dw", be.ToF32(bufs.Student.DW), numGrad(w, loss), tolGrad)
-		if c.rank > 0 {
-			check(t, name+" dhr", be.ToF32(bufs.Student.DHR), numGrad(hr, loss), tolGrad)
-			check(t, name+" dwr", be.ToF32(bufs.Student.DWR), numGrad(wr, loss), tolGrad)
+			var ids []int32
+			var lps []float64
+			if c.dense {
+				a.TeacherHidden = TH
+				bufs.TH, bufs.TW = upload(be, kernels.F32, th), upload(be, kernels.BF16, tw)
+			} else {
+				a.K = K
+				// A teacher distribution over V; its top-k ids and log-probs.
+				for pos := 0; pos < T; pos++ {
+					logits := g.vec(V, 3, kernels.F32)
+					var z float64
+					for _, x := range logits {
+						z += math.Exp(x)
+					}
+					used := map[int]bool{}
+					for i := 0; i < K; i++ {
+						best := -1
+						for j := range logits {
+							if !used[j] && (best < 0 || logits[j] > logits[best]) {
+								best = j
+							}
+						}
+						used[best] = true
+						ids = append(ids, int32(best))
+						lps = append(lps, float64(float32(logits[best]-math.Log(z))))
+					}
+				}
+				bufs.TopKIDs, bufs.TopKLogProbs = ids, f32(lps)
+			}
+			rr := c.rank
+			ref := func() (float64, float64, float64) {
+				a2 := a
+				a2.Rank = rr
+				return refKD(h, w, hr, wr, th, tw, ids, lps, labels, a2)
+			}
+			kd, ce, n := be.LinearKD(bufs, labels, a)
+			_, wantKD, wantCE := ref()
+			if n != 5 {
+				t.Errorf("%s: counted %d positions, want 5", name, n)
+			}
+			check(t, name+" kd sum", []float32{float32(kd)}, []float64{wantKD}, tolV)
+			check(t, name+" ce sum", []float32{float32(ce)}, []float64{wantCE}, tolV)
+			loss := func() float64 { l, _, _ := ref(); return 0.5 * l }
+			check(t, name+" dh", be.ToF32(bufs.Student.DH), numGrad(h, loss), tolG)
+			check(t, name+" dw", be.ToF32(bufs.Student.DW), numGrad(w, loss), tolG)
+			if c.rank > 0 {
+				check(t, name+" dhr", be.ToF32(bufs.Student.DHR), numGrad(hr, loss), tolG)
+				check(t, name+" dwr", be.ToF32(bufs.Student.DWR), numGrad(wr, loss), tolG)
+			}
 		}
 	}
 }

@@ -18,7 +18,23 @@ import (
 const (
 	tolF32  = 2e-4 // f32 compute against f64 reference
 	tolGrad = 2e-3 // f32 backward against f64 central differences
+	// BF16 compute rounds every GEMM operand to bf16 (relative error up
+	// to 2⁻⁹ ≈ 2e-3 each) and accumulates in f32; the reference keeps
+	// the f32 inputs, so values carry a few such errors.
+	tolBF16     = 1.5e-2
+	tolGradBF16 = 4e-2
 )
+
+// computes are the GEMM precisions every GEMM-bearing op is checked in.
+var computes = []kernels.DType{kernels.F32, kernels.BF16}
+
+// tols returns the value and gradient tolerances of a compute precision.
+func tols(c kernels.DType) (val, grad float64) {
+	if c == kernels.BF16 {
+		return tolBF16, tolGradBF16
+	}
+	return tolF32, tolGrad
+}
 
 // Run runs every conformance test on be.
 func Run(t *testing.T, be kernels.Backend) {
@@ -88,24 +104,27 @@ func check(t *testing.T, what string, got []float32, want []float64, tol float64
 func testMatMul(t *testing.T, be kernels.Backend) {
 	g := newGen(1)
 	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
-		for _, ta := range []bool{false, true} {
-			for _, tb := range []bool{false, true} {
-				m, n, k, batch := 7, 13, 19, 3
-				a := g.vec(batch*m*k, 1, dt)
-				b := g.vec(n*k, 1, dt) // broadcast over the batch (stride 0)
-				c0 := g.vec(batch*m*n, 1, kernels.F32)
-				cb := upload(be, kernels.F32, c0)
-				be.MatMul(upload(be, dt, a), upload(be, dt, b), cb, kernels.MatMulArgs{
-					TransA: ta, TransB: tb, M: m, N: n, K: k, Batch: batch,
-					StrideA: m * k, StrideB: 0, StrideC: m * n, Alpha: 0.5, Beta: 1})
-				want := make([]float64, 0, batch*m*n)
-				for i := 0; i < batch; i++ {
-					ref := refMatMul(ta, tb, m, n, k, a[i*m*k:(i+1)*m*k], b)
-					for j, x := range ref {
-						want = append(want, 0.5*x+c0[i*m*n+j])
+		for _, comp := range computes {
+			for _, ta := range []bool{false, true} {
+				for _, tb := range []bool{false, true} {
+					m, n, k, batch := 7, 13, 19, 3
+					a := g.vec(batch*m*k, 1, dt)
+					b := g.vec(n*k, 1, dt) // broadcast over the batch (stride 0)
+					c0 := g.vec(batch*m*n, 1, kernels.F32)
+					cb := upload(be, kernels.F32, c0)
+					be.MatMul(upload(be, dt, a), upload(be, dt, b), cb, kernels.MatMulArgs{
+						TransA: ta, TransB: tb, M: m, N: n, K: k, Batch: batch,
+						StrideA: m * k, StrideB: 0, StrideC: m * n, Alpha: 0.5, Beta: 1, Compute: comp})
+					want := make([]float64, 0, batch*m*n)
+					for i := 0; i < batch; i++ {
+						ref := refMatMul(ta, tb, m, n, k, a[i*m*k:(i+1)*m*k], b)
+						for j, x := range ref {
+							want = append(want, 0.5*x+c0[i*m*n+j])
+						}
 					}
+					tol, _ := tols(comp)
+					check(t, fmt.Sprintf("%v compute %v transA=%v transB=%v", dt, comp, ta, tb), be.ToF32(cb), want, tol)
 				}
-				check(t, fmt.Sprintf("%v transA=%v transB=%v", dt, ta, tb), be.ToF32(cb), want, tolF32)
 			}
 		}
 	}
@@ -194,33 +213,37 @@ func testAttention(t *testing.T, be kernels.Backend) {
 		{"decode with KV cache", 2, 3, 8, 4, 2, 8, 5, false},
 	}
 	g := newGen(6)
-	for _, tc := range cases {
-		q := g.vec(tc.B*tc.Tq*tc.H*tc.hd, 1.5, kernels.F32)
-		k := g.vec(tc.B*tc.Tk*tc.KV*tc.hd, 1.5, kernels.F32)
-		v := g.vec(tc.B*tc.Tk*tc.KV*tc.hd, 1, kernels.F32)
-		var docs []int32
-		if tc.docs {
-			// row 0: documents [0,3) [3,4) [4,9); row 1: [0,6) [6,9)
-			docs = []int32{0, 0, 0, 3, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 6, 6, 6}
-		}
-		scale := 1 / math.Sqrt(float64(tc.hd))
-		args := kernels.AttnArgs{Batch: tc.B, Tq: tc.Tq, Tk: tc.Tk, Heads: tc.H, KVHeads: tc.KV, HeadDim: tc.hd,
-			QOffset: tc.qoff, Scale: float32(scale), DocStart: docs}
-		qb, kb, vb := upload(be, kernels.F32, q), upload(be, kernels.F32, k), upload(be, kernels.F32, v)
-		out, lse := be.Alloc(kernels.F32, len(q)), be.Alloc(kernels.F32, tc.B*tc.H*tc.Tq)
-		be.Attention(qb, kb, vb, out, lse, args)
-		ref := func() []float64 {
-			return refAttention(q, k, v, tc.B, tc.Tq, tc.Tk, tc.H, tc.KV, tc.hd, tc.qoff, scale, docs)
-		}
-		check(t, tc.name+" out", be.ToF32(out), ref(), tolF32)
+	for _, comp := range computes {
+		tolV, tolG := tols(comp)
+		for _, tc := range cases {
+			q := g.vec(tc.B*tc.Tq*tc.H*tc.hd, 1.5, kernels.F32)
+			k := g.vec(tc.B*tc.Tk*tc.KV*tc.hd, 1.5, kernels.F32)
+			v := g.vec(tc.B*tc.Tk*tc.KV*tc.hd, 1, kernels.F32)
+			var docs []int32
+			if tc.docs {
+				// row 0: documents [0,3) [3,4) [4,9); row 1: [0,6) [6,9)
+				docs = []int32{0, 0, 0, 3, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 6, 6, 6}
+			}
+			scale := 1 / math.Sqrt(float64(tc.hd))
+			args := kernels.AttnArgs{Batch: tc.B, Tq: tc.Tq, Tk: tc.Tk, Heads: tc.H, KVHeads: tc.KV, HeadDim: tc.hd,
+				QOffset: tc.qoff, Scale: float32(scale), DocStart: docs, Compute: comp}
+			qb, kb, vb := upload(be, kernels.F32, q), upload(be, kernels.F32, k), upload(be, kernels.F32, v)
+			out, lse := be.Alloc(kernels.F32, len(q)), be.Alloc(kernels.F32, tc.B*tc.H*tc.Tq)
+			be.Attention(qb, kb, vb, out, lse, args)
+			ref := func() []float64 {
+				return refAttention(q, k, v, tc.B, tc.Tq, tc.Tk, tc.H, tc.KV, tc.hd, tc.qoff, scale, docs)
+			}
+			name := fmt.Sprintf("%s compute %v", tc.name, comp)
+			check(t, name+" out", be.ToF32(out), ref(), tolV)
 
-		c := g.vec(len(q), 1, kernels.F32)
-		dq, dk, dv := be.Alloc(kernels.F32, len(q)), be.Alloc(kernels.F32, len(k)), be.Alloc(kernels.F32, len(v))
-		be.AttentionBackward(qb, kb, vb, out, lse, upload(be, kernels.F32, c), dq, dk, dv, args)
-		loss := func() float64 { return dot64(c, ref()) }
-		check(t, tc.name+" dq", be.ToF32(dq), numGrad(q, loss), tolGrad)
-		check(t, tc.name+" dk", be.ToF32(dk), numGrad(k, loss), tolGrad)
-		check(t, tc.name+" dv", be.ToF32(dv), numGrad(v, loss), tolGrad)
+			c := g.vec(len(q), 1, kernels.F32)
+			dq, dk, dv := be.Alloc(kernels.F32, len(q)), be.Alloc(kernels.F32, len(k)), be.Alloc(kernels.F32, len(v))
+			be.AttentionBackward(qb, kb, vb, out, lse, upload(be, kernels.F32, c), dq, dk, dv, args)
+			loss := func() float64 { return dot64(c, ref()) }
+			check(t, name+" dq", be.ToF32(dq), numGrad(q, loss), tolG)
+			check(t, name+" dk", be.ToF32(dk), numGrad(k, loss), tolG)
+			check(t, name+" dv", be.ToF32(dv), numGrad(v, loss), tolG)
+		}
 	}
 }
 
@@ -229,41 +252,44 @@ func testCE(t *testing.T, be kernels.Backend) {
 	T, H, V, R := 11, 8, 37, 3
 	labels := []int32{3, -100, 36, 0, 5, -100, -100, 12, 12, 1, 30}
 	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
-		for _, chunk := range []int{4, 1024} {
-			for _, rank := range []int{0, R} {
-				h := g.vec(T*H, 1, kernels.F32)
-				w := g.vec(V*H, 1, dt)
-				hr, wr := g.vec(T*R, 1, kernels.F32), g.vec(V*R, 1, kernels.F32)
-				bufs := kernels.CEBuffers{H: upload(be, kernels.F32, h), W: upload(be, dt, w),
-					DH: be.Alloc(kernels.F32, T*H), DW: be.Alloc(kernels.F32, V*H)}
-				if rank > 0 {
-					bufs.HR, bufs.WR = upload(be, kernels.F32, hr), upload(be, kernels.F32, wr)
-					bufs.DHR, bufs.DWR = be.Alloc(kernels.F32, T*R), be.Alloc(kernels.F32, V*R)
-				}
-				scale := float32(0.5)
-				sum, n := be.LinearCrossEntropy(bufs, labels,
-					kernels.CEArgs{Tokens: T, Hidden: H, Vocab: V, Rank: rank, Chunk: chunk, GradScale: scale})
-				// The low-rank term is the same as concatenating [h | hr] and [W | WR].
-				ref := func() float64 {
-					if rank == 0 {
-						s, _ := refCrossEntropy(h, w, labels, T, H, V)
+		for _, comp := range computes {
+			tolV, tolG := tols(comp)
+			for _, chunk := range []int{4, 1024} {
+				for _, rank := range []int{0, R} {
+					h := g.vec(T*H, 1, kernels.F32)
+					w := g.vec(V*H, 1, dt)
+					hr, wr := g.vec(T*R, 1, kernels.F32), g.vec(V*R, 1, kernels.F32)
+					bufs := kernels.CEBuffers{H: upload(be, kernels.F32, h), W: upload(be, dt, w),
+						DH: be.Alloc(kernels.F32, T*H), DW: be.Alloc(kernels.F32, V*H)}
+					if rank > 0 {
+						bufs.HR, bufs.WR = upload(be, kernels.F32, hr), upload(be, kernels.F32, wr)
+						bufs.DHR, bufs.DWR = be.Alloc(kernels.F32, T*R), be.Alloc(kernels.F32, V*R)
+					}
+					scale := float32(0.5)
+					sum, n := be.LinearCrossEntropy(bufs, labels,
+						kernels.CEArgs{Tokens: T, Hidden: H, Vocab: V, Rank: rank, Chunk: chunk, GradScale: scale, Compute: comp})
+					// The low-rank term is the same as concatenating [h | hr] and [W | WR].
+					ref := func() float64 {
+						if rank == 0 {
+							s, _ := refCrossEntropy(h, w, labels, T, H, V)
+							return s
+						}
+						s, _ := refCrossEntropy(catCols(h, hr, T, H, R), catCols(w, wr, V, H, R), labels, T, H+R, V)
 						return s
 					}
-					s, _ := refCrossEntropy(catCols(h, hr, T, H, R), catCols(w, wr, V, H, R), labels, T, H+R, V)
-					return s
-				}
-				name := fmt.Sprintf("%v chunk=%d rank=%d", dt, chunk, rank)
-				_, wantN := refCrossEntropy(h, w, labels, T, H, V)
-				if n != wantN {
-					t.Errorf("%s: counted %d tokens, want %d", name, n, wantN)
-				}
-				check(t, name+" loss", []float32{float32(sum)}, []float64{ref()}, tolF32)
-				loss := func() float64 { return float64(scale) * ref() }
-				check(t, name+" dh", be.ToF32(bufs.DH), numGrad(h, loss), tolGrad)
-				check(t, name+" dw", be.ToF32(bufs.DW), numGrad(w, loss), tolGrad)
-				if rank > 0 {
-					check(t, name+" dhr", be.ToF32(bufs.DHR), numGrad(hr, loss), tolGrad)
-					check(t, name+" dwr", be.ToF32(bufs.DWR), numGrad(wr, loss), tolGrad)
+					name := fmt.Sprintf("%v compute %v chunk=%d rank=%d", dt, comp, chunk, rank)
+					_, wantN := refCrossEntropy(h, w, labels, T, H, V)
+					if n != wantN {
+						t.Errorf("%s: counted %d tokens, want %d", name, n, wantN)
+					}
+					check(t, name+" loss", []float32{float32(sum)}, []float64{ref()}, tolV)
+					loss := func() float64 { return float64(scale) * ref() }
+					check(t, name+" dh", be.ToF32(bufs.DH), numGrad(h, loss), tolG)
+					check(t, name+" dw", be.ToF32(bufs.DW), numGrad(w, loss), tolG)
+					if rank > 0 {
+						check(t, name+" dhr", be.ToF32(bufs.DHR), numGrad(hr, loss), tolG)
+						check(t, name+" dwr", be.ToF32(bufs.DWR), numGrad(wr, loss), tolG)
+					}
 				}
 			}
 		}

@@ -35,6 +35,7 @@ func (m *Model) Step(cache *KVCache, tokens []int32) ([]float32, error) {
 	}
 	n, off := len(tokens), cache.Len
 	tp := NewInferenceTape(m.be)
+	tp.Compute = m.Compute
 	defer tp.Release()
 	pos := make([]int32, n)
 	for i := range pos {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"unsafe"
 
 	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/kernels"
@@ -20,6 +21,13 @@ import (
 // weights as dt. Every parameter is checked against the shape config.json
 // implies; errors name the file and key. A checkpoint without lm_head.weight
 // is read as tied embeddings, as transformers does.
+//
+// With dt BF16 on a backend that computes on host memory (kernels.HostMapper,
+// the CPU), tensors stored as BF16 are used in place from the memory-mapped
+// files: the base model costs no heap, only the page cache the OS manages.
+// The mapping then lives as long as the model (Close releases it). Other
+// tensors are converted one at a time (F16 and F32 rounded to bf16), so the
+// model is never held in f32 as a whole on the way.
 func Load(dir string, be kernels.Backend, dt kernels.DType) (*Model, error) {
 	cfg, err := LoadConfig(dir)
 	if err != nil {
@@ -29,24 +37,79 @@ func Load(dir string, be kernels.Backend, dt kernels.DType) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer r.Close()
+	keep := false
+	defer func() {
+		if !keep {
+			r.Close()
+		}
+	}()
 	if _, ok := r.Info("lm_head.weight"); !ok && !cfg.TieWordEmbeddings {
 		cfg.TieWordEmbeddings = true
 	}
+	hm, _ := be.(kernels.HostMapper)
 	names, shapes := ParamShapes(cfg)
 	params := map[string]*tensor.Tensor{}
+	mapped := 0
 	for _, n := range names {
 		if err := r.Expect(n, shapes[n]); err != nil {
 			return nil, fmt.Errorf("%w (config.json: %s)", err, filepath.Join(dir, "config.json"))
 		}
-		v, err := r.F32(n) // F32, BF16 or F16 in the file, widened exactly
-		if err != nil {
-			return nil, err
+		var buf kernels.Buffer
+		switch info, _ := r.Info(n); {
+		case dt == kernels.BF16 && hm != nil && info.DType == "BF16":
+			if v := mappedBF16(r, n); v != nil {
+				buf = hm.WrapHostBF16(v) // zero-copy
+				mapped++
+				break
+			}
+			fallthrough
+		case dt == kernels.BF16 && hm != nil:
+			v, err := r.BF16(n) // one tensor converted on the heap
+			if err != nil {
+				return nil, err
+			}
+			buf = hm.WrapHostBF16(v)
+		default:
+			v, err := r.F32(n) // F32, BF16 or F16 in the file, widened exactly
+			if err != nil {
+				return nil, err
+			}
+			buf = be.FromF32(dt, v) // stored as dt (bf16: round to nearest even)
 		}
-		buf := be.FromF32(dt, v) // stored as dt (bf16: round to nearest even)
 		params[n] = tensor.Wrap(be, buf, shapes[n]...)
 	}
-	return New(cfg, be, params)
+	m, err := New(cfg, be, params)
+	if err != nil {
+		return nil, err
+	}
+	if mapped > 0 {
+		keep = true
+		m.mapping = r
+	}
+	return m, nil
+}
+
+// mappedBF16 views tensor n's bytes in the memory map as bf16 values, or
+// returns nil where that is impossible (a big-endian host, an odd offset).
+func mappedBF16(r *checkpoint.Reader, n string) []uint16 {
+	raw, err := r.Raw(n)
+	if err != nil || len(raw) < 2 || !littleEndian || uintptr(unsafe.Pointer(&raw[0]))%2 != 0 {
+		return nil
+	}
+	return unsafe.Slice((*uint16)(unsafe.Pointer(&raw[0])), len(raw)/2)
+}
+
+var littleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(&x)) == 1 }()
+
+// Close releases the memory-mapped weight files a BF16 Load used in place;
+// the model must not be used afterwards. It is harmless on other models.
+func (m *Model) Close() error {
+	if m.mapping == nil {
+		return nil
+	}
+	err := m.mapping.Close()
+	m.mapping = nil
+	return err
 }
 
 // SaveOptions control Save.

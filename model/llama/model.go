@@ -2,6 +2,7 @@ package llama
 
 import (
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -47,8 +48,14 @@ type Model struct {
 	// CEChunk is how many tokens' logits the loss makes at once (0: the
 	// backend picks, bounding the chunk's logits to 64 MiB).
 	CEChunk int
+	// Compute is the GEMM precision of the model's ops: F32 (the zero
+	// value, the reference) or BF16 (bf16 operands, f32 accumulation).
+	// Hidden sets it on the tape it is given, so the loss that follows on
+	// that tape (cross-entropy, KD) computes in it too.
+	Compute kernels.DType
 
 	be      kernels.Backend
+	mapping io.Closer // the weight files BF16 tensors are used from in place (Load)
 	invFreq []float32
 	names   []string
 	params  map[string]*tensor.Tensor
@@ -220,6 +227,7 @@ func (m *Model) Hidden(tp *tensor.Tape, in *Input) (*tensor.Tensor, error) {
 		return nil, err
 	}
 	c := m.Config
+	tp.Compute = m.Compute
 	pos := in.positions()
 	x := tp.Embedding(m.EmbedTokens, in.InputIDs)
 	hd := c.HeadDimension()

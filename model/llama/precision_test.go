@@ -1,0 +1,155 @@
+package llama
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+	"unsafe"
+
+	"github.com/llamatune/llamatune/checkpoint"
+	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/kernels/cpu"
+)
+
+// sharpModelDir writes a random tiny model whose weights are large enough
+// (std 0.25) that attention is sharp, saved in bf16 as real checkpoints are.
+func sharpModelDir(t *testing.T) string {
+	t.Helper()
+	cfg := Config{Architectures: []string{"LlamaForCausalLM"}, ModelType: "llama", VocabSize: 97,
+		HiddenSize: 64, IntermediateSize: 128, NumHiddenLayers: 2, NumAttentionHeads: 4, NumKeyValueHeads: 2,
+		MaxPositionEmbeddings: 2048, RMSNormEps: 1e-5, RopeTheta: 500000, HiddenAct: "silu",
+		InitializerRange: 0.25, TorchDtype: "float32"}
+	m, err := NewRandom(cfg, cpu.New(), kernels.F32, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := m.Save(dir, SaveOptions{DType: "BF16", MaxShardBytes: 40000}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func logitsOf(t *testing.T, m *Model) []float32 {
+	t.Helper()
+	r := rand.New(rand.NewPCG(9, 9))
+	in := &Input{Rows: 2, SeqLen: 24}
+	for range in.Rows * in.SeqLen {
+		in.InputIDs = append(in.InputIDs, int32(r.IntN(m.Config.VocabSize)))
+	}
+	tp := NewInferenceTape(m.Backend())
+	defer tp.Release()
+	l, err := m.Logits(tp, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.F32()
+}
+
+// A BF16 load uses the bf16 tensors of the memory-mapped files in place (no
+// heap copy) and computes exactly what the f32 load of the same file does.
+func TestLoadBF16ZeroCopy(t *testing.T) {
+	dir := sharpModelDir(t)
+	ref, err := Load(dir, cpu.New(), kernels.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Load(dir, cpu.New(), kernels.BF16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	r, ok := m.mapping.(*checkpoint.Reader)
+	if !ok {
+		t.Fatalf("BF16 load of a bf16 checkpoint keeps no mapping (%T)", m.mapping)
+	}
+	for _, n := range m.Names() {
+		raw, err := r.Raw(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cpu.BF16(m.Param(n).Buf); unsafe.Pointer(&got[0]) != unsafe.Pointer(&raw[0]) {
+			t.Fatalf("%s: bf16 weights were copied, not used from the mapped file", n)
+		}
+	}
+	want, got := logitsOf(t, ref), logitsOf(t, m)
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("logit %d: mapped bf16 weights give %v, the f32 load of the same file %v", i, got[i], want[i])
+		}
+	}
+}
+
+// bf16LogitTolerance bounds |logit(bf16 compute) − logit(f32 compute)|
+// relative to the largest |logit|, with sharp attention: every GEMM operand
+// rounded to 8 significant bits, errors compounding over two layers.
+const bf16LogitTolerance = 0.03
+
+// BF16 compute tracks the f32 reference with sharp attention (a planted bug
+// in the bf16 GEMM path, such as swapped pair halves, moves logits by O(1)).
+func TestBF16ComputeLogits(t *testing.T) {
+	dir := sharpModelDir(t)
+	m, err := Load(dir, cpu.New(), kernels.BF16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	want := logitsOf(t, m)
+	m.Compute = kernels.BF16
+	got := logitsOf(t, m)
+	scale, worst, sharp := 0.0, 0.0, 0.0
+	for i := range want {
+		scale = max(scale, math.Abs(float64(want[i])))
+		worst = max(worst, math.Abs(float64(got[i]-want[i])))
+	}
+	// Attention is sharp: some query puts most of its mass on one key.
+	sharp = maxAttention(t, m)
+	t.Logf("max |logit| %.2f, worst bf16 difference %.4f (%.2g relative), sharpest attention weight %.2f", scale, worst, worst/scale, sharp)
+	if sharp < 0.9 {
+		t.Fatalf("attention is not sharp (max weight %.2f): the test would not see position errors", sharp)
+	}
+	if worst > bf16LogitTolerance*scale {
+		t.Fatalf("bf16 compute logits differ from f32 by %.4f, over %.2g of max |logit| %.2f", worst, bf16LogitTolerance, scale)
+	}
+	if worst == 0 {
+		t.Fatal("bf16 compute gives exactly the f32 logits: it is not in effect")
+	}
+}
+
+// maxAttention is the largest attention probability of layer 0, head 0 for
+// the logitsOf input (queries past position 4).
+func maxAttention(t *testing.T, m *Model) float64 {
+	r := rand.New(rand.NewPCG(9, 9))
+	in := &Input{Rows: 1, SeqLen: 24}
+	for range in.SeqLen {
+		in.InputIDs = append(in.InputIDs, int32(r.IntN(m.Config.VocabSize)))
+	}
+	tp := NewInferenceTape(m.Backend())
+	defer tp.Release()
+	c := m.Config
+	hd := c.HeadDimension()
+	x := tp.Embedding(m.EmbedTokens, in.InputIDs)
+	h := tp.RMSNorm(x, m.Layers[0].InputLayernorm, float32(c.RMSNormEps))
+	pos := in.positions()
+	q := tp.RoPE(tp.Linear(h, m.Layers[0].QProj), pos, c.NumAttentionHeads, hd, m.invFreq).F32()
+	k := tp.RoPE(tp.Linear(h, m.Layers[0].KProj), pos, c.NumKeyValueHeads, hd, m.invFreq).F32()
+	best := 0.0
+	qw, kw := c.NumAttentionHeads*hd, c.NumKeyValueHeads*hd
+	for i := 4; i < in.SeqLen; i++ {
+		s := make([]float64, i+1)
+		mx := math.Inf(-1)
+		for j := 0; j <= i; j++ {
+			for d := 0; d < hd; d++ {
+				s[j] += float64(q[i*qw+d]) * float64(k[j*kw+d])
+			}
+			s[j] /= math.Sqrt(float64(hd))
+			mx = max(mx, s[j])
+		}
+		var z float64
+		for j := range s {
+			z += math.Exp(s[j] - mx)
+		}
+		best = max(best, 1/z)
+	}
+	return best
+}
