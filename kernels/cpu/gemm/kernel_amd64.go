@@ -150,3 +150,24 @@ func init() {
 		bf16Kernel = bf16PairKernel
 	}
 }
+
+//go:noescape
+func cvtF32ToBF16AVX512(dst *uint16, src *float32, n16 int)
+
+// toBF16 writes dst[i] = bf16(src[i]) for i < len(src) (len(dst) >=
+// len(src)): vcvtneps2bf16 where the bf16 kernel runs (AVX512_BF16, whose
+// products treat denormals as zero just as this conversion does), else
+// f32ToBF16.
+func toBF16(dst []uint16, src []float32) {
+	n16 := 0
+	if bf16Kernel != nil && !forceGeneric {
+		n16 = len(src) / 16
+	}
+	if n16 > 0 {
+		_ = dst[len(src)-1]
+		cvtF32ToBF16AVX512(&dst[0], &src[0], n16)
+	}
+	for i := 16 * n16; i < len(src); i++ {
+		dst[i] = f32ToBF16(src[i])
+	}
+}

@@ -284,3 +284,26 @@ bf16store0:
 	ROWBF(Z26, Z27)
 	VZEROUPPER
 	RET
+
+// func cvtF32ToBF16AVX512(dst *uint16, src *float32, n16 int)
+// dst[i] = bf16(src[i]) for i < 16*n16, round to nearest even
+// (vcvtneps2bf16 zmm0 → ymm1, emitted as bytes: 62 f2 7e 48 72 c8).
+TEXT ·cvtF32ToBF16AVX512(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n16+16(FP), CX
+	TESTQ CX, CX
+	JZ   cvtdone
+
+cvtloop:
+	VMOVUPS (SI), Z0
+	BYTE $0x62; BYTE $0xf2; BYTE $0x7e; BYTE $0x48; BYTE $0x72; BYTE $0xc8
+	VMOVDQU Y1, (DI)
+	ADDQ $64, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ  cvtloop
+
+cvtdone:
+	VZEROUPPER
+	RET

@@ -26,3 +26,10 @@ func axpy(alpha float32, x, y []float32) { axpyGo(alpha, x, y) }
 func copyFull(panel []float32, w int, src []float32, ld, kb int) {
 	copyFullGo(panel, w, src, ld, kb)
 }
+
+// toBF16 writes dst[i] = bf16(src[i]) for i < len(src).
+func toBF16(dst []uint16, src []float32) {
+	for i, f := range src {
+		dst[i] = f32ToBF16(f)
+	}
+}

@@ -115,6 +115,12 @@ func value(o Operand, i int, round bool) float32 {
 // the panel holds (kb+1)/2 rows of w 32-bit slots: slot [q*w+r] has element
 // (r, 2q) in its low half and (r, 2q+1) in its high half (zero past kb).
 func packPanel(panel []float32, w int, x Operand, off, ld, n, kb int, alongP, pairs bool) {
+	if x.BF16 != nil && alongP && packBF16Along(panel, w, x.BF16, off, ld, n, kb, pairs) {
+		return
+	}
+	if x.F32 != nil && pairs && packF32Pairs(panel, w, x.F32, off, ld, n, kb, alongP) {
+		return
+	}
 	if !pairs {
 		panel = panel[:kb*w]
 		conv := func(d []float32, lo, hi, stride int) { // d[j*stride] = x[lo+j], j < hi-lo
@@ -203,6 +209,109 @@ func packPanel(panel []float32, w int, x Operand, off, ld, n, kb int, alongP, pa
 			clear(slots[q*w+n : q*w+w])
 		}
 	}
+}
+
+// packTmp bounds the k values packBF16Along widens at once (kc ≤ packTmp).
+const packTmp = 512
+
+// packBF16Along is packPanel's fast path for bf16 storage read along p — a
+// weight W [out, in] as op(B) of x·Wᵀ, the most frequent packing of a LoRA
+// step. A pair is then two adjacent bf16 values, one 32-bit word, so pair
+// panels are a 32-bit transpose (transposeRuns, 4×4 SSE blocks on amd64);
+// f32 panels widen four runs into a scratch block and transpose that. It
+// reports false where it does not apply (odd offsets, long k blocks).
+func packBF16Along(panel []float32, w int, x []uint16, off, ld, n, kb int, pairs bool) bool {
+	if pairs {
+		if off%2 != 0 || ld%2 != 0 || kb < 2 {
+			return false
+		}
+		kp, whole := (kb+1)/2, kb/2
+		words := unsafe.Slice((*float32)(unsafe.Pointer(&x[0])), len(x)/2)
+		transposeRuns(panel, w, words[off/2:], ld/2, n, whole)
+		if kb%2 == 1 { // the last pair holds one value (zero high half)
+			slots := unsafe.Slice((*uint32)(unsafe.Pointer(&panel[0])), kp*w)
+			last := slots[(kp-1)*w : kp*w]
+			for r := range last {
+				last[r] = 0
+				if r < n {
+					last[r] = uint32(x[off+r*ld+kb-1])
+				}
+			}
+		}
+		return true
+	}
+	if kb > packTmp {
+		return false
+	}
+	var tmp [4 * packTmp]float32
+	panel = panel[:kb*w]
+	for r := 0; r < n; r += 4 {
+		rows := min(4, n-r)
+		for i := 0; i < rows; i++ {
+			t := tmp[i*kb : (i+1)*kb]
+			for p, h := range x[off+(r+i)*ld : off+(r+i)*ld+kb] {
+				t[p] = bf16ToF32(h)
+			}
+		}
+		if rows == 4 {
+			transpose4(panel[r:], w, tmp[:], kb, kb)
+			continue
+		}
+		for i := 0; i < rows; i++ {
+			for p, v := range tmp[i*kb : (i+1)*kb] {
+				panel[p*w+r+i] = v
+			}
+		}
+	}
+	if n < w {
+		for p := 0; p < kb; p++ {
+			clear(panel[p*w+n : p*w+w])
+		}
+	}
+	return true
+}
+
+// packF32Pairs is packPanel's path for f32 storage into pair panels (the
+// activations of a bf16 GEMM): each run is first rounded to bf16 as a whole
+// (toBF16: one vcvtneps2bf16 per 16 values on AVX512_BF16), then the words
+// are paired — by the 32-bit transpose along p, by interleaving two rows
+// otherwise. It reports false for runs wider than its scratch.
+func packF32Pairs(panel []float32, w int, x []float32, off, ld, n, kb int, alongP bool) bool {
+	if kb > packTmp || n > 32 {
+		return false
+	}
+	kp := (kb + 1) / 2
+	if alongP {
+		var tmp [32 * (packTmp + 2)]uint16
+		kbe := 2 * kp // row stride in tmp: whole pairs, the odd tail zero
+		for r := 0; r < n; r++ {
+			row := tmp[r*kbe : r*kbe+kbe]
+			toBF16(row, x[off+r*ld:off+r*ld+kb])
+			if kb < kbe {
+				row[kb] = 0
+			}
+		}
+		words := unsafe.Slice((*float32)(unsafe.Pointer(&tmp[0])), len(tmp)/2)
+		transposeRuns(panel, w, words, kp, n, kp)
+		return true
+	}
+	var t0, t1 [32]uint16
+	slots := unsafe.Slice((*uint32)(unsafe.Pointer(&panel[0])), kp*w)
+	for q := 0; q < kp; q++ {
+		lo := off + 2*q*ld
+		toBF16(t0[:n], x[lo:lo+n])
+		if 2*q+1 < kb {
+			toBF16(t1[:n], x[lo+ld:lo+ld+n])
+		} else {
+			clear(t1[:n])
+		}
+		row := slots[q*w : q*w+w]
+		for r := 0; r < n; r++ {
+			row[r] = uint32(t0[r]) | uint32(t1[r])<<16
+		}
+		clear(row[n:])
+	}
+	return true
 }
 
 // f32ToBF16 rounds to nearest even (NaN stays NaN); the same conversion as

@@ -82,7 +82,7 @@ func gemmCases() []gemmCase {
 	var cs []gemmCase
 	for _, tA := range []bool{false, true} {
 		for _, tB := range []bool{false, true} {
-			for _, s := range [][3]int{{1, 1, 1}, {3, 5, 7}, {14, 32, 2}, {15, 33, 3}, {29, 70, 389}, {31, 40, 771}, {57, 1, 40}} {
+			for _, s := range [][3]int{{1, 1, 1}, {3, 5, 7}, {14, 32, 2}, {15, 33, 3}, {29, 70, 389}, {31, 40, 771}, {57, 1, 40}, {20, 40, 386}, {15, 33, 258}} {
 				cs = append(cs, gemmCase{transA: tA, transB: tB, m: s[0], n: s[1], k: s[2], alpha: 1, beta: 0})
 				cs = append(cs, gemmCase{transA: tA, transB: tB, m: s[0], n: s[1], k: s[2], alpha: 0.5, beta: 1.5, padA: 3, padB: 1, padC: 2})
 			}
