@@ -216,14 +216,39 @@ func (s *Set) Merge(m *llama.Model) {
 		}
 		w := m.Param(l.Module + ".weight")
 		out, in := w.Shape[0], w.Shape[1]
-		delta := be.Alloc(kernels.F32, out*in)
-		be.MatMul(l.B.Buf, l.A.Buf, delta, kernels.MatMulArgs{M: out, N: in, K: s.Config.R, Alpha: l.Scaling})
-		merged := be.Alloc(kernels.F32, out*in)
-		be.Copy(merged, w.Buf)
-		be.AddScaled(merged, delta, 1)
-		be.Copy(w.Buf, merged)
-		be.Free(delta)
-		be.Free(merged)
+		if w.DType() == kernels.F32 {
+			AddLowRank(be, w.Buf, l.A.Buf, l.B.Buf, nil, out, in, s.Config.R, l.Scaling)
+		} else {
+			merged := be.Alloc(kernels.F32, out*in)
+			be.Copy(merged, w.Buf)
+			AddLowRank(be, merged, l.A.Buf, l.B.Buf, nil, out, in, s.Config.R, l.Scaling)
+			be.Copy(w.Buf, merged)
+			be.Free(merged)
+		}
 		delete(m.Adapters, l.Module)
+	}
+}
+
+// AddLowRank merges one adapter into its weight: w += scaling·B·A, with w
+// [out, in] in F32, A [r, in] and B [out, r]. delta, when not nil, is F32
+// scratch space of exactly out·in elements (the product B·A is formed there
+// first, then added); when nil it is allocated and freed. Set.Merge and the
+// streaming export (one weight at a time) both merge through it, so they give
+// the same bits.
+func AddLowRank(be kernels.Backend, w, a, b, delta kernels.Buffer, out, in, r int, scaling float32) {
+	if w.Len() != out*in || a.Len() != r*in || b.Len() != out*r {
+		panic(fmt.Sprintf("lora.AddLowRank: w %d, A %d, B %d elements do not fit [%d, %d] = [%d, %d]·[%d, %d]",
+			w.Len(), a.Len(), b.Len(), out, in, out, r, r, in))
+	}
+	owned := delta == nil
+	if owned {
+		delta = be.Alloc(kernels.F32, out*in)
+	} else if delta.Len() != out*in {
+		panic(fmt.Sprintf("lora.AddLowRank: scratch of %d elements, [%d, %d] needs exactly %d", delta.Len(), out, in, out*in))
+	}
+	be.MatMul(b, a, delta, kernels.MatMulArgs{M: out, N: in, K: r, Alpha: scaling})
+	be.AddScaled(w, delta, 1)
+	if owned {
+		be.Free(delta)
 	}
 }
