@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"github.com/llamatune/llamatune/kernels"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 
@@ -120,12 +121,24 @@ func F16sToF32(src []uint16) []float32 {
 
 // EncodeF32 returns the little-endian bytes of v, ready for a WriteTensor
 // with DType "F32".
-func EncodeF32(v []float32) []byte {
-	b := make([]byte, 4*len(v))
+func EncodeF32(v []float32) []byte { return AppendF32(make([]byte, 0, 4*len(v)), v) }
+
+// AppendF32 appends the little-endian bytes of v to dst (as EncodeF32) and
+// returns the extended slice, so that a caller can encode into one buffer
+// again and again, or a tensor a block of rows at a time.
+func AppendF32(dst []byte, v []float32) []byte {
+	dst, b := grow(dst, 4*len(v))
 	for i, x := range v {
 		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
 	}
-	return b
+	return dst
+}
+
+// grow extends dst by n bytes and returns it with the new n-byte tail.
+func grow(dst []byte, n int) (all, tail []byte) {
+	l := len(dst)
+	dst = slices.Grow(dst, n)[:l+n]
+	return dst, dst[l:]
 }
 
 // EncodeBF16 returns the little-endian bytes of bfloat16 bits, ready for a
@@ -138,22 +151,28 @@ func EncodeF16(v []uint16) []byte { return encodeU16(v) }
 
 // EncodeF32AsBF16 rounds v to bfloat16 (nearest-even) and returns the
 // little-endian bytes for a WriteTensor with DType "BF16".
-func EncodeF32AsBF16(v []float32) []byte {
-	b := make([]byte, 2*len(v))
+func EncodeF32AsBF16(v []float32) []byte { return AppendF32AsBF16(make([]byte, 0, 2*len(v)), v) }
+
+// AppendF32AsBF16 appends v rounded to bfloat16 (as EncodeF32AsBF16) to dst.
+func AppendF32AsBF16(dst []byte, v []float32) []byte {
+	dst, b := grow(dst, 2*len(v))
 	for i, x := range v {
 		binary.LittleEndian.PutUint16(b[2*i:], F32ToBF16(x))
 	}
-	return b
+	return dst
 }
 
 // EncodeF32AsF16 rounds v to half precision (nearest-even) and returns the
 // little-endian bytes for a WriteTensor with DType "F16".
-func EncodeF32AsF16(v []float32) []byte {
-	b := make([]byte, 2*len(v))
+func EncodeF32AsF16(v []float32) []byte { return AppendF32AsF16(make([]byte, 0, 2*len(v)), v) }
+
+// AppendF32AsF16 appends v rounded to half precision (as EncodeF32AsF16) to dst.
+func AppendF32AsF16(dst []byte, v []float32) []byte {
+	dst, b := grow(dst, 2*len(v))
 	for i, x := range v {
 		binary.LittleEndian.PutUint16(b[2*i:], F32ToF16(x))
 	}
-	return b
+	return dst
 }
 
 func encodeU16(v []uint16) []byte {

@@ -120,6 +120,9 @@ type GGUFKV struct {
 // ([rows, cols]); the writer reverses it into GGUF's ne order. Data holds the
 // encoded bytes (EncodeGGUFData); alternatively Encode produces them when
 // the tensor is written, so only one tensor's encoding is in memory at a time.
+// The writer calls Encode once, writes the bytes and lets go of them before
+// it encodes the next tensor, so an encoder may return the same buffer each
+// time (or a read-only slice of a Reader's mapping).
 type GGUFTensor struct {
 	Name   string
 	Shape  []int
@@ -437,18 +440,25 @@ func WriteGGUF(path string, kvs []GGUFKV, tensors []GGUFTensor) error {
 // rowLen is the innermost dimension (Q8_0 quantizes each row in blocks of 32
 // and needs rowLen % 32 == 0).
 func EncodeGGUFData(v []float32, t GGMLType, rowLen int) ([]byte, error) {
+	return AppendGGUFData(nil, v, t, rowLen)
+}
+
+// AppendGGUFData appends v encoded as GGUF tensor data of type t to dst (as
+// EncodeGGUFData). v must be whole rows of rowLen values, so a tensor can be
+// encoded a block of rows at a time with the same bytes as all at once.
+func AppendGGUFData(dst []byte, v []float32, t GGMLType, rowLen int) ([]byte, error) {
 	switch t {
 	case GGMLTypeF32:
-		return EncodeF32(v), nil
+		return AppendF32(dst, v), nil
 	case GGMLTypeF16:
-		return EncodeF32AsF16(v), nil
+		return AppendF32AsF16(dst, v), nil
 	case GGMLTypeBF16:
-		return EncodeF32AsBF16(v), nil
+		return AppendF32AsBF16(dst, v), nil
 	case GGMLTypeQ8_0:
 		if rowLen <= 0 || rowLen%Q8_0BlockSize != 0 || len(v)%rowLen != 0 {
 			return nil, fmt.Errorf("Q8_0 needs rows whose length is a multiple of %d (row length %d, %d values)", Q8_0BlockSize, rowLen, len(v))
 		}
-		return QuantizeQ8_0(v), nil
+		return appendQ8_0(dst, v), nil
 	}
 	return nil, fmt.Errorf("unsupported GGUF tensor type %v", t)
 }
@@ -459,11 +469,15 @@ func EncodeGGUFData(v []float32, t GGMLType, rowLen int) ([]byte, error) {
 // block gets d = 0. It panics if len(v) is not a multiple of 32 (callers
 // check; see EncodeGGUFData).
 func QuantizeQ8_0(v []float32) []byte {
+	return appendQ8_0(make([]byte, 0, len(v)/Q8_0BlockSize*Q8_0BlockBytes), v)
+}
+
+func appendQ8_0(dst []byte, v []float32) []byte {
 	if len(v)%Q8_0BlockSize != 0 {
 		panic(fmt.Sprintf("checkpoint: QuantizeQ8_0 of %d values, not a multiple of %d", len(v), Q8_0BlockSize))
 	}
 	nb := len(v) / Q8_0BlockSize
-	out := make([]byte, nb*Q8_0BlockBytes)
+	dst, out := grow(dst, nb*Q8_0BlockBytes)
 	for b := 0; b < nb; b++ {
 		x := v[b*Q8_0BlockSize : (b+1)*Q8_0BlockSize]
 		var amax float32
@@ -483,7 +497,7 @@ func QuantizeQ8_0(v []float32) []byte {
 			o[2+i] = byte(int8(q))
 		}
 	}
-	return out
+	return dst
 }
 
 // DequantizeQ8_0 expands Q8_0 blocks back to float32 (x = d·q).

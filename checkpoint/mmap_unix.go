@@ -37,5 +37,7 @@ func mapFile(path string) (*mappedFile, error) {
 		path:    path,
 		data:    data,
 		release: func() error { return unix.Munmap(data) },
+		// Advice only: a failure leaves the pages resident, nothing more.
+		dontNeed: func(b []byte) { _ = unix.Madvise(b, unix.MADV_DONTNEED) },
 	}, nil
 }

@@ -51,6 +51,9 @@ type mappedFile struct {
 	data      []byte
 	dataStart int64
 	release   func() error
+	// dontNeed drops the pages of b (a page-aligned part of data) from the
+	// process's memory; nil where data is not a file mapping.
+	dontNeed func(b []byte)
 }
 
 type entry struct {
@@ -364,6 +367,56 @@ func (r *Reader) F32Into(name string, dst []float32) error {
 		return fmt.Errorf("checkpoint: %s: tensor %q has dtype %s, which does not convert to float32 (F32, BF16, F16 and F64 do); use Raw", e.file.path, name, e.info.DType)
 	}
 	return nil
+}
+
+// F32Range widens elements [start, start+len(dst)) of tensor name (counted
+// in row-major order) into dst, as F32 does for the whole tensor, so that a
+// large tensor can be converted a block of rows at a time.
+func (r *Reader) F32Range(name string, start int, dst []float32) error {
+	e, err := r.lookup(name)
+	if err != nil {
+		return err
+	}
+	n := e.info.NumElements()
+	if start < 0 || int64(start)+int64(len(dst)) > n {
+		return fmt.Errorf("checkpoint: %s: tensor %q has %d elements (shape %v); elements [%d, %d) are out of range", e.file.path, name, n, e.info.Shape, start, start+len(dst))
+	}
+	size := int64(dtypeSizes[e.info.DType])
+	raw, _ := r.Raw(name)
+	raw = raw[int64(start)*size : (int64(start)+int64(len(dst)))*size]
+	if !decodeToF32(dst, raw, e.info.DType) {
+		return fmt.Errorf("checkpoint: %s: tensor %q has dtype %s, which does not convert to float32 (F32, BF16, F16 and F64 do); use Raw", e.file.path, name, e.info.DType)
+	}
+	return nil
+}
+
+// Evict tells the operating system that this process no longer needs the
+// mapped pages holding elements [start, start+count) of tensor name
+// (madvise MADV_DONTNEED on unix). The data stays valid: a later read maps
+// it again from the page cache or the disk. Reading a whole model through a
+// mapping otherwise leaves every page touched counted in the process's
+// resident memory; a reader that streams tensors evicts each one once it is
+// done. Where files are read into memory rather than mapped, Evict does
+// nothing. Slices from Raw remain usable.
+func (r *Reader) Evict(name string, start, count int) {
+	e, ok := r.entries[name]
+	if !ok || r.closed || e.file.dontNeed == nil || count <= 0 || start < 0 {
+		return
+	}
+	size := int64(dtypeSizes[e.info.DType])
+	n := e.info.NumElements()
+	if int64(start) >= n {
+		return
+	}
+	end := min(int64(start)+int64(count), n)
+	a := e.file.dataStart + e.info.Offsets[0] + int64(start)*size
+	b := e.file.dataStart + e.info.Offsets[0] + end*size
+	page := int64(os.Getpagesize())
+	a = a / page * page
+	b = min((b+page-1)/page*page, int64(len(e.file.data)))
+	if a < b {
+		e.file.dontNeed(e.file.data[a:b])
+	}
 }
 
 // BF16 returns tensor name as new bfloat16 bits: BF16 is copied, F32 is

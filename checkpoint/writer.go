@@ -24,7 +24,10 @@ type WriteTensor struct {
 	Shape []int
 	Data  []byte
 	// Encode, when set (and Data nil), produces the data at write time, so
-	// that a whole model is never encoded in memory at once.
+	// that a whole model is never encoded in memory at once. The writers
+	// call it once, write the bytes and let go of them before they encode
+	// the next tensor, so an encoder may return the same buffer each time
+	// (or a read-only slice of a Reader's mapping).
 	Encode func() ([]byte, error)
 }
 
