@@ -120,15 +120,13 @@ func Attach(m *llama.Model, cfg Config, seed uint64) (*Set, error) {
 	for _, n := range m.Names() {
 		m.Param(n).SetRequiresGrad(false)
 	}
-	targets := cfg.targets()
 	names := m.Names()
-	if m.Config.TieWordEmbeddings && slices.Contains(targets, "lm_head") {
+	if m.Config.TieWordEmbeddings && cfg.Adapts("lm_head") {
 		names = append(slices.Clone(names), "lm_head.weight") // lm_head shares embed_tokens
 	}
 	for _, name := range names {
 		module := strings.TrimSuffix(name, ".weight")
-		short := module[strings.LastIndex(module, ".")+1:]
-		if !slices.Contains(targets, short) || !inLayers(module, cfg.Layers) {
+		if !cfg.Adapts(module) {
 			continue
 		}
 		w := m.Param(name)
@@ -158,6 +156,14 @@ func Attach(m *llama.Model, cfg Config, seed uint64) (*Set, error) {
 		return nil, fmt.Errorf("lora: target modules %v match no layer of the model", cfg.TargetModules)
 	}
 	return s, nil
+}
+
+// Adapts reports whether Attach puts an adapter on module, an HF module name
+// such as model.layers.0.self_attn.q_proj or lm_head: its last part is one of
+// the target modules and, inside a decoder layer, the layer is in Layers.
+func (c Config) Adapts(module string) bool {
+	short := module[strings.LastIndex(module, ".")+1:]
+	return slices.Contains(c.targets(), short) && inLayers(module, c.Layers)
 }
 
 func inLayers(module string, layers []int) bool {

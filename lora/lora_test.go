@@ -333,3 +333,19 @@ func TestAddLowRank(t *testing.T) {
 		}
 	}
 }
+
+func TestAdapts(t *testing.T) {
+	c := lora.Config{R: 2, Alpha: 4, TargetModules: []string{"all-linear", "lm_head"}, Layers: []int{1}}
+	for module, want := range map[string]bool{
+		"model.layers.1.self_attn.q_proj": true, "model.layers.1.mlp.down_proj": true,
+		"model.layers.0.self_attn.q_proj": false, "model.layers.1.input_layernorm": false,
+		"lm_head": true, "model.embed_tokens": false,
+	} {
+		if got := c.Adapts(module); got != want {
+			t.Errorf("Adapts(%s) = %v, want %v", module, got, want)
+		}
+	}
+	if (lora.Config{TargetModules: []string{"all-linear"}}).Adapts("lm_head") {
+		t.Error("all-linear adapts lm_head")
+	}
+}
