@@ -48,14 +48,15 @@ func GGUF(src Source, outPath string, typ string) error {
 	if isDir(outPath) {
 		return fmt.Errorf("export: GGUF output %s is a directory; --out takes a file path such as %s", outPath, filepath.Join(outPath, "model.gguf"))
 	}
-	m, dirs, err := Open(src)
+	w, err := openWeights(src)
 	if err != nil {
 		return err
 	}
-	if dirs.TokenizerDir == "" {
+	defer w.Close()
+	if w.dirs.TokenizerDir == "" {
 		return fmt.Errorf("export: no tokenizer.json or tokenizer.model in %s; GGUF files carry the tokenizer, copy the base model's tokenizer files there", describeDirs(src))
 	}
-	vocab, err := tokenizer.ExportVocab(dirs.TokenizerDir, m.Config.VocabSize)
+	vocab, err := tokenizer.ExportVocab(w.dirs.TokenizerDir, w.cfg.VocabSize)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
@@ -63,8 +64,12 @@ func GGUF(src Source, outPath string, typ string) error {
 	if src.WeightsDir != "" && src.WeightsDir != src.BaseDir {
 		name = filepath.Base(filepath.Clean(src.WeightsDir))
 	}
-	kvs := GGUFMetadata(m.Config, vocab, name, gt)
-	tensors := GGUFTensors(m, gt)
+	kvs := GGUFMetadata(w.cfg, vocab, name, gt)
+	// Each tensor is read, merged and encoded when the writer reaches it.
+	tensors := ggufTensors(w.cfg, gt, func(hf string) []int { return w.shapes[hf] },
+		func(hf string, t checkpoint.GGMLType, heads, cols int) ([]byte, error) {
+			return w.encode(hf, ggufEncoding(t, cols), heads)
+		})
 	return checkpoint.WriteGGUF(outPath, kvs, tensors)
 }
 
@@ -177,10 +182,16 @@ func GGUFTensorName(hf string) string {
 // convert_hf_to_gguf.py's LlamaModel.permute (reshape [h, 2, hd/2, cols],
 // swap axes 1 and 2).
 func PermuteQK(w []float32, heads, cols int) []float32 {
+	out := make([]float32, len(w))
+	permuteQKInto(out, w, heads, cols)
+	return out
+}
+
+// permuteQKInto is PermuteQK writing into out (len(w) values).
+func permuteQKInto(out, w []float32, heads, cols int) {
 	rows := len(w) / cols
 	hd := rows / heads
 	half := hd / 2
-	out := make([]float32, len(w))
 	for h := 0; h < heads; h++ {
 		for i := 0; i < half; i++ {
 			for j := 0; j < 2; j++ {
@@ -190,7 +201,6 @@ func PermuteQK(w []float32, heads, cols int) []float32 {
 			}
 		}
 	}
-	return out
 }
 
 // UnpermuteQK inverts PermuteQK.
@@ -248,11 +258,25 @@ func RopeFreqFactors(c llama.Config) []float32 {
 // lazily (on write) as typ, or F32 for 1-D tensors and F16 where Q8_0 does not
 // fit the row length.
 func GGUFTensors(m *llama.Model, typ checkpoint.GGMLType) []checkpoint.GGUFTensor {
-	c := m.Config
+	return ggufTensors(m.Config, typ, func(hf string) []int { return m.Param(hf).Shape },
+		func(hf string, t checkpoint.GGMLType, heads, cols int) ([]byte, error) {
+			v := m.Param(hf).F32()
+			if heads > 0 {
+				v = PermuteQK(v, heads, cols)
+			}
+			return checkpoint.EncodeGGUFData(v, t, cols)
+		})
+}
+
+// ggufTensors lists the tensors of a model with config c as GGUFTensors
+// does; shape gives an HF tensor's shape and encode its bytes as type t with
+// cols values per row, the rows of each of heads heads permuted (PermuteQK)
+// when heads > 0.
+func ggufTensors(c llama.Config, typ checkpoint.GGMLType, shapeOf func(hf string) []int,
+	encode func(hf string, t checkpoint.GGMLType, heads, cols int) ([]byte, error)) []checkpoint.GGUFTensor {
 	var out []checkpoint.GGUFTensor
 	add := func(hf string) {
-		p := m.Param(hf)
-		shape := append([]int(nil), p.Shape...)
+		shape := append([]int(nil), shapeOf(hf)...)
 		t := typ
 		cols := shape[len(shape)-1]
 		if len(shape) < 2 {
@@ -269,13 +293,7 @@ func GGUFTensors(m *llama.Model, typ checkpoint.GGMLType) []checkpoint.GGUFTenso
 		}
 		out = append(out, checkpoint.GGUFTensor{
 			Name: GGUFTensorName(hf), Shape: shape, Type: t,
-			Encode: func() ([]byte, error) {
-				v := p.F32()
-				if heads > 0 {
-					v = PermuteQK(v, heads, cols)
-				}
-				return checkpoint.EncodeGGUFData(v, t, cols)
-			},
+			Encode: func() ([]byte, error) { return encode(hf, t, heads, cols) },
 		})
 	}
 	add("model.embed_tokens.weight")

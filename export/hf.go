@@ -36,23 +36,31 @@ func HF(src Source, outDir string, dtype string, maxShardBytes int64) error {
 	if err := src.overlaps(outDir); err != nil {
 		return err
 	}
-	m, dirs, err := Open(src)
+	w, err := openWeights(src)
 	if err != nil {
 		return err
 	}
-	if dirs.TokenizerDir == "" {
+	defer w.Close()
+	if w.dirs.TokenizerDir == "" {
 		return fmt.Errorf("export: no tokenizer.json or tokenizer.model in %s; the exported model would not load with AutoTokenizer (copy the base model's tokenizer files there)", describeDirs(src))
 	}
-	if err := m.Save(outDir, llama.SaveOptions{DType: dtype, MaxShardBytes: maxShardBytes}); err != nil {
+	// Each tensor is read, merged and encoded when the writer reaches it.
+	enc := hfEncoding(dtype)
+	ts := make([]checkpoint.WriteTensor, 0, len(w.names))
+	for _, n := range w.names {
+		ts = append(ts, checkpoint.WriteTensor{Name: n, DType: dtype, Shape: w.shapes[n],
+			Encode: func() ([]byte, error) { return w.encode(n, enc, 0) }})
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return fmt.Errorf("export: create output directory %s: %w", outDir, err)
+	}
+	if err := checkpoint.WriteSharded(outDir, ts, maxShardBytes, map[string]string{checkpoint.FormatKey: checkpoint.FormatPyTorch}); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	if err := writeConfig(dirs.ConfigDir, outDir, m.Config, torchDTypes[dtype]); err != nil {
+	if err := writeConfig(w.dirs.ConfigDir, outDir, w.cfg, torchDTypes[dtype]); err != nil {
 		return err
 	}
-	if err := copyAux(src, dirs, outDir, m.Config); err != nil {
-		return err
-	}
-	return nil
+	return copyAux(src, w.dirs, outDir, w.cfg)
 }
 
 func describeDirs(src Source) string {
