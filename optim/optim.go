@@ -79,13 +79,19 @@ func (o *AdamW) ZeroGrad() {
 }
 
 // StateTensors returns the moments as safetensors entries
-// ("<name>.exp_avg", "<name>.exp_avg_sq"), exactly (f32).
+// ("<name>.exp_avg", "<name>.exp_avg_sq"), exactly (f32). Each is encoded
+// when the writer reaches it (WriteTensor.Encode), so the moments of a fully
+// fine-tuned model (twice its size) are never all encoded at once; write
+// them before the next optimizer step.
 func (o *AdamW) StateTensors() []checkpoint.WriteTensor {
 	var out []checkpoint.WriteTensor
+	enc := func(b kernels.Buffer) func() ([]byte, error) {
+		return func() ([]byte, error) { return checkpoint.EncodeF32(o.be.ToF32(b)), nil }
+	}
 	for i, p := range o.Params {
 		out = append(out,
-			checkpoint.WriteTensor{Name: p.Name + ".exp_avg", DType: "F32", Shape: p.Shape, Data: checkpoint.EncodeF32(o.be.ToF32(o.m[i]))},
-			checkpoint.WriteTensor{Name: p.Name + ".exp_avg_sq", DType: "F32", Shape: p.Shape, Data: checkpoint.EncodeF32(o.be.ToF32(o.v[i]))})
+			checkpoint.WriteTensor{Name: p.Name + ".exp_avg", DType: "F32", Shape: p.Shape, Encode: enc(o.m[i])},
+			checkpoint.WriteTensor{Name: p.Name + ".exp_avg_sq", DType: "F32", Shape: p.Shape, Encode: enc(o.v[i])})
 	}
 	return out
 }

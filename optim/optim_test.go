@@ -4,6 +4,7 @@ import (
 	"math"
 	"testing"
 
+	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/tensor"
@@ -61,5 +62,33 @@ func TestAdamWSkipsDecayOnNorms(t *testing.T) {
 	}
 	if got := n.F32()[0]; got != 1 {
 		t.Fatalf("norm weight decayed to %v", got)
+	}
+}
+
+// The moments are encoded when the checkpoint writer reaches them, one tensor
+// at a time, and read back exactly.
+func TestStateTensorsEncodeLazily(t *testing.T) {
+	be := cpu.New()
+	w := tensor.FromF32(be, kernels.F32, []float32{1, -2, 3, 0.5}, 2, 2).SetRequiresGrad(true)
+	w.Name = "w"
+	w.Grad = be.FromF32(kernels.F32, []float32{0.1, -0.2, 0.3, 0.7})
+	o := NewAdamW(be, []*tensor.Tensor{w}, DefaultAdamW())
+	o.Step(1e-3)
+	ts := o.StateTensors()
+	if len(ts) != 2 || ts[0].Name != "w.exp_avg" || ts[1].Name != "w.exp_avg_sq" {
+		t.Fatalf("state tensors %+v", ts)
+	}
+	for i, st := range ts {
+		if st.Data != nil || st.Encode == nil {
+			t.Fatalf("%s is encoded up front", st.Name)
+		}
+		b, err := st.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []kernels.Buffer{o.m[0], o.v[0]}[i]
+		if string(b) != string(checkpoint.EncodeF32(be.ToF32(want))) {
+			t.Errorf("%s encodes other values than the moment", st.Name)
+		}
 	}
 }

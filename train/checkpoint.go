@@ -56,9 +56,12 @@ func saveCheckpoint(o Options, opt interface {
 	}
 	defer os.RemoveAll(tmp)
 	st.Format, st.Meta = CheckpointFormat, o.Meta
+	// Encoded one tensor at a time as the file is written: with full
+	// fine-tuning the trainable tensors are the whole model.
 	var ts []checkpoint.WriteTensor
 	for _, p := range o.Trainable {
-		ts = append(ts, checkpoint.WriteTensor{Name: p.Name, DType: "F32", Shape: p.Shape, Data: checkpoint.EncodeF32(p.F32())})
+		ts = append(ts, checkpoint.WriteTensor{Name: p.Name, DType: "F32", Shape: p.Shape,
+			Encode: func() ([]byte, error) { return checkpoint.EncodeF32(p.F32()), nil }})
 	}
 	if err := checkpoint.WriteFile(filepath.Join(tmp, "trainable.safetensors"), ts, nil); err != nil {
 		return "", err
