@@ -445,6 +445,19 @@ func (be *Backend) asF32(op string, b *Buffer) (*Buffer, func()) {
 	return w, free
 }
 
+// asBF16 returns b itself when BF16, else a BF16 scratch copy (rounded to
+// nearest even on the GPU) and its release func.
+func (be *Backend) asBF16(op string, b *Buffer) (*Buffer, func()) {
+	if b == nil || b.dt == kernels.BF16 {
+		return b, func() {}
+	}
+	h, free := be.tmp(op, kernels.BF16, b.n)
+	if b.n > 0 {
+		be.launch1D(op, "f32_to_bf16", b.n, h.ptr, b.ptr, int64(b.n))
+	}
+	return h, free
+}
+
 // downloadF64 copies n doubles from the device and waits.
 func (be *Backend) downloadF64(op string, p uint64, n int) []float64 {
 	out := make([]float64, n)

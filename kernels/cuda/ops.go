@@ -27,8 +27,10 @@ func need(op, what string, b *Buffer, n int) {
 }
 
 // MatMul: C[b] = Alpha·op(A[b])·op(B[b]) + Beta·C[b] (see kernels.MatMulArgs)
-// on cuBLAS. Same-type operands go straight in (BF16×BF16 or F32×F32, f32
-// accumulate); a BF16 operand next to an F32 one is widened to F32 first.
+// on cuBLAS. With Compute BF16 an F32 operand is rounded to BF16 and the
+// product runs on the tensor cores (bf16 in, f32 accumulate). With Compute
+// F32, same-type operands go straight in (BF16×BF16 or F32×F32) and a BF16
+// operand next to an F32 one is widened to F32 first.
 func (be *Backend) MatMul(ka, kb, kc kernels.Buffer, p kernels.MatMulArgs) {
 	a, b, c := be.buf("MatMul", ka), be.buf("MatMul", kb), be.f32("MatMul", kc)
 	batch := max(p.Batch, 1)
@@ -40,7 +42,13 @@ func (be *Backend) MatMul(ka, kb, kc kernels.Buffer, p kernels.MatMulArgs) {
 			a.n, b.n, c.n, p, needA, needB, needC))
 	}
 	defer be.enter()()
-	if a.dt != b.dt {
+	if p.Compute == kernels.BF16 {
+		var freeA, freeB func()
+		a, freeA = be.asBF16("MatMul", a)
+		b, freeB = be.asBF16("MatMul", b)
+		defer freeA()
+		defer freeB()
+	} else if a.dt != b.dt {
 		var free func()
 		if a.dt == kernels.BF16 {
 			a, free = be.asF32("MatMul", a)
