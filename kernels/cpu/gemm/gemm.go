@@ -369,10 +369,12 @@ func claim(ctr *atomic.Int64, end int64) (int64, bool) {
 
 // waitFor spins until ctr reaches target. The waits are short (another
 // worker finishing one panel or item), so it only yields the processor now
-// and then, for a sibling worker waiting for one (nested parallelism).
+// and then (every 1024 checks: runtime.Gosched takes the scheduler's
+// global lock, which slows the very worker being waited for), for a sibling
+// worker waiting for one (nested parallelism).
 func waitFor(ctr *atomic.Int64, target int64) {
 	for i := 1; ctr.Load() < target; i++ {
-		if i%64 == 0 {
+		if i%1024 == 0 {
 			runtime.Gosched()
 		}
 	}
