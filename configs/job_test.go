@@ -150,7 +150,7 @@ optimizer: {name: sgd, lr: -1, betas: [0.9, 1.5], eps: 0, weight_decay: -0.1}
 schedule: {type: cosin, warmup_steps: 10, warmup_ratio: 0.1, min_lr_ratio: 2}
 batch: {micro_batch_size: 0, grad_accum: -2}
 max_steps: 5
-precision: {weights: fp8}
+precision: {weights: fp8, compute: fp16}
 device: tpu
 checkpoint: {every: -1}
 eval: {every: 10}
@@ -179,6 +179,7 @@ on_nan: ignore
 		"batch.micro_batch_size: must be >= 1, got 0",
 		"batch.grad_accum: must be >= 1, got -2",
 		`precision.weights: "fp8"`,
+		`precision.compute: "fp16" is not one of bf16, f32`,
 		`device: "tpu"`,
 		"checkpoint.every",
 		"eval.every: 10, but there is no eval data",
@@ -187,7 +188,7 @@ on_nan: ignore
 		`export.dtype: "INT4"`,
 		`on_nan: "ignore"`)
 	var ce *Error
-	if !errors.As(err, &ce) || len(ce.Problems) < 27 {
+	if !errors.As(err, &ce) || len(ce.Problems) < 28 {
 		t.Fatalf("want every problem: %v", err)
 	}
 
@@ -446,4 +447,25 @@ func TestExamplesValidate(t *testing.T) {
 	if err != nil || j.Device != "cpu" || j.LoRA.R != 8 || j.Data.SeqLen != 128 || j.MaxSteps != 60 {
 		t.Errorf("quickstart: %+v %v", j, err)
 	}
+}
+
+func TestPrecisionCompute(t *testing.T) {
+	j, err := Load(tinyJob(t, minimalJob), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Precision.Compute != DefaultCompute {
+		t.Errorf("precision.compute defaults to %q, want %q", j.Precision.Compute, DefaultCompute)
+	}
+	for in, want := range map[string]string{"BF16": "bf16", "f32": "f32"} {
+		j, err := Load(tinyJob(t, minimalJob+"precision: {compute: "+in+"}\n"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.Precision.Compute != want {
+			t.Errorf("compute: %s read as %q, want %q", in, j.Precision.Compute, want)
+		}
+	}
+	_, err = Load(tinyJob(t, minimalJob+"precision: {computee: bf16}\n"), nil)
+	mustContain(t, err, "precision.computee", `did you mean "compute"?`)
 }

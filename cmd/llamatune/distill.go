@@ -60,9 +60,14 @@ func openTeacher(job *configs.Job, s *session, log io.Writer) (distill.Teacher, 
 		if job.Precision.Weights == "bf16" {
 			dt = kernels.BF16
 		}
-		if t, err = distill.NewInProcess(d.Teacher.Model, s.model.Backend(), dt); err != nil {
+		ip, err := distill.NewInProcess(d.Teacher.Model, s.model.Backend(), dt)
+		if err != nil {
 			return nil, err
 		}
+		if err := setCompute(job, ip.Model()); err != nil {
+			return nil, err
+		}
+		t = ip
 	case d.Teacher.URL != "":
 		hash := d.Teacher.VocabHash
 		if hash == "" {

@@ -170,6 +170,9 @@ func runGenerate(ctx context.Context, jobPath string, setList []string, f genera
 		if err != nil {
 			return err
 		}
+		if err := setCompute(job, m); err != nil {
+			return err
+		}
 		tok, err := tokenizer.Load(tc.Model)
 		if err != nil {
 			return err

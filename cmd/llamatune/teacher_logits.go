@@ -112,9 +112,14 @@ func runTeacherLogits(ctx context.Context, jobPath string, setList []string, f t
 			dt = kernels.BF16
 		}
 		fmt.Fprintf(stderr, "loading teacher %s\n", tc.Model)
-		if teacher, err = distill.NewInProcess(tc.Model, cpu.New(), dt); err != nil {
+		ip, err := distill.NewInProcess(tc.Model, cpu.New(), dt)
+		if err != nil {
 			return err
 		}
+		if err := setCompute(job, ip.Model()); err != nil {
+			return err
+		}
+		teacher = ip
 	} else {
 		hash := tc.VocabHash
 		if hash == "" {

@@ -16,6 +16,7 @@ import (
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/export"
+	"github.com/llamatune/llamatune/internal/benchmark"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/kernels/cuda"
@@ -123,6 +124,9 @@ func openSession(job *configs.Job) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := setCompute(job, m); err != nil {
+		return nil, err
+	}
 	m.Recompute = job.Precision.ActivationCheckpointing
 	tok, err := tokenizer.Load(job.Model)
 	if err != nil {
@@ -173,6 +177,19 @@ func (s *session) makeTrainable() error {
 		return err
 	}
 	s.lora, s.trainable = set, set.Params()
+	return nil
+}
+
+// setCompute applies the job's precision.compute to a model it loaded (the
+// student, an in-process teacher, a generator).
+func setCompute(job *configs.Job, m *llama.Model) error {
+	dt := kernels.F32
+	if job.Precision.Compute == "bf16" {
+		dt = kernels.BF16
+	}
+	if err := benchmark.SetCompute(m, dt); err != nil {
+		return fmt.Errorf("%s: precision.compute %s: %w", job.File, job.Precision.Compute, err)
+	}
 	return nil
 }
 
@@ -360,6 +377,9 @@ func runEval(job *configs.Job, ckpt string, out io.Writer) error {
 			return err
 		}
 		if s.model, _, err = export.Open(src); err != nil {
+			return err
+		}
+		if err := setCompute(job, s.model); err != nil {
 			return err
 		}
 	}
