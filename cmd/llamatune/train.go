@@ -247,6 +247,9 @@ type runHooks struct {
 }
 
 func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.Writer, hooks runHooks) (train.Result, error) {
+	if err := checkMemory(job, out, ""); err != nil {
+		return train.Result{}, err
+	}
 	s, err := openSession(job)
 	if err != nil {
 		return train.Result{}, err

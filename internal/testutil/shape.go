@@ -15,6 +15,7 @@ import (
 
 	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/data/tokenizer"
+	"github.com/llamatune/llamatune/internal/memplan"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/model/llama"
 )
@@ -77,14 +78,7 @@ func llama3Shape(hidden, layers, heads, kvHeads, inter int, tied bool, ropeFacto
 
 // ParamCount is the number of parameters of a model with config c (a tied
 // lm_head counted once).
-func ParamCount(c llama.Config) int64 {
-	names, shapes := llama.ParamShapes(c)
-	var n int64
-	for _, name := range names {
-		n += numel(shapes[name])
-	}
-	return n
-}
+func ParamCount(c llama.Config) int64 { return memplan.ParamCount(c) }
 
 func numel(s []int) int64 {
 	n := int64(1)

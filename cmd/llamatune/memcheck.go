@@ -1,0 +1,94 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/llamatune/llamatune/checkpoint"
+	"github.com/llamatune/llamatune/configs"
+	"github.com/llamatune/llamatune/internal/memplan"
+	"github.com/llamatune/llamatune/model/llama"
+)
+
+// noMemCheckEnv turns the refusal into a warning (the estimate can be wrong).
+const noMemCheckEnv = "LLAMATUNE_NO_MEMCHECK"
+
+// memOptions maps a job onto the estimate's options.
+func memOptions(job *configs.Job, fileBF16 bool) memplan.Options {
+	return memplan.Options{
+		Method: job.Method, WeightsBF16: job.Precision.Weights == "bf16", FileBF16: fileBF16,
+		R: job.LoRA.R, Dropout: job.LoRA.Dropout, TargetModules: job.LoRA.TargetModules, Layers: job.LoRA.Layers,
+		FreezeLayers: job.Full.FreezeLayers, FreezeEmbeddings: job.Full.FreezeEmbeddings,
+		SeqLen: job.Data.SeqLen, MicroBatch: job.Batch.MicroBatchSize, Recompute: job.Precision.ActivationCheckpointing,
+		CPUBF16Widening: job.Device == "cpu",
+	}
+}
+
+// fileIsBF16 reports whether the model directory's embedding is stored as
+// bf16 (a safetensors header read; nothing is loaded).
+func fileIsBF16(dir string) bool {
+	r, err := checkpoint.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer r.Close()
+	info, ok := r.Info("model.embed_tokens.weight")
+	return ok && info.DType == "BF16"
+}
+
+// checkMemory prints, as lines starting with prefix, what the job needs —
+// before anything is loaded — and refuses a job that cannot work: a LoRA
+// rank or sequence length the model cannot take, or (device cpu) more
+// memory than MemAvailable.
+func checkMemory(job *configs.Job, out io.Writer, prefix string) error {
+	c, err := llama.LoadConfig(job.Model)
+	if err != nil {
+		return fmt.Errorf("model: %w", err)
+	}
+	o := memOptions(job, fileIsBF16(job.Model))
+	if problems := memplan.Check(c, o, job.Model); len(problems) > 0 {
+		return &configs.Error{File: job.File, Problems: problems}
+	}
+	e := memplan.Compute(c, o)
+	fmt.Fprintf(out, "%smemory estimate (%s, data.seq_len %d × batch.micro_batch_size %d = %d tokens per micro-batch, device %s):\n",
+		prefix, job.Method, o.SeqLen, o.MicroBatch, o.SeqLen*o.MicroBatch, job.Device)
+	for _, l := range e.Lines() {
+		fmt.Fprintln(out, prefix+l)
+	}
+	total := e.Total
+	if d := job.Distill; d != nil && d.Teacher.Model != "" {
+		tc, err := llama.LoadConfig(d.Teacher.Model)
+		if err != nil {
+			return fmt.Errorf("distill.teacher.model: %w", err)
+		}
+		size, dt := int64(4), "f32"
+		if job.Precision.Weights == "bf16" {
+			size, dt = 2, "bf16"
+		}
+		// Frozen, no tape: its weights, one layer at a time, a logits chunk.
+		teacher := size*memplan.ParamCount(tc) + memplan.LayerActivations(tc, o, false) + memplan.LogitsBudget
+		total += teacher
+		fmt.Fprintf(out, "%s  + teacher     %10s  %s weights, one layer of activations, a logits chunk\n", prefix, memplan.GiB(teacher), dt)
+		fmt.Fprintf(out, "%s  total         %10s\n", prefix, memplan.GiB(total))
+	}
+	if job.Device != "cpu" {
+		fmt.Fprintf(out, "%snote: device %s: memory is not checked (the %s backend does not report free device memory yet)\n", prefix, job.Device, job.Device)
+		return nil
+	}
+	avail, err := memplan.MemAvailable()
+	if err != nil {
+		fmt.Fprintf(out, "%snote: memory is not checked: %v\n", prefix, err)
+		return nil
+	}
+	fmt.Fprintf(out, "%savailable     %10s  (MemAvailable)\n", prefix, memplan.GiB(avail))
+	e.Total = total
+	if err := e.Fit(avail, o, "this machine's MemAvailable"); err != nil {
+		if os.Getenv(noMemCheckEnv) == "1" {
+			fmt.Fprintf(out, "%swarning: %v (%s=1: going on)\n", prefix, err, noMemCheckEnv)
+			return nil
+		}
+		return fmt.Errorf("%s: %w (or set %s=1 to try anyway)", job.File, err, noMemCheckEnv)
+	}
+	return nil
+}

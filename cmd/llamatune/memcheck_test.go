@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/llamatune/llamatune/configs"
+	"github.com/llamatune/llamatune/internal/testutil"
+)
+
+func writeJob(t *testing.T, model, extra string) string {
+	t.Helper()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "train.jsonl"), []byte(`{"text": "hello"}`+"\n"), 0o644)
+	job := filepath.Join(dir, "job.yaml")
+	os.WriteFile(job, []byte("model: "+model+"\ndata:\n  datasets: [{path: train.jsonl}]\n  seq_len: 64\nmax_steps: 1\n"+extra), 0o644)
+	return job
+}
+
+// validate prints the estimate as comments; a rank the tiny model cannot take
+// is refused by validate and by train, before anything is loaded.
+func TestValidateMemoryAndRank(t *testing.T) {
+	model := testutil.MustTinyModel(t, testutil.TinyOptions{}) // hidden 64, k_proj 64 → 32
+	out, err := runCLI(t, "validate", writeJob(t, model, ""))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{"# memory estimate (lora, data.seq_len 64 × batch.micro_batch_size 1 = 64 tokens", "#   base weights", "#   total", "# available", "\nmodel: "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("validate output lacks %q:\n%s", want, out)
+		}
+	}
+
+	bad := writeJob(t, model, "lora: {r: 100000}\n")
+	out, err = runCLI(t, "validate", bad)
+	if err == nil || !strings.Contains(err.Error(), "1 problem(s)") {
+		t.Fatalf("lora.r 100000 accepted: %v\n%s", err, out)
+	}
+	want := "lora.r: 100000 is larger than k_proj of " + model + " (in 64, out 32): a rank above min(in, out) = 32 adds nothing; use lora.r <= 32"
+	if !strings.Contains(out, bad+": "+want) {
+		t.Errorf("validate output lacks %q:\n%s", want, out)
+	}
+	job, err := configs.Load(bad, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runTrain(context.Background(), job, "", io.Discard); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("train: %v", err)
+	}
+}

@@ -1,0 +1,377 @@
+// Package memplan estimates, before anything is loaded, the memory a training
+// job needs: base weights, adapters, gradients, AdamW state, activations and
+// the transient buffers of one step. It counts what this implementation
+// allocates (tensor ops on the tape, the fused cross-entropy, the CPU GEMM),
+// not a textbook model, so `llamatune validate` and `train` can refuse a job
+// that cannot fit and say what to change.
+package memplan
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/llamatune/llamatune/model/llama"
+)
+
+// Options describe a job in plain terms (cmd maps configs.Job onto them).
+type Options struct {
+	Method string // "lora" or "full"
+	// WeightsBF16: frozen base weights stored as bf16 (precision.weights: bf16; lora only).
+	WeightsBF16 bool
+	// FileBF16: the checkpoint holds bf16 tensors, so bf16 weights can be
+	// mapped from the file instead of copied.
+	FileBF16 bool
+	// LoRA (method lora).
+	R             int
+	Dropout       float64
+	TargetModules []string // short names (q_proj, ..., lm_head) or all-linear
+	Layers        []int    // adapted decoder layers (empty: all)
+	// Full fine-tuning (method full).
+	FreezeLayers     []int
+	FreezeEmbeddings bool
+
+	SeqLen, MicroBatch int
+	Recompute          bool // activation checkpointing
+	// CPUBF16Widening: the CPU backend widens a bf16 weight to an f32 copy in
+	// every GEMM that reads it (TODO(merge): false once gemm reads bf16 in place).
+	CPUBF16Widening bool
+}
+
+// Bytes of one f32 and one bf16 value.
+const (
+	f32 = 4
+	bf  = 2
+)
+
+// LogitsBudget is the largest logits chunk the fused cross-entropy makes
+// (kernels/cpu: 64 MiB of f32).
+const LogitsBudget = 64 << 20
+
+// Estimate is what a job needs, in bytes unless named otherwise.
+type Estimate struct {
+	Params      int64  // parameters of the base model (a tied lm_head once)
+	BaseWeights int64  // base weights as stored
+	BaseDType   string // "bf16" or "f32"
+	BaseMapped  bool   // bf16 weights from a bf16 file: mappable instead of a heap copy
+
+	TrainableParams int64
+	Adapters        int64 // LoRA A and B (f32); 0 for full fine-tuning
+	Grads           int64 // one f32 per trainable parameter
+	Optimizer       int64 // AdamW: two f32 moments per trainable parameter
+
+	ActivationsFull int64 // tape activations without checkpointing
+	ActivationsCkpt int64 // with activation checkpointing
+	Activations     int64 // the one the job uses
+	Recompute       bool
+
+	// Transient buffers of one step.
+	CELogits   int64 // one chunk of logits (≤ LogitsBudget)
+	CEWeight   int64 // the fused loss's f32 lm_head gradient (full fine-tuning of lm_head)
+	Backward   int64 // gradients of one layer's intermediates in flight
+	BF16Widen  int64 // CPU: f32 copy of the largest bf16 weight during its GEMM
+	Transients int64 // their sum
+
+	Total int64
+}
+
+// Tokens per micro-batch.
+func (o Options) tokens() int64 { return int64(o.SeqLen) * int64(max(o.MicroBatch, 1)) }
+
+func (o Options) targets() []string {
+	var out []string
+	for _, m := range o.TargetModules {
+		if m == "all-linear" {
+			out = append(out, "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+		} else {
+			out = append(out, m)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func (o Options) adapted(layer int) bool {
+	return len(o.Layers) == 0 || slices.Contains(o.Layers, layer)
+}
+
+// module is one linear layer: y [T, out] = x [T, in]·Wᵀ.
+type module struct {
+	name    string
+	in, out int64
+}
+
+// layerModules are a decoder layer's projections in forward order.
+func layerModules(c llama.Config) []module {
+	H, I := int64(c.HiddenSize), int64(c.IntermediateSize)
+	hd := int64(c.HeadDimension())
+	Q, KV := int64(c.NumAttentionHeads)*hd, int64(c.NumKeyValueHeads)*hd
+	return []module{{"q_proj", H, Q}, {"k_proj", H, KV}, {"v_proj", H, KV}, {"o_proj", Q, H},
+		{"gate_proj", H, I}, {"up_proj", H, I}, {"down_proj", I, H}}
+}
+
+// Check reports what cannot work whatever the memory: a LoRA rank above a
+// targeted layer's smaller side, a sequence longer than the model's context.
+// Errors name the job key; model names the model directory.
+func Check(c llama.Config, o Options, model string) []error {
+	var errs []error
+	if o.Method == "lora" && o.R > 0 {
+		mods := append(layerModules(c), module{"lm_head", int64(c.HiddenSize), int64(c.VocabSize)})
+		targets := o.targets()
+		var worst *module
+		for i := range mods {
+			m := &mods[i]
+			if slices.Contains(targets, m.name) && (worst == nil || min(m.in, m.out) < min(worst.in, worst.out)) {
+				worst = m
+			}
+		}
+		if worst != nil && int64(o.R) > min(worst.in, worst.out) {
+			errs = append(errs, fmt.Errorf("lora.r: %d is larger than %s of %s (in %d, out %d): a rank above min(in, out) = %d adds nothing; use lora.r <= %d (8, 16 or 64 are usual)",
+				o.R, worst.name, model, worst.in, worst.out, min(worst.in, worst.out), min(worst.in, worst.out)))
+		}
+	}
+	if mp := c.MaxPositionEmbeddings; mp > 0 && o.SeqLen > mp {
+		errs = append(errs, fmt.Errorf("data.seq_len: %d is over max_position_embeddings %d of %s/config.json; use data.seq_len <= %d, or give the model a longer context with rope scaling (rope_scaling in config.json, e.g. {rope_type: llama3, factor: 8, ...}, and a larger max_position_embeddings)",
+			o.SeqLen, mp, model, mp))
+	}
+	return errs
+}
+
+// ParamCount is the number of parameters of a model with config c (a tied
+// lm_head counted once).
+func ParamCount(c llama.Config) int64 {
+	names, shapes := llama.ParamShapes(c)
+	var n int64
+	for _, name := range names {
+		v := int64(1)
+		for _, d := range shapes[name] {
+			v *= int64(d)
+		}
+		n += v
+	}
+	return n
+}
+
+// Compute returns the estimate for a model of config c trained as o says.
+func Compute(c llama.Config, o Options) Estimate {
+	var e Estimate
+	names, shapes := llama.ParamShapes(c)
+	numel := func(n string) int64 {
+		v := int64(1)
+		for _, d := range shapes[n] {
+			v *= int64(d)
+		}
+		return v
+	}
+	var largest int64
+	for _, n := range names {
+		e.Params += numel(n)
+		largest = max(largest, numel(n))
+	}
+	H, I, V := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.VocabSize)
+	L := int64(c.NumHiddenLayers)
+	T := o.tokens()
+	r := int64(o.R)
+	lora := o.Method != "full"
+
+	// Weights.
+	e.BaseDType, e.BaseWeights = "f32", f32*e.Params
+	if lora && o.WeightsBF16 {
+		e.BaseDType, e.BaseWeights, e.BaseMapped = "bf16", bf*e.Params, o.FileBF16
+	}
+
+	// Trainable parameters.
+	targets := o.targets()
+	lmHeadAdapter := lora && slices.Contains(targets, "lm_head")
+	if lora {
+		for l := 0; l < c.NumHiddenLayers; l++ {
+			if !o.adapted(l) {
+				continue
+			}
+			for _, m := range layerModules(c) {
+				if slices.Contains(targets, m.name) {
+					e.TrainableParams += r * (m.in + m.out)
+				}
+			}
+		}
+		if lmHeadAdapter {
+			e.TrainableParams += r * (H + V)
+		}
+		e.Adapters = f32 * e.TrainableParams
+	} else {
+		frozen := func(n string) bool {
+			for _, l := range o.FreezeLayers {
+				if strings.HasPrefix(n, fmt.Sprintf("model.layers.%d.", l)) {
+					return true
+				}
+			}
+			return o.FreezeEmbeddings && n == "model.embed_tokens.weight"
+		}
+		for _, n := range names {
+			if !frozen(n) {
+				e.TrainableParams += numel(n)
+			}
+		}
+	}
+	e.Grads = f32 * e.TrainableParams
+	e.Optimizer = 2 * f32 * e.TrainableParams
+
+	// Activations: every f32 buffer the tape keeps until the step ends.
+	perLayer := make([]int64, c.NumHiddenLayers)
+	for l := range perLayer {
+		perLayer[l] = LayerActivations(c, o, lora && o.adapted(l))
+	}
+	outside := f32 * (T*H + // embedding output
+		T*H + T + // final norm and its 1/rms
+		T*H) // the fused loss's gradient of the hidden states
+	if lmHeadAdapter {
+		outside += f32 * (adapterInputCost(T, H, o.Dropout) + 2*T*r + T*r + V*r) // x·Aᵀ, scaled, its grad, B's grad
+	}
+	var sumLayers, maxLayer int64
+	for _, a := range perLayer {
+		sumLayers += a
+		maxLayer = max(maxLayer, a)
+	}
+	e.ActivationsFull = sumLayers + outside
+	// Checkpointing keeps each layer's output, and rebuilds one layer at a time.
+	e.ActivationsCkpt = f32*L*T*H + maxLayer + outside
+	e.Recompute = o.Recompute
+	e.Activations = e.ActivationsFull
+	if o.Recompute {
+		e.Activations = e.ActivationsCkpt
+	}
+
+	// Transients.
+	e.CELogits = f32 * min(T, int64(ceChunk(int(V)))) * V
+	lmHeadTrainable := !lora && !(c.TieWordEmbeddings && o.FreezeEmbeddings)
+	if lmHeadTrainable {
+		e.CEWeight = f32 * V * H
+	}
+	e.Backward = f32 * (3*T*I + 3*T*H)
+	if o.CPUBF16Widening && e.BaseDType == "bf16" {
+		e.BF16Widen = f32 * largest
+	}
+	e.Transients = e.CELogits + e.CEWeight + e.Backward + e.BF16Widen
+
+	e.Total = e.BaseWeights + e.Adapters + e.Grads + e.Optimizer + e.Activations + e.Transients
+	return e
+}
+
+// ceChunk is the positions per logits chunk the CPU backend picks (kernels/cpu autoChunk).
+func ceChunk(V int) int { return max(16, min(1024, (LogitsBudget/f32)/max(V, 1))) }
+
+// adapterInputCost is the dropout of an adapter's input: a mask and the
+// dropped copy, each [T, in] (nothing when dropout is 0).
+func adapterInputCost(T, in int64, dropout float64) int64 {
+	if dropout <= 0 {
+		return 0
+	}
+	return 2 * T * in
+}
+
+// LayerActivations is the bytes one decoder layer leaves on the tape
+// (model/llama layer(), every op's output f32):
+//
+//	rmsnorm: T·H + T (1/rms)            per norm, two norms
+//	q, k, v: T·Q, T·KV, T·KV; RoPE q, k: T·Q, T·KV
+//	attention: T·Q + T·heads (log-sum-exp)
+//	o_proj: T·H, residual add: T·H
+//	gate, up, SwiGLU: 3·T·I; down_proj: T·H, residual add: T·H
+//
+// plus, for each adapted projection (in → out, rank r):
+// dropout mask and copy 2·T·in (dropout > 0), x·Aᵀ T·r, ·Bᵀ, scaling and
+// the add to the base output 3·T·out.
+func LayerActivations(c llama.Config, o Options, adapted bool) int64 {
+	T := o.tokens()
+	H, I := int64(c.HiddenSize), int64(c.IntermediateSize)
+	hd := int64(c.HeadDimension())
+	Q, KV := int64(c.NumAttentionHeads)*hd, int64(c.NumKeyValueHeads)*hd
+	heads := int64(c.NumAttentionHeads)
+	n := 2*(T*H+T) + // two norms
+		T*Q + T*KV + T*KV + // q, k, v projections
+		T*Q + T*KV + // RoPE
+		T*Q + T*heads + // attention output and log-sum-exp
+		T*H + T*H + // o_proj, residual
+		3*T*I + // gate, up, SwiGLU
+		T*H + T*H // down_proj, residual
+	if adapted {
+		targets := o.targets()
+		for _, m := range layerModules(c) {
+			if slices.Contains(targets, m.name) {
+				n += adapterInputCost(T, m.in, o.Dropout) + T*int64(o.R) + 3*T*m.out
+			}
+		}
+	}
+	return f32 * n
+}
+
+// GiB formats bytes as GiB with two decimals.
+func GiB(b int64) string { return fmt.Sprintf("%.2f GiB", float64(b)/(1<<30)) }
+
+// Lines is the estimate as the lines validate and train print.
+func (e Estimate) Lines() []string {
+	where := "heap"
+	if e.BaseMapped {
+		where = "mapped from the bf16 file"
+	}
+	ckptOn, ckptOff := " ", "*"
+	if e.Recompute {
+		ckptOn, ckptOff = "*", " "
+	}
+	return []string{
+		fmt.Sprintf("  base weights  %10s  %d parameters, %s (%s)", GiB(e.BaseWeights), e.Params, e.BaseDType, where),
+		fmt.Sprintf("  adapters      %10s  LoRA A and B, f32", GiB(e.Adapters)),
+		fmt.Sprintf("  gradients     %10s  %d trainable parameters, f32", GiB(e.Grads), e.TrainableParams),
+		fmt.Sprintf("  AdamW state   %10s  2 f32 moments per trainable parameter", GiB(e.Optimizer)),
+		fmt.Sprintf(" %sactivations   %10s  without activation_checkpointing", ckptOff, GiB(e.ActivationsFull)),
+		fmt.Sprintf(" %sactivations   %10s  with activation_checkpointing", ckptOn, GiB(e.ActivationsCkpt)),
+		fmt.Sprintf("  step buffers  %10s  logits chunk %s, lm_head grad %s, backward grads %s, bf16 widening %s",
+			GiB(e.Transients), GiB(e.CELogits), GiB(e.CEWeight), GiB(e.Backward), GiB(e.BF16Widen)),
+		fmt.Sprintf("  total         %10s", GiB(e.Total)),
+	}
+}
+
+// Fit returns nil when the estimate fits in avail bytes, else an error that
+// says what to change (o is the job the estimate is for; where names the
+// memory, e.g. "this machine's MemAvailable").
+func (e Estimate) Fit(avail int64, o Options, what string) error {
+	if e.Total <= avail {
+		return nil
+	}
+	var fixes []string
+	if o.Method == "full" {
+		fixes = append(fixes, fmt.Sprintf("method: lora with precision.weights: bf16 (adapters instead of every weight: no %s of gradients and AdamW state, half the base weights)", GiB(e.Grads+e.Optimizer)))
+	} else if !o.WeightsBF16 {
+		fixes = append(fixes, fmt.Sprintf("precision.weights: bf16 (halves the base weights, %s)", GiB(e.BaseWeights)))
+	}
+	if !o.Recompute && e.ActivationsCkpt < e.ActivationsFull {
+		fixes = append(fixes, fmt.Sprintf("precision.activation_checkpointing: true (activations %s instead of %s)", GiB(e.ActivationsCkpt), GiB(e.ActivationsFull)))
+	}
+	fixes = append(fixes, "a smaller data.seq_len or batch.micro_batch_size (activations grow with their product; use batch.grad_accum to keep the batch)")
+	return fmt.Errorf("the job needs about %s but %s has %s: change %s",
+		GiB(e.Total), what, GiB(avail), strings.Join(fixes, "; or "))
+}
+
+// MemAvailable is MemAvailable of /proc/meminfo in bytes.
+func MemAvailable() (int64, error) {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "MemAvailable:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/meminfo: MemAvailable %q: %v", rest, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, errors.New("/proc/meminfo has no MemAvailable")
+}

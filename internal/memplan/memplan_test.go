@@ -1,0 +1,134 @@
+package memplan_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/llamatune/llamatune/internal/memplan"
+	"github.com/llamatune/llamatune/internal/testutil"
+)
+
+var allLinear = []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+const gib = 1 << 30
+
+// Llama 3.2 1B, LoRA r16 on every projection (dropout 0.05), bf16 base
+// weights from a bf16 file, seq 512 × 1 on the CPU: every component from its
+// formula.
+func TestEstimateLlama32_1B(t *testing.T) {
+	c, _ := testutil.ShapeConfig("llama3.2-1b")
+	o := memplan.Options{Method: "lora", WeightsBF16: true, FileBF16: true, R: 16, Dropout: 0.05,
+		TargetModules: allLinear, SeqLen: 512, MicroBatch: 1, CPUBF16Widening: true}
+	e := memplan.Compute(c, o)
+
+	const (
+		T, H, I, Q, KV, heads, V, L, r = 512, 2048, 8192, 2048, 512, 32, 128256, 16, 16
+	)
+	check := func(name string, got, want int64) {
+		t.Helper()
+		if got != want {
+			t.Errorf("%s = %d, want %d", name, got, want)
+		}
+	}
+	check("params", e.Params, 1_235_814_400)
+	check("base weights (bf16)", e.BaseWeights, 2*1_235_814_400)
+	if e.BaseDType != "bf16" || !e.BaseMapped {
+		t.Errorf("base %s mapped %v, want bf16 mapped", e.BaseDType, e.BaseMapped)
+	}
+	// PEFT prints "trainable params: 11,272,192" for this adapter.
+	perLayer := int64(r * ((H + Q) + (H + KV) + (H + KV) + (Q + H) + (H + I) + (H + I) + (I + H)))
+	check("trainable", e.TrainableParams, 11_272_192)
+	check("trainable formula", e.TrainableParams, L*perLayer)
+	check("adapters", e.Adapters, 4*11_272_192)
+	check("grads", e.Grads, 4*11_272_192)
+	check("adamw", e.Optimizer, 8*11_272_192)
+
+	// One layer's tape: norms, projections, RoPE, attention + lse, residuals, MLP ...
+	base := int64(2*(T*H+T) + T*(Q+2*KV) + T*(Q+KV) + T*Q + T*heads + 2*T*H + 3*T*I + 2*T*H)
+	// ... and per adapter: dropout mask + copy of its input, x·Aᵀ, ·Bᵀ, scale, add.
+	ad := func(in, out int64) int64 { return 2*T*in + T*r + 3*T*out }
+	adapters := ad(H, Q) + ad(H, KV) + ad(H, KV) + ad(Q, H) + ad(H, I) + ad(H, I) + ad(I, H)
+	layer := 4 * (base + adapters)
+	check("layer", memplan.LayerActivations(c, o, true), layer)
+	outside := int64(4 * (3*T*H + T)) // embedding, final norm (+1/rms), dH of the fused loss
+	check("activations without checkpointing", e.ActivationsFull, L*layer+outside)
+	check("activations with checkpointing", e.ActivationsCkpt, 4*L*T*H+layer+outside)
+	check("activations used", e.Activations, e.ActivationsFull)
+
+	check("logits chunk", e.CELogits, 4*130*V) // 130 positions of 128,256 logits: ≤ 64 MiB
+	if e.CELogits > memplan.LogitsBudget {
+		t.Errorf("logits chunk %d over the 64 MiB budget", e.CELogits)
+	}
+	check("lm_head grad (frozen)", e.CEWeight, 0)
+	check("backward grads", e.Backward, 4*(3*T*I+3*T*H))
+	check("bf16 widening", e.BF16Widen, 4*V*H)
+	check("total", e.Total, e.BaseWeights+e.Adapters+e.Grads+e.Optimizer+e.Activations+e.CELogits+e.Backward+e.BF16Widen)
+	if e.Total < 5*gib || e.Total > 10*gib {
+		t.Errorf("total %s: not a sane figure for a 1B LoRA at seq 512", memplan.GiB(e.Total))
+	}
+	if err := e.Fit(24*gib, o, "24 GiB"); err != nil {
+		t.Errorf("1B LoRA at seq 512 refused in 24 GiB: %v", err)
+	}
+	o.Recompute = true
+	if got := memplan.Compute(c, o); got.Activations != got.ActivationsCkpt || got.Total >= e.Total {
+		t.Errorf("checkpointing: activations %d (ckpt %d), total %d vs %d", got.Activations, got.ActivationsCkpt, got.Total, e.Total)
+	}
+	if n := len(e.Lines()); n != 8 {
+		t.Errorf("%d lines", n)
+	}
+}
+
+// A full fine-tune of Llama 3.1 8B cannot fit in 24 GiB (f32 weights,
+// gradients and AdamW state alone are 120 GiB); the refusal says what to change.
+// LoRA on bf16 weights with checkpointing at seq 512 does fit.
+func TestRefuseFull8B(t *testing.T) {
+	c, _ := testutil.ShapeConfig("llama3.1-8b")
+	full := memplan.Options{Method: "full", SeqLen: 2048, MicroBatch: 1, Recompute: true}
+	e := memplan.Compute(c, full)
+	if e.TrainableParams != 8_030_261_248 || e.Grads+e.Optimizer+e.BaseWeights != 16*8_030_261_248 {
+		t.Fatalf("full 8B: %d trainable, %d bytes of weights+grads+adam", e.TrainableParams, e.Grads+e.Optimizer+e.BaseWeights)
+	}
+	if e.CEWeight != 4*128256*4096 {
+		t.Errorf("untied lm_head trained: the fused loss's lm_head gradient is %d bytes", e.CEWeight)
+	}
+	err := e.Fit(24*gib, full, "this machine's MemAvailable")
+	if err == nil {
+		t.Fatal("full fine-tune of 8B accepted in 24 GiB")
+	}
+	for _, want := range []string{"needs about 1", "this machine's MemAvailable has 24.00 GiB", "method: lora with precision.weights: bf16", "data.seq_len or batch.micro_batch_size"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("refusal lacks %q: %v", want, err)
+		}
+	}
+	lora := memplan.Options{Method: "lora", WeightsBF16: true, R: 16, TargetModules: allLinear, SeqLen: 512, MicroBatch: 1, Recompute: true}
+	if err := memplan.Compute(c, lora).Fit(24*gib, lora, "24 GiB"); err != nil {
+		t.Errorf("8B LoRA bf16 refused: %v", err)
+	}
+	// Without checkpointing the advice includes it.
+	noCkpt := lora
+	noCkpt.Recompute, noCkpt.SeqLen, noCkpt.MicroBatch = false, 8192, 4
+	err = memplan.Compute(c, noCkpt).Fit(24*gib, noCkpt, "24 GiB")
+	if err == nil || !strings.Contains(err.Error(), "precision.activation_checkpointing: true") {
+		t.Errorf("want checkpointing advice: %v", err)
+	}
+}
+
+func TestCheckRankAndContext(t *testing.T) {
+	c := testutil.TinyConfig(256) // hidden 64, 4 heads, 2 kv heads of 16: k_proj is 64 → 32
+	o := memplan.Options{Method: "lora", R: 100000, TargetModules: allLinear, SeqLen: 64, MicroBatch: 1}
+	errs := memplan.Check(c, o, "tiny")
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "lora.r: 100000 is larger than k_proj of tiny (in 64, out 32)") ||
+		!strings.Contains(errs[0].Error(), "use lora.r <= 32") {
+		t.Fatalf("want the rank refused: %v", errs)
+	}
+	o.R, o.TargetModules = 48, []string{"q_proj", "gate_proj"} // both 64 wide on the small side
+	if errs := memplan.Check(c, o, "tiny"); len(errs) != 0 {
+		t.Errorf("r 48 on q_proj, gate_proj refused: %v", errs)
+	}
+	o.R, o.SeqLen = 8, 4096
+	errs = memplan.Check(c, o, "tiny")
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "data.seq_len: 4096 is over max_position_embeddings 2048 of tiny/config.json") ||
+		!strings.Contains(errs[0].Error(), "rope scaling") {
+		t.Fatalf("want the context refused: %v", errs)
+	}
+}
