@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 
 	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/configs"
@@ -40,15 +41,15 @@ func fileIsBF16(dir string) bool {
 // checkMemory prints, as lines starting with prefix, what the job needs —
 // before anything is loaded — and refuses a job that cannot work: a LoRA
 // rank or sequence length the model cannot take, or (device cpu) more
-// memory than MemAvailable.
-func checkMemory(job *configs.Job, out io.Writer, prefix string) error {
+// memory than MemAvailable. It returns MemAvailable when it checked it.
+func checkMemory(job *configs.Job, out io.Writer, prefix string) (avail int64, err error) {
 	c, err := llama.LoadConfig(job.Model)
 	if err != nil {
-		return fmt.Errorf("model: %w", err)
+		return 0, fmt.Errorf("model: %w", err)
 	}
 	o := memOptions(job, fileIsBF16(job.Model))
 	if problems := memplan.Check(c, o, job.Model); len(problems) > 0 {
-		return &configs.Error{File: job.File, Problems: problems}
+		return 0, &configs.Error{File: job.File, Problems: problems}
 	}
 	e := memplan.Compute(c, o)
 	fmt.Fprintf(out, "%smemory estimate (%s, data.seq_len %d × batch.micro_batch_size %d = %d tokens per micro-batch, device %s):\n",
@@ -60,7 +61,7 @@ func checkMemory(job *configs.Job, out io.Writer, prefix string) error {
 	if d := job.Distill; d != nil && d.Teacher.Model != "" {
 		tc, err := llama.LoadConfig(d.Teacher.Model)
 		if err != nil {
-			return fmt.Errorf("distill.teacher.model: %w", err)
+			return 0, fmt.Errorf("distill.teacher.model: %w", err)
 		}
 		size, dt := int64(4), "f32"
 		if job.Precision.Weights == "bf16" {
@@ -74,21 +75,30 @@ func checkMemory(job *configs.Job, out io.Writer, prefix string) error {
 	}
 	if job.Device != "cpu" {
 		fmt.Fprintf(out, "%snote: device %s: memory is not checked (the %s backend does not report free device memory yet)\n", prefix, job.Device, job.Device)
-		return nil
+		return 0, nil
 	}
-	avail, err := memplan.MemAvailable()
+	avail, err = memplan.MemAvailable()
 	if err != nil {
 		fmt.Fprintf(out, "%snote: memory is not checked: %v\n", prefix, err)
-		return nil
+		return 0, nil
 	}
 	fmt.Fprintf(out, "%savailable     %10s  (MemAvailable)\n", prefix, memplan.GiB(avail))
 	e.Total = total
 	if err := e.Fit(avail, o, "this machine's MemAvailable"); err != nil {
 		if os.Getenv(noMemCheckEnv) == "1" {
 			fmt.Fprintf(out, "%swarning: %v (%s=1: going on)\n", prefix, err, noMemCheckEnv)
-			return nil
+			return avail, nil
 		}
-		return fmt.Errorf("%s: %w (or set %s=1 to try anyway)", job.File, err, noMemCheckEnv)
+		return avail, fmt.Errorf("%s: %w (or set %s=1 to try anyway)", job.File, err, noMemCheckEnv)
 	}
-	return nil
+	return avail, nil
+}
+
+// limitHeap tells Go's collector the memory there is (unless GOMEMLIMIT
+// does): the estimate counts live buffers, and without a limit the collector
+// lets the heap grow to about twice the live set (GOGC=100) before it runs.
+func limitHeap(avail int64) {
+	if avail > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(avail)
+	}
 }

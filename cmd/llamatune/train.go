@@ -247,9 +247,11 @@ type runHooks struct {
 }
 
 func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.Writer, hooks runHooks) (train.Result, error) {
-	if err := checkMemory(job, out, ""); err != nil {
+	avail, err := checkMemory(job, out, "")
+	if err != nil {
 		return train.Result{}, err
 	}
+	limitHeap(avail)
 	s, err := openSession(job)
 	if err != nil {
 		return train.Result{}, err

@@ -42,7 +42,7 @@ the model's max_position_embeddings. LLAMATUNE_NO_MEMCHECK=1 turns the memory re
 			fmt.Fprintf(stdout, "# %s (hash %s, data hash %s)\n", args[0], job.Hash(), job.DataHash())
 			if configs.SkipFileChecks {
 				fmt.Fprintln(stdout, "# memory: not estimated (file checks are off)")
-			} else if err := checkMemory(job, stdout, "# "); err != nil {
+			} else if _, err := checkMemory(job, stdout, "# "); err != nil {
 				return reportProblems(err, stderr)
 			}
 			_, err = stdout.Write(b)
