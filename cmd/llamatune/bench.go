@@ -3,11 +3,15 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/llamatune/llamatune/configs"
 	"github.com/llamatune/llamatune/internal/benchmark"
 	"github.com/llamatune/llamatune/internal/quickstart"
+	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/kernels"
 )
 
 func init() {
@@ -25,11 +29,46 @@ func init() {
 	gemm.Flags().IntVar(&size, "size", 1024, "matrix size")
 	gemm.Flags().IntVar(&reps, "reps", 10, "repetitions (the best is reported)")
 	var o benchmark.StepOptions
+	var compute string
 	step := &cobra.Command{
-		Use:   "step",
-		Short: "full fine-tuning step (forward, backward, AdamW) of a random model",
-		Args:  cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
+		Use:   "step [--shape " + strings.Join(testutil.ShapeNames(), "|") + " | --model DIR | --layers N --hidden N --vocab N] [--method lora|full] [--compute bf16|f32] [--seq N] [--batch N] [--steps N]",
+		Short: "Time training steps (forward, backward, AdamW) of a real-shaped model: tokens/s, GFLOP/s, peak RSS",
+		Long: `Times training steps — forward, backward and AdamW on the trainable parameters — on random
+tokens, and prints the step time, tokens/s, the FLOP count it uses (the formula is printed with
+it) and the achieved GFLOP/s, the peak RSS (VmHWM) and the memory estimate validate would give.
+
+The model: --model DIR (an HF directory, loaded with llama.Load as train does), --shape NAME (a
+random model of that published config, written once into $TMPDIR/llamatune-bench-NAME and reused),
+or a random in-memory model of --layers/--hidden/--vocab.
+
+--method lora (default with --model/--shape): r 16, alpha 32 on q,k,v,o,gate,up,down, base weights
+frozen in bf16, as a train job with precision.weights: bf16. --method full (default for the random
+model): every weight trainable in f32. --recompute defaults to true with --model/--shape.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			real := o.Shape != "" || o.ModelDir != ""
+			if o.Shape != "" && o.ModelDir != "" {
+				return fmt.Errorf("bench step: give --shape or --model, not both")
+			}
+			if real {
+				for _, f := range []string{"layers", "hidden", "vocab"} {
+					if cmd.Flags().Changed(f) {
+						return fmt.Errorf("bench step: --%s applies to the random model, not to --shape/--model", f)
+					}
+				}
+				if !cmd.Flags().Changed("recompute") {
+					o.Recompute = true
+				}
+			}
+			switch compute {
+			case "f32":
+				o.Compute = kernels.F32
+			case "bf16":
+				o.Compute = kernels.BF16
+			default:
+				return fmt.Errorf("bench step: --compute %q: want bf16 or f32", compute)
+			}
+			o.Log = os.Stderr
 			r, err := benchmark.Step(o)
 			if err != nil {
 				return err
@@ -38,13 +77,18 @@ func init() {
 			return nil
 		},
 	}
-	step.Flags().IntVar(&o.Layers, "layers", 4, "decoder layers")
-	step.Flags().IntVar(&o.Hidden, "hidden", 256, "hidden size")
-	step.Flags().IntVar(&o.Vocab, "vocab", 8192, "vocabulary size")
+	step.Flags().StringVar(&o.Shape, "shape", "", "a published model shape: "+strings.Join(testutil.ShapeNames(), ", "))
+	step.Flags().StringVar(&o.ModelDir, "model", "", "an HF model directory (e.g. one init-tiny --shape wrote)")
+	step.Flags().StringVar(&o.Method, "method", "", "lora or full (default lora with --shape/--model, full for the random model)")
+	step.Flags().Float64Var(&o.LoRADropout, "lora-dropout", configs.DefaultLoRADropout, "LoRA dropout (the job default)")
+	step.Flags().StringVar(&compute, "compute", "f32", "compute precision: bf16 or f32")
+	step.Flags().IntVar(&o.Layers, "layers", 4, "decoder layers (random model)")
+	step.Flags().IntVar(&o.Hidden, "hidden", 256, "hidden size (random model)")
+	step.Flags().IntVar(&o.Vocab, "vocab", 8192, "vocabulary size (random model)")
 	step.Flags().IntVar(&o.Rows, "batch", 4, "rows per step")
 	step.Flags().IntVar(&o.SeqLen, "seq", 256, "tokens per row")
 	step.Flags().IntVar(&o.Steps, "steps", 5, "timed steps (after one warm-up)")
-	step.Flags().BoolVar(&o.Recompute, "recompute", false, "activation recomputation per layer")
+	step.Flags().BoolVar(&o.Recompute, "recompute", false, "activation recomputation per layer (default true with --shape/--model)")
 	var kind, textFile string
 	tok := &cobra.Command{
 		Use:   "tokenizer [--kind llama3|llama2] [--text FILE]",

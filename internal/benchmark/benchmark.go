@@ -11,11 +11,8 @@ import (
 	"time"
 
 	"github.com/llamatune/llamatune/data/tokenizer"
-	"github.com/llamatune/llamatune/internal/testutil"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
-	"github.com/llamatune/llamatune/model/llama"
-	"github.com/llamatune/llamatune/tensor"
 )
 
 // GEMMResult is one GEMM measurement.
@@ -52,79 +49,6 @@ func GEMM(m, n, k, reps int) GEMMResult {
 		best = min(best, time.Since(t0))
 	}
 	return GEMMResult{M: m, N: n, K: k, Reps: reps, Best: best, GFLOPS: 2 * float64(m) * float64(n) * float64(k) / best.Seconds() / 1e9}
-}
-
-// StepOptions shape the training-step benchmark.
-type StepOptions struct {
-	Layers, Hidden, Vocab int
-	Rows, SeqLen          int
-	Steps                 int
-	Recompute             bool
-}
-
-// StepResult is one training-step measurement.
-type StepResult struct {
-	StepOptions
-	Params       int
-	MeanStep     time.Duration
-	TokensPerSec float64
-	LastLoss     float32
-}
-
-func (r StepResult) String() string {
-	return fmt.Sprintf("train step (full fine-tune, AdamW): %d layers, hidden %d, vocab %d, %d params, batch %d×%d: %v/step, %.0f tokens/s, loss %.4f",
-		r.Layers, r.Hidden, r.Vocab, r.Params, r.Rows, r.SeqLen, r.MeanStep, r.TokensPerSec, r.LastLoss)
-}
-
-// Step times full fine-tuning steps (forward, backward, AdamW on every
-// parameter) of a random model on random tokens.
-func Step(o StepOptions) (StepResult, error) {
-	be := cpu.New()
-	c := testutil.TinyConfig(o.Vocab)
-	c.NumHiddenLayers, c.HiddenSize, c.IntermediateSize = o.Layers, o.Hidden, o.Hidden*8/3/16*16
-	c.NumAttentionHeads, c.NumKeyValueHeads = max(o.Hidden/64, 1), max(o.Hidden/128, 1)
-	m, err := llama.NewRandom(c, be, kernels.F32, 1)
-	if err != nil {
-		return StepResult{}, err
-	}
-	m.Recompute = o.Recompute
-	type state struct{ mom, vel kernels.Buffer }
-	opt := map[string]state{}
-	nparams := 0
-	for _, n := range m.Names() {
-		p := m.Param(n).SetRequiresGrad(true)
-		opt[n] = state{be.Alloc(kernels.F32, p.Numel()), be.Alloc(kernels.F32, p.Numel())}
-		nparams += p.Numel()
-	}
-	r := rand.New(rand.NewPCG(3, 4))
-	in := &llama.Input{Rows: o.Rows, SeqLen: o.SeqLen, InputIDs: make([]int32, o.Rows*o.SeqLen)}
-	for i := range in.InputIDs {
-		in.InputIDs[i] = int32(r.IntN(o.Vocab))
-	}
-	res := StepResult{StepOptions: o, Params: nparams}
-	var total time.Duration
-	for s := 0; s <= o.Steps; s++ { // step 0 warms up
-		t0 := time.Now()
-		tp := tensor.NewTape(be)
-		loss, _, err := m.Loss(tp, in, in.InputIDs, 0)
-		if err != nil {
-			return res, err
-		}
-		res.LastLoss = loss.Item()
-		tp.Backward(loss)
-		tp.Release()
-		for _, n := range m.Names() {
-			p := m.Param(n)
-			be.AdamW(p.Buf, p.Grad, opt[n].mom, opt[n].vel, kernels.AdamWArgs{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, Step: s + 1})
-			p.ZeroGrad()
-		}
-		if s > 0 {
-			total += time.Since(t0)
-		}
-	}
-	res.MeanStep = total / time.Duration(max(o.Steps, 1))
-	res.TokensPerSec = float64(o.Rows*o.SeqLen) / res.MeanStep.Seconds()
-	return res, nil
 }
 
 // TokenizerResult is one tokenizer measurement.

@@ -1,0 +1,347 @@
+package benchmark
+
+import (
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/llamatune/llamatune/checkpoint"
+	"github.com/llamatune/llamatune/internal/memplan"
+	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/kernels/cpu"
+	"github.com/llamatune/llamatune/lora"
+	"github.com/llamatune/llamatune/model/llama"
+	"github.com/llamatune/llamatune/optim"
+	"github.com/llamatune/llamatune/tensor"
+)
+
+// The adapter a LoRA step trains: rank 16, alpha 32 on every projection.
+const (
+	BenchLoRARank  = 16
+	BenchLoRAAlpha = 32
+)
+
+var benchTargets = []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+// StepOptions shape the training-step benchmark. The model is, by priority:
+// an HF directory (ModelDir), a published shape (Shape: written once into
+// CacheDir, then reused), or a random in-memory model (Layers, Hidden, Vocab).
+type StepOptions struct {
+	ModelDir              string
+	Shape                 string
+	CacheDir              string // default $TMPDIR/llamatune-bench-SHAPE
+	Layers, Hidden, Vocab int
+
+	// Method "lora": LoRA r 16, alpha 32 on q,k,v,o,gate,up,down with the
+	// base weights frozen in bf16, as a train job with precision.weights
+	// bf16. "full": every weight trainable, f32. "" picks lora for a model
+	// directory or shape, full for the random model.
+	Method      string
+	LoRADropout float64
+	Compute     kernels.DType // set through SetCompute
+
+	Rows, SeqLen int
+	Steps        int // timed steps, after one warm-up
+	Recompute    bool
+
+	Log io.Writer // progress of writing and loading the model (nil: quiet)
+}
+
+// StepResult is one training-step measurement.
+type StepResult struct {
+	StepOptions
+	Name            string // the shape, directory, or "random"
+	Config          llama.Config
+	Params          int64 // of the base model
+	TrainableParams int64
+	LoadTime        time.Duration
+	MeanStep        time.Duration
+	TokensPerSec    float64
+	FLOPs           StepFLOPs
+	GFLOPS          float64 // FLOPs.Total / MeanStep
+	LastLoss        float32
+	RSSAfterLoad    int64 // VmRSS once the model is loaded and trainable
+	PeakRSSLoad     int64 // VmHWM then (loading maps the weight files: their pages count)
+	PeakRSS         int64 // VmHWM at the end
+	PeakAnonSteps   int64 // largest RssAnon seen during the steps (sampled every 20 ms)
+	Estimate        memplan.Estimate
+}
+
+// StepFLOPs is the floating-point work of one step, by part. With
+// T = rows·seq tokens and N the matmul weights one token passes through,
+// N = layers·(2·H·Q + 2·H·KV + 3·H·I) + V·H (q, k, v, o, gate, up, down and
+// lm_head; the embedding is a lookup):
+//
+//	Forward          2·N·T
+//	BackwardData     2·N·T              activation gradients (both methods)
+//	BackwardWeights  2·N·T              weight gradients (full fine-tuning only)
+//	Recompute        2·(N − V·H)·T      the layers run again in backward (activation checkpointing)
+//	Attention        causal, half the seq² scores: forward 2·layers·rows·seq²·Q
+//	                 (QKᵀ and P·V), backward 2.5× forward (the kernel recomputes
+//	                 QKᵀ, then dV, dP, dQ, dK), once more forward when recomputing
+//	LoRA             per adapter 2·T·r·(in+out) forward, twice that backward,
+//	                 once more forward when recomputing
+//
+// AdamW and the elementwise ops are not counted.
+type StepFLOPs struct {
+	N                                                                  int64 // matmul weights per token
+	Forward, BackwardData, BackwardWeights, Recompute, Attention, LoRA float64
+	Total                                                              float64
+}
+
+// CountFLOPs is StepFLOPs for config c, trained as o says (o.Method set).
+func CountFLOPs(c llama.Config, o StepOptions) StepFLOPs {
+	H, I, V := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.VocabSize)
+	hd := int64(c.HeadDimension())
+	Q, KV := int64(c.NumAttentionHeads)*hd, int64(c.NumKeyValueHeads)*hd
+	L := int64(c.NumHiddenLayers)
+	T := float64(o.Rows) * float64(o.SeqLen)
+	var f StepFLOPs
+	layers := L * (2*H*Q + 2*H*KV + 3*H*I)
+	f.N = layers + V*H
+	f.Forward = 2 * float64(f.N) * T
+	f.BackwardData = 2 * float64(f.N) * T
+	if o.Method == "full" {
+		f.BackwardWeights = 2 * float64(f.N) * T
+	}
+	attnFwd := 2 * float64(L) * float64(o.Rows) * float64(o.SeqLen) * float64(o.SeqLen) * float64(Q)
+	f.Attention = attnFwd + 2.5*attnFwd
+	if o.Method == "lora" {
+		r := float64(BenchLoRARank)
+		perLayer := float64((H + Q) + 2*(H+KV) + (Q + H) + 2*(H+I) + (I + H))
+		loraFwd := 2 * T * r * perLayer * float64(L)
+		f.LoRA = 3 * loraFwd
+		if o.Recompute {
+			f.LoRA += loraFwd
+		}
+	}
+	if o.Recompute {
+		f.Recompute = 2 * float64(layers) * T
+		f.Attention += attnFwd
+	}
+	f.Total = f.Forward + f.BackwardData + f.BackwardWeights + f.Recompute + f.Attention + f.LoRA
+	return f
+}
+
+func (f StepFLOPs) String() string {
+	t := func(v float64) string { return fmt.Sprintf("%.3g T", v/1e12) }
+	s := fmt.Sprintf("%s = forward 2·N·T %s + backward dx 2·N·T %s", t(f.Total), t(f.Forward), t(f.BackwardData))
+	if f.BackwardWeights > 0 {
+		s += fmt.Sprintf(" + backward dW 2·N·T %s", t(f.BackwardWeights))
+	}
+	if f.Recompute > 0 {
+		s += fmt.Sprintf(" + recompute 2·(N−V·H)·T %s", t(f.Recompute))
+	}
+	s += fmt.Sprintf(" + causal attention 2·layers·rows·seq²·Q·(1 fwd + 2.5 bwd%s) %s", map[bool]string{true: " + 1 recompute", false: ""}[f.Recompute > 0], t(f.Attention))
+	if f.LoRA > 0 {
+		s += fmt.Sprintf(" + LoRA 2·T·r·Σ(in+out)·(3%s) %s", map[bool]string{true: "+1", false: ""}[f.Recompute > 0], t(f.LoRA))
+	}
+	return s + fmt.Sprintf("; N = %d matmul weights per token (layers + lm_head), T = tokens per step; AdamW not counted", f.N)
+}
+
+func (r StepResult) String() string {
+	var b strings.Builder
+	gib := func(v int64) string { return fmt.Sprintf("%.2f GiB", float64(v)/(1<<30)) }
+	c := r.Config
+	fmt.Fprintf(&b, "train step: %s — %d layers, hidden %d, %d heads (%d kv), intermediate %d, vocab %d, %d parameters\n",
+		r.Name, c.NumHiddenLayers, c.HiddenSize, c.NumAttentionHeads, c.NumKeyValueHeads, c.IntermediateSize, c.VocabSize, r.Params)
+	if r.Method == "lora" {
+		fmt.Fprintf(&b, "  method lora: r %d, alpha %d, dropout %g on %s; base weights bf16 frozen; %d trainable parameters (f32)\n",
+			BenchLoRARank, BenchLoRAAlpha, r.LoRADropout, strings.Join(benchTargets, ","), r.TrainableParams)
+	} else {
+		fmt.Fprintf(&b, "  method full: every weight trainable, f32; %d trainable parameters\n", r.TrainableParams)
+	}
+	fmt.Fprintf(&b, "  compute %s, activation recompute %v, batch %d×%d = %d tokens/step, AdamW, %d timed steps after 1 warm-up, %d threads\n",
+		strings.ToLower(r.Compute.String()), r.Recompute, r.Rows, r.SeqLen, r.Rows*r.SeqLen, r.Steps, runtime.GOMAXPROCS(0))
+	fmt.Fprintf(&b, "  step %v, %.1f tokens/s, loss %.4f (model loaded in %v)\n", r.MeanStep.Round(time.Millisecond), r.TokensPerSec, r.LastLoss, r.LoadTime.Round(time.Millisecond))
+	fmt.Fprintf(&b, "  FLOP/step %s\n", r.FLOPs)
+	fmt.Fprintf(&b, "  achieved %.1f GFLOP/s\n", r.GFLOPS)
+	fmt.Fprintf(&b, "  memory: peak RSS %s (VmHWM; %s by the end of loading, which maps the weight files), RSS %s after load;\n", gib(r.PeakRSS), gib(r.PeakRSSLoad), gib(r.RSSAfterLoad))
+	fmt.Fprintf(&b, "          anonymous RSS during the steps up to %s (sampled); estimate (llamatune validate) %s live", gib(r.PeakAnonSteps), gib(r.Estimate.Total))
+	return b.String()
+}
+
+// Step times training steps — forward, backward and AdamW on the trainable
+// parameters — on random tokens. A model directory or shape is loaded with
+// llama.Load and adapted with lora.Attach exactly as `llamatune train` does,
+// so its memory behaviour is the real one.
+func Step(o StepOptions) (StepResult, error) {
+	be := cpu.New()
+	logf := func(format string, a ...any) {
+		if o.Log != nil {
+			fmt.Fprintf(o.Log, format, a...)
+		}
+	}
+	if o.Method == "" {
+		o.Method = "full"
+		if o.ModelDir != "" || o.Shape != "" {
+			o.Method = "lora"
+		}
+	}
+	if o.Method != "lora" && o.Method != "full" {
+		return StepResult{}, fmt.Errorf("bench step: method %q: want lora or full", o.Method)
+	}
+	if o.Rows < 1 || o.SeqLen < 2 {
+		return StepResult{}, fmt.Errorf("bench step: batch %d × seq %d: want at least 1 × 2", o.Rows, o.SeqLen)
+	}
+	dt := kernels.F32
+	if o.Method == "lora" {
+		dt = kernels.BF16 // frozen base weights, as precision.weights: bf16
+	}
+	res := StepResult{StepOptions: o}
+	t0 := time.Now()
+	var m *llama.Model
+	var err error
+	dir := o.ModelDir
+	if dir == "" && o.Shape != "" {
+		if dir, err = shapeDir(o, logf); err != nil {
+			return res, err
+		}
+		t0 = time.Now()
+	}
+	fileBF16 := false
+	if dir != "" {
+		res.Name = dir
+		if o.Shape != "" {
+			res.Name = o.Shape + " (" + dir + ")"
+		}
+		logf("loading %s (%s weights)\n", dir, strings.ToLower(dt.String()))
+		if m, err = llama.Load(dir, be, dt); err != nil {
+			return res, err
+		}
+		fileBF16 = fileIsBF16(dir)
+	} else {
+		res.Name = "random"
+		c := testutil.TinyConfig(o.Vocab)
+		c.NumHiddenLayers, c.HiddenSize, c.IntermediateSize = o.Layers, o.Hidden, o.Hidden*8/3/16*16
+		c.NumAttentionHeads, c.NumKeyValueHeads = max(o.Hidden/64, 1), max(o.Hidden/128, 1)
+		if m, err = llama.NewRandom(c, be, dt, 1); err != nil {
+			return res, err
+		}
+	}
+	res.LoadTime = time.Since(t0)
+	if err := SetCompute(m, o.Compute); err != nil {
+		return res, fmt.Errorf("bench step: --compute %s: %w", strings.ToLower(o.Compute.String()), err)
+	}
+	m.Recompute = o.Recompute
+	c := m.Config
+	res.Config = c
+	res.Params = memplan.ParamCount(c)
+
+	var trainable []*tensor.Tensor
+	var set *lora.Set
+	if o.Method == "lora" {
+		if set, err = lora.Attach(m, lora.Config{R: BenchLoRARank, Alpha: BenchLoRAAlpha, Dropout: o.LoRADropout, TargetModules: benchTargets}, 42); err != nil {
+			return res, err
+		}
+		trainable = set.Params()
+	} else {
+		for _, n := range m.Names() {
+			trainable = append(trainable, m.Param(n).SetRequiresGrad(true))
+		}
+	}
+	for _, p := range trainable {
+		res.TrainableParams += int64(p.Numel())
+	}
+	opt := optim.NewAdamW(be, trainable, optim.AdamWConfig{LR: 1e-4, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8})
+	res.RSSAfterLoad, res.PeakRSSLoad = RSS(), PeakRSS()
+	res.Estimate = memplan.Compute(c, memplan.Options{Method: o.Method, WeightsBF16: o.Method == "lora", FileBF16: fileBF16,
+		R: BenchLoRARank, Dropout: o.LoRADropout, TargetModules: benchTargets, SeqLen: o.SeqLen, MicroBatch: o.Rows,
+		Recompute: o.Recompute, CPUBF16Widening: true})
+	res.FLOPs = CountFLOPs(c, o)
+
+	r := rand.New(rand.NewPCG(3, 4))
+	in := &llama.Input{Rows: o.Rows, SeqLen: o.SeqLen, InputIDs: make([]int32, o.Rows*o.SeqLen)}
+	for i := range in.InputIDs {
+		in.InputIDs[i] = int32(r.IntN(c.VocabSize))
+	}
+	var total time.Duration
+	stopSampling := anonPeak(20 * time.Millisecond)
+	for s := 0; s <= o.Steps; s++ { // step 0 warms up
+		t0 := time.Now()
+		if set != nil {
+			set.SetStep(uint64(s))
+		}
+		tp := tensor.NewTape(be)
+		loss, _, err := m.Loss(tp, in, in.InputIDs, 0)
+		if err != nil {
+			stopSampling()
+			return res, err
+		}
+		res.LastLoss = loss.Item()
+		tp.Backward(loss)
+		tp.Release()
+		opt.Step(1e-4)
+		opt.ZeroGrad()
+		d := time.Since(t0)
+		if s > 0 {
+			total += d
+		}
+		logf("step %d/%d: %v, loss %.4f%s\n", s, o.Steps, d.Round(time.Millisecond), res.LastLoss, map[bool]string{true: " (warm-up)", false: ""}[s == 0])
+	}
+	res.PeakAnonSteps = stopSampling()
+	res.MeanStep = total / time.Duration(max(o.Steps, 1))
+	res.TokensPerSec = float64(o.Rows*o.SeqLen) / res.MeanStep.Seconds()
+	res.GFLOPS = res.FLOPs.Total / res.MeanStep.Seconds() / 1e9
+	res.PeakRSS = PeakRSS()
+	return res, nil
+}
+
+// shapeDir returns the cached model directory of o.Shape, writing it first
+// when it is not there (into a temporary sibling, renamed when complete).
+func shapeDir(o StepOptions, logf func(string, ...any)) (string, error) {
+	want, err := testutil.ShapeConfig(o.Shape)
+	if err != nil {
+		return "", fmt.Errorf("bench step: --shape: %w", err)
+	}
+	dir := o.CacheDir
+	if dir == "" {
+		dir = filepath.Join(os.TempDir(), "llamatune-bench-"+o.Shape)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		have, err := llama.LoadConfig(dir)
+		if err != nil {
+			return "", fmt.Errorf("bench step: cached model %s: %w (delete the directory to write it again)", dir, err)
+		}
+		have.TorchDtype = want.TorchDtype
+		if !reflect.DeepEqual(have, want) {
+			return "", fmt.Errorf("bench step: %s holds another model than %s; delete it or pass --model", dir, o.Shape)
+		}
+		logf("reusing %s\n", dir)
+		return dir, nil
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), filepath.Base(dir)+".partial-")
+	if err != nil {
+		return "", fmt.Errorf("bench step: %w", err)
+	}
+	logf("writing a random %s into %s (once; later runs reuse it)\n", o.Shape, dir)
+	t0 := time.Now()
+	if _, err := testutil.WriteShapeModel(tmp, testutil.ShapeOptions{Shape: o.Shape}); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		os.RemoveAll(tmp)
+		return "", fmt.Errorf("bench step: %w", err)
+	}
+	logf("wrote %s in %v\n", dir, time.Since(t0).Round(time.Second))
+	return dir, nil
+}
+
+// fileIsBF16 reports whether dir's embedding is stored as bf16.
+func fileIsBF16(dir string) bool {
+	r, err := checkpoint.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer r.Close()
+	info, ok := r.Info("model.embed_tokens.weight")
+	return ok && info.DType == "BF16"
+}
