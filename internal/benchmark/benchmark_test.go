@@ -91,4 +91,13 @@ func TestShapeCacheMismatch(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "holds another model than llama3.2-1b") {
 		t.Fatalf("got %v", err)
 	}
+	// The config.json init-tiny --shape writes is recognised (ids spaced as written).
+	c, _ := testutil.ShapeConfig("llama3.2-1b")
+	cache := t.TempDir()
+	if err := testutil.WriteShapeConfig(cache, c); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := shapeDir(StepOptions{Shape: "llama3.2-1b", CacheDir: cache}, func(string, ...any) {}); err != nil || got != cache {
+		t.Errorf("cache %s not reused: %q, %v", cache, got, err)
+	}
 }
