@@ -99,7 +99,7 @@ type Batch struct {
 // Precision of storage and memory trade-offs.
 type Precision struct {
 	Weights                 string `yaml:"weights"`                  // f32 (default) | bf16: storage of frozen base weights
-	Compute                 string `yaml:"compute"`                  // bf16 | f32: activations and GEMM inputs (accumulation is f32); default DefaultCompute
+	Compute                 string `yaml:"compute"`                  // auto | bf16 | f32: GEMM inputs (accumulation is f32); default DefaultCompute
 	ActivationCheckpointing bool   `yaml:"activation_checkpointing"` // recompute each layer in backward
 }
 
@@ -138,9 +138,10 @@ const (
 	DefaultMaxGradNorm        = 1.0
 	DefaultKeepLast           = 3
 	DefaultJobSeed     uint64 = 42
-	// DefaultCompute is precision.compute when the job does not set it.
-	// TODO(merge): "bf16" once llama.Model.Compute is wired (benchmark.SetCompute refuses bf16 until then).
-	DefaultCompute = "f32"
+	// DefaultCompute is precision.compute when the job does not set it:
+	// auto is bf16 where the device computes it fast (CUDA tensor cores, a
+	// CPU with AVX512_BF16), else f32.
+	DefaultCompute = "auto"
 )
 
 // DefaultTargetModules are the linear layers LoRA adapts unless lora.target_modules says otherwise.
@@ -808,7 +809,7 @@ func (j *Job) Validate() error {
 	}
 
 	add(oneOfRequired("precision.weights", j.Precision.Weights, "f32", "bf16"))
-	add(oneOfRequired("precision.compute", j.Precision.Compute, "bf16", "f32"))
+	add(oneOfRequired("precision.compute", j.Precision.Compute, "auto", "bf16", "f32"))
 	if err := oneOfRequired("device", j.Device, "cpu", "cuda"); err != nil {
 		add(err)
 	} else if !deviceRegistered(j.Device) {

@@ -31,7 +31,7 @@ func init() {
 	var o benchmark.StepOptions
 	var compute string
 	step := &cobra.Command{
-		Use:   "step [--shape " + strings.Join(testutil.ShapeNames(), "|") + " | --model DIR | --layers N --hidden N --vocab N] [--method lora|full] [--compute bf16|f32] [--seq N] [--batch N] [--steps N]",
+		Use:   "step [--shape " + strings.Join(testutil.ShapeNames(), "|") + " | --model DIR | --layers N --hidden N --vocab N] [--method lora|full] [--compute bf16|f32|both] [--seq N] [--batch N] [--steps N]",
 		Short: "Time training steps (forward, backward, AdamW) of a real-shaped model: tokens/s, GFLOP/s, peak RSS",
 		Long: `Times training steps — forward, backward and AdamW on the trainable parameters — on random
 tokens, and prints the step time, tokens/s, the FLOP count it uses (the formula is printed with
@@ -61,12 +61,14 @@ model): every weight trainable in f32. --recompute defaults to true with --model
 				}
 			}
 			switch compute {
+			case "both":
+				o.SideBySide = true
 			case "f32":
 				o.Compute = kernels.F32
 			case "bf16":
 				o.Compute = kernels.BF16
 			default:
-				return fmt.Errorf("bench step: --compute %q: want bf16 or f32", compute)
+				return fmt.Errorf("bench step: --compute %q: want bf16, f32 or both", compute)
 			}
 			o.Log = os.Stderr
 			r, err := benchmark.Step(o)
@@ -81,7 +83,7 @@ model): every weight trainable in f32. --recompute defaults to true with --model
 	step.Flags().StringVar(&o.ModelDir, "model", "", "an HF model directory (e.g. one init-tiny --shape wrote)")
 	step.Flags().StringVar(&o.Method, "method", "", "lora or full (default lora with --shape/--model, full for the random model)")
 	step.Flags().Float64Var(&o.LoRADropout, "lora-dropout", configs.DefaultLoRADropout, "LoRA dropout (the job default)")
-	step.Flags().StringVar(&compute, "compute", "f32", "compute precision: bf16 or f32")
+	step.Flags().StringVar(&compute, "compute", "f32", "compute precision: bf16, f32, or both (alternating steps, side by side)")
 	step.Flags().IntVar(&o.Layers, "layers", 4, "decoder layers (random model)")
 	step.Flags().IntVar(&o.Hidden, "hidden", 256, "hidden size (random model)")
 	step.Flags().IntVar(&o.Vocab, "vocab", 8192, "vocabulary size (random model)")

@@ -22,7 +22,6 @@ func memOptions(job *configs.Job, fileBF16 bool) memplan.Options {
 		R: job.LoRA.R, Dropout: job.LoRA.Dropout, TargetModules: job.LoRA.TargetModules, Layers: job.LoRA.Layers,
 		FreezeLayers: job.Full.FreezeLayers, FreezeEmbeddings: job.Full.FreezeEmbeddings,
 		SeqLen: job.Data.SeqLen, MicroBatch: job.Batch.MicroBatchSize, Recompute: job.Precision.ActivationCheckpointing,
-		CPUBF16Widening: job.Device == "cpu",
 	}
 }
 

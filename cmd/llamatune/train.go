@@ -16,7 +16,6 @@ import (
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/export"
-	"github.com/llamatune/llamatune/internal/benchmark"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/kernels/cuda"
@@ -183,12 +182,14 @@ func (s *session) makeTrainable() error {
 // setCompute applies the job's precision.compute to a model it loaded (the
 // student, an in-process teacher, a generator).
 func setCompute(job *configs.Job, m *llama.Model) error {
-	dt := kernels.F32
-	if job.Precision.Compute == "bf16" {
-		dt = kernels.BF16
-	}
-	if err := benchmark.SetCompute(m, dt); err != nil {
-		return fmt.Errorf("%s: precision.compute %s: %w", job.File, job.Precision.Compute, err)
+	m.Compute = kernels.F32
+	switch job.Precision.Compute {
+	case "bf16":
+		m.Compute = kernels.BF16
+	case "auto":
+		if job.Device == "cuda" || cpu.FastBF16() {
+			m.Compute = kernels.BF16
+		}
 	}
 	return nil
 }

@@ -46,7 +46,11 @@ type StepOptions struct {
 	// directory or shape, full for the random model.
 	Method      string
 	LoRADropout float64
-	Compute     kernels.DType // set through SetCompute
+	Compute     kernels.DType // GEMM precision (llama.Model.Compute)
+	// SideBySide times f32 and bf16 compute in the same run, alternating
+	// step by step (Steps of each after one warm-up of each), so that a
+	// noisy machine slows both alike; Compute is then ignored.
+	SideBySide bool
 
 	Rows, SeqLen int
 	Steps        int // timed steps, after one warm-up
@@ -73,6 +77,8 @@ type StepResult struct {
 	PeakRSS         int64 // VmHWM at the end
 	PeakAnonSteps   int64 // largest RssAnon seen during the steps (sampled every 20 ms)
 	Estimate        memplan.Estimate
+	// With SideBySide: the mean and fastest step of each precision.
+	MeanF32, MeanBF16, MinF32, MinBF16 time.Duration
 }
 
 // StepFLOPs is the floating-point work of one step, by part. With
@@ -160,8 +166,15 @@ func (r StepResult) String() string {
 		fmt.Fprintf(&b, "  method full: every weight trainable, f32; %d trainable parameters\n", r.TrainableParams)
 	}
 	fmt.Fprintf(&b, "  compute %s, activation recompute %v, batch %d×%d = %d tokens/step, AdamW, %d timed steps after 1 warm-up, %d threads\n",
-		strings.ToLower(r.Compute.String()), r.Recompute, r.Rows, r.SeqLen, r.Rows*r.SeqLen, r.Steps, runtime.GOMAXPROCS(0))
+		map[bool]string{true: "f32 and bf16 (alternating)", false: strings.ToLower(r.Compute.String())}[r.SideBySide], r.Recompute, r.Rows, r.SeqLen, r.Rows*r.SeqLen, r.Steps, runtime.GOMAXPROCS(0))
 	fmt.Fprintf(&b, "  step %v, %.1f tokens/s, loss %.4f (model loaded in %v)\n", r.MeanStep.Round(time.Millisecond), r.TokensPerSec, r.LastLoss, r.LoadTime.Round(time.Millisecond))
+	if r.SideBySide {
+		tok := float64(r.Rows * r.SeqLen)
+		fmt.Fprintf(&b, "  side by side, alternating steps: f32 %v (%.1f tokens/s; fastest %v), bf16 %v (%.1f tokens/s; fastest %v): bf16/f32 tokens/s %.2f× (fastest steps %.2f×)\n",
+			r.MeanF32.Round(time.Millisecond), tok/r.MeanF32.Seconds(), r.MinF32.Round(time.Millisecond),
+			r.MeanBF16.Round(time.Millisecond), tok/r.MeanBF16.Seconds(), r.MinBF16.Round(time.Millisecond),
+			r.MeanF32.Seconds()/r.MeanBF16.Seconds(), r.MinF32.Seconds()/r.MinBF16.Seconds())
+	}
 	fmt.Fprintf(&b, "  FLOP/step %s\n", r.FLOPs)
 	fmt.Fprintf(&b, "  achieved %.1f GFLOP/s\n", r.GFLOPS)
 	fmt.Fprintf(&b, "  memory: peak RSS %s (VmHWM; %s by the end of loading, which maps the weight files), RSS %s after load;\n", gib(r.PeakRSS), gib(r.PeakRSSLoad), gib(r.RSSAfterLoad))
@@ -228,9 +241,7 @@ func Step(o StepOptions) (StepResult, error) {
 		}
 	}
 	res.LoadTime = time.Since(t0)
-	if err := SetCompute(m, o.Compute); err != nil {
-		return res, fmt.Errorf("bench step: --compute %s: %w", strings.ToLower(o.Compute.String()), err)
-	}
+	m.Compute = o.Compute
 	m.Recompute = o.Recompute
 	c := m.Config
 	res.Config = c
@@ -255,7 +266,7 @@ func Step(o StepOptions) (StepResult, error) {
 	res.RSSAfterLoad, res.PeakRSSLoad = RSS(), PeakRSS()
 	res.Estimate = memplan.Compute(c, memplan.Options{Method: o.Method, WeightsBF16: o.Method == "lora", FileBF16: fileBF16,
 		R: BenchLoRARank, Dropout: o.LoRADropout, TargetModules: benchTargets, SeqLen: o.SeqLen, MicroBatch: o.Rows,
-		Recompute: o.Recompute, CPUBF16Widening: true})
+		Recompute: o.Recompute})
 	res.FLOPs = CountFLOPs(c, o)
 
 	r := rand.New(rand.NewPCG(3, 4))
@@ -264,8 +275,18 @@ func Step(o StepOptions) (StepResult, error) {
 		in.InputIDs[i] = int32(r.IntN(c.VocabSize))
 	}
 	var total time.Duration
+	sum := map[kernels.DType]time.Duration{}
+	fastest := map[kernels.DType]time.Duration{}
+	n := o.Steps
+	if o.SideBySide {
+		n = 2*o.Steps + 1 // steps 0 and 1 warm up f32 and bf16
+	}
 	stopSampling := anonPeak(20 * time.Millisecond)
-	for s := 0; s <= o.Steps; s++ { // step 0 warms up
+	for s := 0; s <= n; s++ { // step 0 warms up
+		if o.SideBySide {
+			// f32, bf16, then bf16, f32, ...: neither always runs first.
+			m.Compute = []kernels.DType{kernels.F32, kernels.BF16, kernels.BF16, kernels.F32}[s%4]
+		}
 		t0 := time.Now()
 		if set != nil {
 			set.SetStep(uint64(s))
@@ -282,13 +303,23 @@ func Step(o StepOptions) (StepResult, error) {
 		opt.Step(1e-4)
 		opt.ZeroGrad()
 		d := time.Since(t0)
-		if s > 0 {
+		warm := s == 0 || (o.SideBySide && s == 1)
+		if !warm {
 			total += d
+			sum[m.Compute] += d
+			if f, ok := fastest[m.Compute]; !ok || d < f {
+				fastest[m.Compute] = d
+			}
 		}
-		logf("step %d/%d: %v, loss %.4f%s\n", s, o.Steps, d.Round(time.Millisecond), res.LastLoss, map[bool]string{true: " (warm-up)", false: ""}[s == 0])
+		logf("step %d/%d (%s): %v, loss %.4f%s\n", s, n, strings.ToLower(m.Compute.String()), d.Round(time.Millisecond), res.LastLoss, map[bool]string{true: " (warm-up)", false: ""}[warm])
 	}
 	res.PeakAnonSteps = stopSampling()
 	res.MeanStep = total / time.Duration(max(o.Steps, 1))
+	if o.SideBySide {
+		res.MeanStep = total / time.Duration(2*max(o.Steps, 1))
+		res.MeanF32, res.MeanBF16 = sum[kernels.F32]/time.Duration(max(o.Steps, 1)), sum[kernels.BF16]/time.Duration(max(o.Steps, 1))
+		res.MinF32, res.MinBF16 = fastest[kernels.F32], fastest[kernels.BF16]
+	}
 	res.TokensPerSec = float64(o.Rows*o.SeqLen) / res.MeanStep.Seconds()
 	res.GFLOPS = res.FLOPs.Total / res.MeanStep.Seconds() / 1e9
 	res.PeakRSS = PeakRSS()

@@ -37,9 +37,6 @@ type Options struct {
 
 	SeqLen, MicroBatch int
 	Recompute          bool // activation checkpointing
-	// CPUBF16Widening: the CPU backend widens a bf16 weight to an f32 copy in
-	// every GEMM that reads it (TODO(merge): false once gemm reads bf16 in place).
-	CPUBF16Widening bool
 }
 
 // Bytes of one f32 and one bf16 value.
@@ -73,7 +70,6 @@ type Estimate struct {
 	CELogits   int64 // one chunk of logits (≤ LogitsBudget)
 	CEWeight   int64 // the fused loss's f32 lm_head gradient (full fine-tuning of lm_head)
 	Backward   int64 // gradients of one layer's intermediates in flight
-	BF16Widen  int64 // CPU: f32 copy of the largest bf16 weight during its GEMM
 	Transients int64 // their sum
 
 	Total int64
@@ -167,10 +163,8 @@ func Compute(c llama.Config, o Options) Estimate {
 		}
 		return v
 	}
-	var largest int64
 	for _, n := range names {
 		e.Params += numel(n)
-		largest = max(largest, numel(n))
 	}
 	H, I, V := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.VocabSize)
 	L := int64(c.NumHiddenLayers)
@@ -252,10 +246,7 @@ func Compute(c llama.Config, o Options) Estimate {
 		e.CEWeight = f32 * V * H
 	}
 	e.Backward = f32 * (3*T*I + 3*T*H)
-	if o.CPUBF16Widening && e.BaseDType == "bf16" {
-		e.BF16Widen = f32 * largest
-	}
-	e.Transients = e.CELogits + e.CEWeight + e.Backward + e.BF16Widen
+	e.Transients = e.CELogits + e.CEWeight + e.Backward
 
 	e.Total = e.BaseWeights + e.Adapters + e.Grads + e.Optimizer + e.Activations + e.Transients
 	return e
@@ -329,8 +320,8 @@ func (e Estimate) Lines() []string {
 		fmt.Sprintf("  AdamW state   %10s  2 f32 moments per trainable parameter", GiB(e.Optimizer)),
 		fmt.Sprintf(" %sactivations   %10s  without activation_checkpointing", ckptOff, GiB(e.ActivationsFull)),
 		fmt.Sprintf(" %sactivations   %10s  with activation_checkpointing", ckptOn, GiB(e.ActivationsCkpt)),
-		fmt.Sprintf("  step buffers  %10s  logits chunk %s, lm_head grad %s, backward grads %s, bf16 widening %s",
-			GiB(e.Transients), GiB(e.CELogits), GiB(e.CEWeight), GiB(e.Backward), GiB(e.BF16Widen)),
+		fmt.Sprintf("  step buffers  %10s  logits chunk %s, lm_head grad %s, backward grads %s",
+			GiB(e.Transients), GiB(e.CELogits), GiB(e.CEWeight), GiB(e.Backward)),
 		fmt.Sprintf("  total         %10s", GiB(e.Total)),
 	}
 }

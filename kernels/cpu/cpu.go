@@ -78,6 +78,11 @@ func precision(dt kernels.DType) gemm.Precision {
 	return gemm.F32
 }
 
+// FastBF16 reports whether BF16 compute runs faster than F32 here: the CPU
+// has AVX512_BF16, so bf16 GEMMs use its pair kernel. Elsewhere BF16
+// compute is the same math on the f32 kernels, with an extra rounding pass.
+func FastBF16() bool { return gemm.HasBF16Kernel() }
+
 // WrapHostBF16 uses v in place (kernels.HostMapper).
 func (*Backend) WrapHostBF16(v []uint16) kernels.Buffer { return WrapBF16(v) }
 

@@ -106,6 +106,10 @@ var bf16Kernel *kernelSpec
 // path; packing helpers stay in assembly).
 var forceGeneric = false
 
+// HasBF16Kernel reports whether BF16 precision runs on a bf16 kernel
+// (AVX512_BF16) rather than on the f32 ones.
+func HasBF16Kernel() bool { return bf16Kernel != nil }
+
 // KernelName reports which micro-kernel Sgemm uses on this machine.
 func KernelName() string { return activeKernel().name }
 
@@ -316,7 +320,7 @@ func (p *problem) worker(t int) {
 					break
 				}
 				jp := int(q - pb)
-				p.packB(bbuf, pc, kb, jc, nb, jp, jp+1)
+				p.packB(ws, bbuf, pc, kb, jc, nb, jp, jp+1)
 				sl.packDone.Add(1)
 			}
 			waitFor(&sl.packDone, packEnd)
@@ -342,7 +346,7 @@ func (p *problem) worker(t int) {
 					ic := rb * p.rowBlock
 					mb := min(p.rowBlock, m-ic)
 					if rb != packedRows {
-						p.packA(ws.a, ic, mb, pc, kb)
+						p.packA(ws, ws.a, ic, mb, pc, kb)
 						packedRows = rb
 					}
 					p.macroKernel(ws, bbuf, ic, mb, jc, nb, kb, q0, q1, beta)
@@ -425,7 +429,7 @@ func (p *problem) macroKernel(ws *workspace, bbuf []float32, ic, mb, jc, nb, kb,
 // packA packs op(A)[i0:i0+mb, p0:p0+kb] for the problem's kernel: f32
 // panels (packAF32; packPanel widens bf16 and rounds in BF16 precision), or
 // bf16 pair panels for the pair kernel.
-func (p *problem) packA(dst []float32, i0, mb, p0, kb int) {
+func (p *problem) packA(ws *workspace, dst []float32, i0, mb, p0, kb int) {
 	if p.a.F32 != nil && !p.ks.pairs && !p.round {
 		packAF32(dst, p.transA, p.a.F32, p.lda, i0, mb, p0, kb, p.ks.mr)
 		return
@@ -437,12 +441,12 @@ func (p *problem) packA(dst []float32, i0, mb, p0, kb int) {
 		if p.transA {
 			off = p0*p.lda + i0 + ir
 		}
-		packPanel(dst[ir*p.ks.slots(kb):], mr, p.a, off, p.lda, rows, kb, !p.transA, p.ks.pairs)
+		packPanel(ws, dst[ir*p.ks.slots(kb):], mr, p.a, off, p.lda, rows, kb, !p.transA, p.ks.pairs)
 	}
 }
 
 // packB packs panels q0..q1-1 of op(B)[p0:p0+kb, j0:j0+nb] (see packA).
-func (p *problem) packB(dst []float32, p0, kb, j0, nb, q0, q1 int) {
+func (p *problem) packB(ws *workspace, dst []float32, p0, kb, j0, nb, q0, q1 int) {
 	nr := p.ks.nr
 	if p.b.F32 != nil && !p.ks.pairs && !p.round {
 		packBF32(dst, p.transB, p.b.F32, p.ldb, p0, kb, j0, nb, nr, q0, q1)
@@ -454,7 +458,7 @@ func (p *problem) packB(dst []float32, p0, kb, j0, nb, q0, q1 int) {
 		if p.transB { // op(B)[p,j] = b[j*ldb+p]: stored rows run along p
 			off = (j0+jr)*p.ldb + p0
 		}
-		packPanel(dst[jr*p.ks.slots(kb):], nr, p.b, off, p.ldb, cols, kb, p.transB, p.ks.pairs)
+		packPanel(ws, dst[jr*p.ks.slots(kb):], nr, p.b, off, p.ldb, cols, kb, p.transB, p.ks.pairs)
 	}
 }
 
@@ -555,31 +559,63 @@ type workspace struct {
 	ks   *kernelSpec
 	a    []float32 // mc×kc packed A block
 	tile []float32 // mr×nr scratch for edge tiles
+	conv []uint16  // runs converted before packing (see packPanel), made on first use
 }
 
-var wsPool sync.Pool
+// freeLists keeps each kernel's spare workspaces and shared B buffers.
+// Unlike a sync.Pool they survive garbage collections, so the packing
+// buffers (megabytes) are not made and zeroed again after every GC of a
+// training step, which allocates a lot. At most freeListCap of each are
+// kept per kernel.
+type freeLists struct {
+	ws chan *workspace
+	sh chan *shared
+}
+
+const freeListCap = 4
+
+var (
+	freeMu sync.Mutex
+	frees  = map[*kernelSpec]*freeLists{}
+)
+
+func freeListsOf(ks *kernelSpec) *freeLists {
+	freeMu.Lock()
+	defer freeMu.Unlock()
+	f := frees[ks]
+	if f == nil {
+		f = &freeLists{ws: make(chan *workspace, freeListCap), sh: make(chan *shared, freeListCap)}
+		frees[ks] = f
+	}
+	return f
+}
 
 func getWorkspace(ks *kernelSpec) *workspace {
-	if v := wsPool.Get(); v != nil {
-		ws := v.(*workspace)
-		if ws.ks == ks {
-			return ws
-		}
+	select {
+	case ws := <-freeListsOf(ks).ws:
+		return ws
+	default:
 	}
 	return &workspace{
 		ks:   ks,
-		a:    alignedFloats(roundUp(ks.mc, ks.mr) * ks.kc),
+		a:    alignedFloats(roundUp(ks.mc, ks.mr) * ks.slots(ks.kc)),
 		tile: alignedFloats(ks.mr * ks.nr),
 	}
 }
 
-func putWorkspace(ws *workspace) { wsPool.Put(ws) }
+func putWorkspace(ws *workspace) {
+	select {
+	case freeListsOf(ws.ks).ws <- ws:
+	default:
+	}
+}
 
 // shared is the state the workers of one Sgemm call share: two kc×nc packed
 // B buffers and the claim counters of each (see worker).
 type shared struct {
 	ks   *kernelSpec
-	b    [2][]float32
+	b    [2][]float32 // in use: own[0], own[1] (or own[0] twice for a lone worker)
+	own  [2][]float32 // allocated (own[1] only once a call had two workers)
 	sync [2]bufferSync
 	// itemBlock[i] is the number of blocks (in worker order) whose work
 	// item i is done.
@@ -594,22 +630,18 @@ type bufferSync struct {
 	_                  [64]byte // keep the two buffers' counters apart
 }
 
-var sharedPool sync.Pool
-
 func getShared(ks *kernelSpec, workers, items int) *shared {
 	var sh *shared
-	if v := sharedPool.Get(); v != nil {
-		if sh = v.(*shared); sh.ks != ks {
-			sh = nil
-		}
-	}
-	if sh == nil {
+	select {
+	case sh = <-freeListsOf(ks).sh:
+	default:
 		sh = &shared{ks: ks}
-		sh.b[0] = alignedFloats(ks.kc * roundUp(ks.nc, ks.nr))
+		sh.own[0] = alignedFloats(ks.slots(ks.kc) * roundUp(ks.nc, ks.nr))
 	}
-	if workers > 1 && sh.b[1] == nil {
-		sh.b[1] = alignedFloats(ks.kc * roundUp(ks.nc, ks.nr))
+	if workers > 1 && sh.own[1] == nil {
+		sh.own[1] = alignedFloats(ks.slots(ks.kc) * roundUp(ks.nc, ks.nr))
 	}
+	sh.b = sh.own
 	if workers == 1 {
 		sh.b[1] = sh.b[0] // a lone worker needs no double buffering
 	}
@@ -631,10 +663,10 @@ func getShared(ks *kernelSpec, workers, items int) *shared {
 }
 
 func putShared(sh *shared) {
-	if &sh.b[1][0] == &sh.b[0][0] {
-		sh.b[1] = nil
+	select {
+	case freeListsOf(sh.ks).sh <- sh:
+	default:
 	}
-	sharedPool.Put(sh)
 }
 
 // alignedFloats returns a zeroed slice of n float32 starting on a 64-byte

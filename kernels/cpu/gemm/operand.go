@@ -114,11 +114,11 @@ func value(o Operand, i int, round bool) float32 {
 // uses this path then, or for bf16 storage). With pairs (the bf16 kernel)
 // the panel holds (kb+1)/2 rows of w 32-bit slots: slot [q*w+r] has element
 // (r, 2q) in its low half and (r, 2q+1) in its high half (zero past kb).
-func packPanel(panel []float32, w int, x Operand, off, ld, n, kb int, alongP, pairs bool) {
-	if x.BF16 != nil && alongP && packBF16Along(panel, w, x.BF16, off, ld, n, kb, pairs) {
+func packPanel(ws *workspace, panel []float32, w int, x Operand, off, ld, n, kb int, alongP, pairs bool) {
+	if x.BF16 != nil && alongP && packBF16Along(ws.scratch(), panel, w, x.BF16, off, ld, n, kb, pairs) {
 		return
 	}
-	if x.F32 != nil && pairs && packF32Pairs(panel, w, x.F32, off, ld, n, kb, alongP) {
+	if x.F32 != nil && pairs && packF32Pairs(ws.scratch(), panel, w, x.F32, off, ld, n, kb, alongP) {
 		return
 	}
 	if !pairs {
@@ -211,8 +211,20 @@ func packPanel(panel []float32, w int, x Operand, off, ld, n, kb int, alongP, pa
 	}
 }
 
-// packTmp bounds the k values packBF16Along widens at once (kc ≤ packTmp).
+// packTmp bounds the k values the converting packers take at once
+// (kc ≤ packTmp).
 const packTmp = 512
+
+// scratch is the worker's conversion buffer for packPanel: 32 runs of
+// packTmp+2 bf16 values (also viewed as 4 runs of packTmp f32). It is
+// allocated once per workspace: a fresh array per panel would be zeroed
+// every call.
+func (ws *workspace) scratch() []uint16 {
+	if ws.conv == nil {
+		ws.conv = make([]uint16, 32*(packTmp+2))
+	}
+	return ws.conv
+}
 
 // packBF16Along is packPanel's fast path for bf16 storage read along p — a
 // weight W [out, in] as op(B) of x·Wᵀ, the most frequent packing of a LoRA
@@ -220,7 +232,7 @@ const packTmp = 512
 // panels are a 32-bit transpose (transposeRuns, 4×4 SSE blocks on amd64);
 // f32 panels widen four runs into a scratch block and transpose that. It
 // reports false where it does not apply (odd offsets, long k blocks).
-func packBF16Along(panel []float32, w int, x []uint16, off, ld, n, kb int, pairs bool) bool {
+func packBF16Along(scratch []uint16, panel []float32, w int, x []uint16, off, ld, n, kb int, pairs bool) bool {
 	if pairs {
 		if off%2 != 0 || ld%2 != 0 || kb < 2 {
 			return false
@@ -243,7 +255,7 @@ func packBF16Along(panel []float32, w int, x []uint16, off, ld, n, kb int, pairs
 	if kb > packTmp {
 		return false
 	}
-	var tmp [4 * packTmp]float32
+	tmp := unsafe.Slice((*float32)(unsafe.Pointer(&scratch[0])), 4*packTmp)
 	panel = panel[:kb*w]
 	for r := 0; r < n; r += 4 {
 		rows := min(4, n-r)
@@ -254,7 +266,7 @@ func packBF16Along(panel []float32, w int, x []uint16, off, ld, n, kb int, pairs
 			}
 		}
 		if rows == 4 {
-			transpose4(panel[r:], w, tmp[:], kb, kb)
+			transpose4(panel[r:], w, tmp, kb, kb)
 			continue
 		}
 		for i := 0; i < rows; i++ {
@@ -276,13 +288,13 @@ func packBF16Along(panel []float32, w int, x []uint16, off, ld, n, kb int, pairs
 // (toBF16: one vcvtneps2bf16 per 16 values on AVX512_BF16), then the words
 // are paired — by the 32-bit transpose along p, by interleaving two rows
 // otherwise. It reports false for runs wider than its scratch.
-func packF32Pairs(panel []float32, w int, x []float32, off, ld, n, kb int, alongP bool) bool {
+func packF32Pairs(scratch []uint16, panel []float32, w int, x []float32, off, ld, n, kb int, alongP bool) bool {
 	if kb > packTmp || n > 32 {
 		return false
 	}
 	kp := (kb + 1) / 2
 	if alongP {
-		var tmp [32 * (packTmp + 2)]uint16
+		tmp := scratch
 		kbe := 2 * kp // row stride in tmp: whole pairs, the odd tail zero
 		for r := 0; r < n; r++ {
 			row := tmp[r*kbe : r*kbe+kbe]
@@ -295,7 +307,7 @@ func packF32Pairs(panel []float32, w int, x []float32, off, ld, n, kb int, along
 		transposeRuns(panel, w, words, kp, n, kp)
 		return true
 	}
-	var t0, t1 [32]uint16
+	t0, t1 := scratch[:32], scratch[32:64]
 	slots := unsafe.Slice((*uint32)(unsafe.Pointer(&panel[0])), kp*w)
 	for q := 0; q < kp; q++ {
 		lo := off + 2*q*ld
