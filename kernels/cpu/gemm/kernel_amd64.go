@@ -171,3 +171,39 @@ func toBF16(dst []uint16, src []float32) {
 		dst[i] = f32ToBF16(src[i])
 	}
 }
+
+//go:noescape
+func interleaveBF16(dst *uint32, a, b *uint16, n8 int)
+
+// interleave writes dst[i] = a[i] | b[i]<<16 for i < len(a) (b and dst at
+// least as long): 8 at a time in SSE2.
+func interleave(dst []uint32, a, b []uint16) {
+	n8 := len(a) / 8
+	if n8 > 0 {
+		_, _ = b[len(a)-1], dst[len(a)-1]
+		interleaveBF16(&dst[0], &a[0], &b[0], n8)
+	}
+	for i := 8 * n8; i < len(a); i++ {
+		dst[i] = uint32(a[i]) | uint32(b[i])<<16
+	}
+}
+
+//go:noescape
+func interleaveRuns(dst *uint32, w int, src *uint16, ld int, n8 int, kp int)
+
+// interleavePanel fills pair rows q < kp of a w-wide panel from bf16 rows:
+// slots[q*w+r] = src[2q*ld+r] | src[(2q+1)*ld+r]<<16 for r < n (columns
+// n..w-1 are left alone). Source rows 2q+1 must exist for every q < kp.
+func interleavePanel(slots []uint32, w int, src []uint16, ld, n, kp int) {
+	n8 := n / 8
+	if n8 > 0 && kp > 0 {
+		_ = src[(2*kp-1)*ld+8*n8-1]
+		_ = slots[(kp-1)*w+8*n8-1]
+		interleaveRuns(&slots[0], w, &src[0], ld, n8, kp)
+	}
+	for q := 0; q < kp; q++ {
+		for r := 8 * n8; r < n; r++ {
+			slots[q*w+r] = uint32(src[2*q*ld+r]) | uint32(src[(2*q+1)*ld+r])<<16
+		}
+	}
+}

@@ -631,3 +631,82 @@ cpnext:
 
 cpdone:
 	RET
+
+// ---------------------------------------------------------------------------
+// Pair packing helper (SSE2, baseline amd64).
+//
+// func interleaveBF16(dst *uint32, a, b *uint16, n8 int)
+//
+// dst[i] = a[i] | b[i]<<16 for i < 8*n8: the bf16 pairs of two k rows
+// (punpcklwd/punpckhwd interleave the words of a and b).
+// ---------------------------------------------------------------------------
+TEXT ·interleaveBF16(SB), NOSPLIT, $0-32
+	MOVQ dst+0(FP), DI
+	MOVQ a+8(FP), SI
+	MOVQ b+16(FP), DX
+	MOVQ n8+24(FP), CX
+	TESTQ CX, CX
+	JZ   ildone
+
+illoop:
+	MOVOU (SI), X0
+	MOVOU (DX), X1
+	MOVO  X0, X2
+	PUNPCKLWL X1, X0
+	PUNPCKHWL X1, X2
+	MOVOU X0, (DI)
+	MOVOU X2, 16(DI)
+	ADDQ $16, SI
+	ADDQ $16, DX
+	ADDQ $32, DI
+	DECQ CX
+	JNZ  illoop
+
+ildone:
+	RET
+
+// func interleaveRuns(dst *uint32, w int, src *uint16, ld int, n8 int, kp int)
+//
+// For q < kp and i < 8*n8: dst[q*w+i] = src[2q*ld+i] | src[(2q+1)*ld+i]<<16
+// (w and ld in elements): a whole pair panel from bf16 rows in one call.
+TEXT ·interleaveRuns(SB), NOSPLIT, $0-48
+	MOVQ dst+0(FP), DI
+	MOVQ w+8(FP), R8
+	SHLQ $2, R8                 // panel row stride in bytes
+	MOVQ src+16(FP), SI
+	MOVQ ld+24(FP), R9
+	SHLQ $1, R9                 // source row stride in bytes
+	MOVQ n8+32(FP), R10
+	MOVQ kp+40(FP), R11
+	TESTQ R10, R10
+	JZ   irdone
+	TESTQ R11, R11
+	JZ   irdone
+
+irrow:
+	MOVQ DI, AX                 // this panel row
+	MOVQ SI, BX                 // source row 2q
+	LEAQ (SI)(R9*1), DX         // source row 2q+1
+	MOVQ R10, CX
+
+irloop:
+	MOVOU (BX), X0
+	MOVOU (DX), X1
+	MOVO  X0, X2
+	PUNPCKLWL X1, X0
+	PUNPCKHWL X1, X2
+	MOVOU X0, (AX)
+	MOVOU X2, 16(AX)
+	ADDQ $16, BX
+	ADDQ $16, DX
+	ADDQ $32, AX
+	DECQ CX
+	JNZ  irloop
+
+	ADDQ R8, DI
+	LEAQ (SI)(R9*2), SI
+	DECQ R11
+	JNZ  irrow
+
+irdone:
+	RET

@@ -33,3 +33,18 @@ func toBF16(dst []uint16, src []float32) {
 		dst[i] = f32ToBF16(f)
 	}
 }
+
+// interleave writes dst[i] = a[i] | b[i]<<16 for i < len(a).
+func interleave(dst []uint32, a, b []uint16) {
+	for i, x := range a {
+		dst[i] = uint32(x) | uint32(b[i])<<16
+	}
+}
+
+// interleavePanel fills pair rows q < kp of a w-wide panel from bf16 rows:
+// slots[q*w+r] = src[2q*ld+r] | src[(2q+1)*ld+r]<<16 for r < n.
+func interleavePanel(slots []uint32, w int, src []uint16, ld, n, kp int) {
+	for q := 0; q < kp; q++ {
+		interleave(slots[q*w:q*w+n], src[2*q*ld:2*q*ld+n], src[(2*q+1)*ld:(2*q+1)*ld+n])
+	}
+}

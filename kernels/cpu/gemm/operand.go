@@ -174,16 +174,18 @@ func packPanel(ws *workspace, panel []float32, w int, x Operand, off, ld, n, kb 
 			}
 		}
 	} else {
-		for q := 0; q < kp; q++ {
+		q0 := 0
+		if x.BF16 != nil { // whole pairs in one call (a weight as op(B) of dy·W)
+			q0 = kb / 2
+			interleavePanel(slots, w, x.BF16[off:], ld, n, q0)
+		}
+		for q := q0; q < kp; q++ {
 			row := slots[q*w : q*w+n]
 			lo := off + 2*q*ld
 			if x.BF16 != nil {
 				s0 := x.BF16[lo : lo+n]
 				if 2*q+1 < kb {
-					s1 := x.BF16[lo+ld : lo+ld+n]
-					for r := range row {
-						row[r] = uint32(s0[r]) | uint32(s1[r])<<16
-					}
+					interleave(row, s0, x.BF16[lo+ld:lo+ld+n])
 				} else {
 					for r := range row {
 						row[r] = uint32(s0[r])
@@ -307,20 +309,27 @@ func packF32Pairs(scratch []uint16, panel []float32, w int, x []float32, off, ld
 		transposeRuns(panel, w, words, kp, n, kp)
 		return true
 	}
+	// Runs are short (n ≤ 32): copied into 32-wide f32 rows first, so the
+	// conversion always takes whole blocks of 16.
 	t0, t1 := scratch[:32], scratch[32:64]
+	f := unsafe.Slice((*float32)(unsafe.Pointer(&scratch[64])), 64)
+	f0, f1 := f[:32], f[32:]
+	m := (n + 15) &^ 15
+	clear(f0[n:m])
+	clear(f1[n:m])
 	slots := unsafe.Slice((*uint32)(unsafe.Pointer(&panel[0])), kp*w)
 	for q := 0; q < kp; q++ {
 		lo := off + 2*q*ld
-		toBF16(t0[:n], x[lo:lo+n])
+		copy(f0, x[lo:lo+n])
+		toBF16(t0[:m], f0[:m])
 		if 2*q+1 < kb {
-			toBF16(t1[:n], x[lo+ld:lo+ld+n])
+			copy(f1, x[lo+ld:lo+ld+n])
+			toBF16(t1[:m], f1[:m])
 		} else {
 			clear(t1[:n])
 		}
 		row := slots[q*w : q*w+w]
-		for r := 0; r < n; r++ {
-			row[r] = uint32(t0[r]) | uint32(t1[r])<<16
-		}
+		interleave(row[:n], t0[:n], t1[:n])
 		clear(row[n:])
 	}
 	return true
