@@ -92,6 +92,12 @@ func (l *Linear) Forward(tp *tensor.Tape, x *tensor.Tensor) *tensor.Tensor {
 	return tp.Scale(tp.Linear(l.Hidden(tp, x), l.B), l.Scaling)
 }
 
+// AddTo returns y + Forward(x) as one GEMM onto a copy of y
+// (llama.FusedAdapter).
+func (l *Linear) AddTo(tp *tensor.Tape, y, x *tensor.Tensor) *tensor.Tensor {
+	return tp.AddLinear(y, l.Hidden(tp, x), l.B, l.Scaling)
+}
+
 // Hidden is the rank-r activation dropout(x)·Aᵀ.
 func (l *Linear) Hidden(tp *tensor.Tape, x *tensor.Tensor) *tensor.Tensor {
 	return tp.Linear(tp.Dropout(x, l.Dropout, l.set.dropoutSeed(l.Module)), l.A)

@@ -17,17 +17,37 @@ import (
 func init() {
 	bench := &cobra.Command{Use: "bench", Short: "Measure GEMM GFLOP/s and training-step tokens/s on this machine"}
 	var size, reps int
+	var gemmCompute string
 	gemm := &cobra.Command{
-		Use:   "gemm [--size N] [--reps R]",
-		Short: "f32 GEMM N×N×N on the CPU backend",
+		Use:   "gemm [--size N] [--reps R] [--compute f32|bf16|both]",
+		Short: "GEMM N×N×N on the CPU backend, f32 or bf16 compute (both: side by side)",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			fmt.Println(benchmark.GEMM(size, size, size, reps))
+			var dts []kernels.DType
+			switch gemmCompute {
+			case "f32":
+				dts = []kernels.DType{kernels.F32}
+			case "bf16":
+				dts = []kernels.DType{kernels.BF16}
+			case "both":
+				dts = []kernels.DType{kernels.F32, kernels.BF16}
+			default:
+				return fmt.Errorf("bench gemm: --compute %q: want f32, bf16 or both", gemmCompute)
+			}
+			var rs []benchmark.GEMMResult
+			for _, dt := range dts {
+				rs = append(rs, benchmark.GEMM(size, size, size, reps, dt))
+				fmt.Println(rs[len(rs)-1])
+			}
+			if len(rs) == 2 {
+				fmt.Printf("bf16/f32: %.2f×\n", rs[1].GFLOPS/rs[0].GFLOPS)
+			}
 			return nil
 		},
 	}
 	gemm.Flags().IntVar(&size, "size", 1024, "matrix size")
 	gemm.Flags().IntVar(&reps, "reps", 10, "repetitions (the best is reported)")
+	gemm.Flags().StringVar(&gemmCompute, "compute", "f32", "f32, bf16, or both")
 	var o benchmark.StepOptions
 	var compute string
 	step := &cobra.Command{

@@ -17,6 +17,7 @@ import (
 
 // GEMMResult is one GEMM measurement.
 type GEMMResult struct {
+	Compute kernels.DType
 	M, N, K int
 	Reps    int
 	Best    time.Duration
@@ -24,11 +25,12 @@ type GEMMResult struct {
 }
 
 func (r GEMMResult) String() string {
-	return fmt.Sprintf("sgemm %dx%dx%d: %.1f GFLOP/s (best of %d, %v, %d threads)", r.M, r.N, r.K, r.GFLOPS, r.Reps, r.Best, runtime.GOMAXPROCS(0))
+	return fmt.Sprintf("gemm %dx%dx%d, %s compute: %.1f GFLOP/s (best of %d, %v, %d threads)", r.M, r.N, r.K, strings.ToLower(r.Compute.String()), r.GFLOPS, r.Reps, r.Best, runtime.GOMAXPROCS(0))
 }
 
-// GEMM times C = A·B for m×k by k×n f32 matrices on the CPU backend.
-func GEMM(m, n, k, reps int) GEMMResult {
+// GEMM times C = A·B for m×k by k×n f32 matrices on the CPU backend, in
+// compute precision dt (F32, or BF16: operands rounded to bf16, f32 sums).
+func GEMM(m, n, k, reps int, dt kernels.DType) GEMMResult {
 	be := cpu.New()
 	r := rand.New(rand.NewPCG(1, 2))
 	rnd := func(n int) []float32 {
@@ -40,7 +42,7 @@ func GEMM(m, n, k, reps int) GEMMResult {
 	}
 	a, b := be.FromF32(kernels.F32, rnd(m*k)), be.FromF32(kernels.F32, rnd(k*n))
 	c := be.Alloc(kernels.F32, m*n)
-	args := kernels.MatMulArgs{M: m, N: n, K: k, Alpha: 1}
+	args := kernels.MatMulArgs{M: m, N: n, K: k, Alpha: 1, Compute: dt}
 	be.MatMul(a, b, c, args) // warm up (pack buffers, page faults)
 	best := time.Duration(1 << 62)
 	for i := 0; i < reps; i++ {
@@ -48,7 +50,7 @@ func GEMM(m, n, k, reps int) GEMMResult {
 		be.MatMul(a, b, c, args)
 		best = min(best, time.Since(t0))
 	}
-	return GEMMResult{M: m, N: n, K: k, Reps: reps, Best: best, GFLOPS: 2 * float64(m) * float64(n) * float64(k) / best.Seconds() / 1e9}
+	return GEMMResult{Compute: dt, M: m, N: n, K: k, Reps: reps, Best: best, GFLOPS: 2 * float64(m) * float64(n) * float64(k) / best.Seconds() / 1e9}
 }
 
 // TokenizerResult is one tokenizer measurement.

@@ -9,9 +9,13 @@ import (
 )
 
 func BenchmarkMatMul1024(b *testing.B) {
-	for i := 0; i < b.N; i++ {
-		r := GEMM(1024, 1024, 1024, 1)
-		b.ReportMetric(r.GFLOPS, "GFLOP/s")
+	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
+		b.Run(dt.String(), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				r := GEMM(1024, 1024, 1024, 1, dt)
+				b.ReportMetric(r.GFLOPS, "GFLOP/s")
+			}
+		})
 	}
 }
 

@@ -17,6 +17,13 @@ type Adapter interface {
 	Forward(tp *tensor.Tape, x *tensor.Tensor) *tensor.Tensor
 }
 
+// FusedAdapter is an adapter that adds its output to the base layer's
+// output itself (LoRA: one GEMM with C = y), instead of Forward + Add.
+type FusedAdapter interface {
+	Adapter
+	AddTo(tp *tensor.Tape, y, x *tensor.Tensor) *tensor.Tensor
+}
+
 // LowRankAdapter is an adapter of the form s·B·A·x (LoRA), which the fused
 // lm_head loss can fold into its GEMM. Hidden returns x·Aᵀ (after dropout).
 type LowRankAdapter interface {
@@ -215,7 +222,11 @@ func (in *Input) positions() []int32 {
 // linear applies a frozen or trainable projection plus its adapter, if any.
 func (m *Model) linear(tp *tensor.Tape, name string, x, w *tensor.Tensor) *tensor.Tensor {
 	y := tp.Linear(x, w)
-	if a, ok := m.Adapters[name]; ok {
+	switch a := m.Adapters[name].(type) {
+	case nil:
+	case FusedAdapter:
+		y = a.AddTo(tp, y, x)
+	default:
 		y = tp.Add(y, a.Forward(tp, x))
 	}
 	return y
