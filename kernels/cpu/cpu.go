@@ -16,6 +16,9 @@ type Buffer struct {
 	dt   kernels.DType
 	f32  []float32
 	bf16 []uint16
+	// owned: the storage was made by Alloc (not Wrap*), so Free may hand
+	// it to the next Alloc.
+	owned bool
 }
 
 func (b *Buffer) Len() int {
@@ -105,7 +108,10 @@ func (*Backend) Alloc(dt kernels.DType, n int) kernels.Buffer {
 	if dt == kernels.BF16 {
 		return &Buffer{dt: dt, bf16: make([]uint16, n)}
 	}
-	return &Buffer{dt: kernels.F32, f32: make([]float32, n)}
+	if v := recycled.get(n); v != nil {
+		return &Buffer{dt: kernels.F32, f32: v, owned: true}
+	}
+	return &Buffer{dt: kernels.F32, f32: make([]float32, n), owned: true}
 }
 
 func (be *Backend) FromF32(dt kernels.DType, v []float32) kernels.Buffer {
@@ -149,11 +155,67 @@ func (*Backend) Zero(b kernels.Buffer) {
 	clear(cb.bf16)
 }
 
-// Free drops the storage; the Go GC reclaims it.
+// Free drops the storage: a large F32 buffer is kept for the next Alloc of
+// the same length (see bufferCache), others go to the Go GC.
 func (*Backend) Free(b kernels.Buffer) {
 	if cb, ok := b.(*Buffer); ok {
+		if cb.f32 != nil && cb.owned {
+			recycled.put(cb.f32)
+		}
 		cb.f32, cb.bf16 = nil, nil
 	}
+}
+
+// bufferCache keeps freed F32 buffers by length for reuse. A training step
+// frees and allocates the same activation and gradient shapes layer after
+// layer and step after step; reusing them keeps the heap at the live set
+// (the Go collector would let garbage grow to about as much again before a
+// collection) and spares the page faults of fresh memory. Buffers shorter
+// than cacheMin go to the GC; at most cacheMax bytes are kept.
+type bufferCache struct {
+	mu    sync.Mutex
+	free  map[int][][]float32
+	bytes int64
+}
+
+const (
+	cacheMin = 1 << 12 // elements (16 KiB)
+	cacheMax = 1 << 30 // bytes
+)
+
+var recycled = &bufferCache{free: map[int][][]float32{}}
+
+// get returns a zeroed buffer of n elements, or nil.
+func (c *bufferCache) get(n int) []float32 {
+	if n < cacheMin {
+		return nil
+	}
+	c.mu.Lock()
+	l := c.free[n]
+	if len(l) == 0 {
+		c.mu.Unlock()
+		return nil
+	}
+	v := l[len(l)-1]
+	c.free[n] = l[:len(l)-1]
+	c.bytes -= int64(4 * n)
+	c.mu.Unlock()
+	clear(v)
+	return v
+}
+
+func (c *bufferCache) put(v []float32) {
+	n := len(v)
+	if n < cacheMin || cap(v) != n {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bytes+int64(4*n) > cacheMax {
+		return
+	}
+	c.free[n] = append(c.free[n], v)
+	c.bytes += int64(4 * n)
 }
 
 // parallelFor splits [0,n) into contiguous chunks of at least minChunk and runs
