@@ -179,7 +179,7 @@ on_nan: ignore
 		"batch.micro_batch_size: must be >= 1, got 0",
 		"batch.grad_accum: must be >= 1, got -2",
 		`precision.weights: "fp8"`,
-		`precision.compute: "fp16" is not one of bf16, f32`,
+		`precision.compute: "fp16" is not one of auto, bf16, f32`,
 		`device: "tpu"`,
 		"checkpoint.every",
 		"eval.every: 10, but there is no eval data",

@@ -83,8 +83,13 @@ func TestStepModelDirLoRA(t *testing.T) {
 	if r.GFLOPS <= 0 || r.PeakRSS <= 0 || r.Estimate.Total <= 0 || !strings.Contains(r.String(), "FLOP/step") {
 		t.Errorf("result %+v", r)
 	}
-	if _, err := Step(StepOptions{ModelDir: dir, Rows: 1, SeqLen: 16, Compute: kernels.BF16}); err == nil {
-		t.Error("bf16 compute accepted before llama.Model.Compute exists") // TODO(merge): expect success
+	// Side by side: both precisions timed in one run, on the same loss.
+	both, err := Step(StepOptions{ModelDir: dir, Rows: 1, SeqLen: 16, Steps: 1, SideBySide: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if both.MeanF32 <= 0 || both.MeanBF16 <= 0 || !strings.Contains(both.String(), "bf16/f32 tokens/s") {
+		t.Errorf("side by side result %+v", both)
 	}
 }
 
