@@ -130,7 +130,7 @@ func applySet(root *yaml.Node, kv string) error {
 
 // applyEnv applies the LLAMATUNE_* variables of environ (KEY=value strings) in name order.
 // envSwitches are the LLAMATUNE_* variables that are not job keys.
-var envSwitches = map[string]bool{"NO_FUSED": true, "GEMM_NO_AVX512": true, "VMATH_NO_AVX512": true,
+var envSwitches = map[string]bool{"NO_FUSED": true, "GEMM_NO_AVX512": true, "GEMM_NO_BF16": true, "NO_MEMCHECK": true, "VMATH_NO_AVX512": true,
 	"CUDA_LIB_DIR": true, "CUDA_CACHE": true, "CUDA_TF32": true, "BIG": true, "BIG_DIR": true, "BIG_CHILD": true, "GEMM_TUNE": true}
 
 func applyEnv(root *yaml.Node, environ []string) []error {
