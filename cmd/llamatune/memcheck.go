@@ -6,7 +6,6 @@ import (
 	"os"
 	"runtime/debug"
 
-	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/configs"
 	"github.com/llamatune/llamatune/internal/memplan"
 	"github.com/llamatune/llamatune/model/llama"
@@ -25,17 +24,6 @@ func memOptions(job *configs.Job, fileBF16 bool) memplan.Options {
 	}
 }
 
-// fileIsBF16 reports whether the model directory's embedding is stored as
-// bf16 (a safetensors header read; nothing is loaded).
-func fileIsBF16(dir string) bool {
-	r, err := checkpoint.Open(dir)
-	if err != nil {
-		return false
-	}
-	defer r.Close()
-	info, ok := r.Info("model.embed_tokens.weight")
-	return ok && info.DType == "BF16"
-}
 
 // checkMemory prints, as lines starting with prefix, what the job needs —
 // before anything is loaded — and refuses a job that cannot work: a LoRA
@@ -46,7 +34,7 @@ func checkMemory(job *configs.Job, out io.Writer, prefix string) (avail int64, e
 	if err != nil {
 		return 0, fmt.Errorf("model: %w", err)
 	}
-	o := memOptions(job, fileIsBF16(job.Model))
+	o := memOptions(job, memplan.FileBF16(job.Model))
 	if problems := memplan.Check(c, o, job.Model); len(problems) > 0 {
 		return 0, &configs.Error{File: job.File, Problems: problems}
 	}

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/internal/memplan"
 	"github.com/llamatune/llamatune/internal/testutil"
 	"github.com/llamatune/llamatune/kernels"
@@ -230,7 +229,7 @@ func Step(o StepOptions) (StepResult, error) {
 		if m, err = llama.Load(dir, be, dt); err != nil {
 			return res, err
 		}
-		fileBF16 = fileIsBF16(dir)
+		fileBF16 = memplan.FileBF16(dir)
 	} else {
 		res.Name = "random"
 		c := testutil.TinyConfig(o.Vocab)
@@ -369,13 +368,3 @@ func shapeDir(o StepOptions, logf func(string, ...any)) (string, error) {
 	return dir, nil
 }
 
-// fileIsBF16 reports whether dir's embedding is stored as bf16.
-func fileIsBF16(dir string) bool {
-	r, err := checkpoint.Open(dir)
-	if err != nil {
-		return false
-	}
-	defer r.Close()
-	info, ok := r.Info("model.embed_tokens.weight")
-	return ok && info.DType == "BF16"
-}

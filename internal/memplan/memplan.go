@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/model/llama"
 )
 
@@ -365,4 +366,17 @@ func MemAvailable() (int64, error) {
 		}
 	}
 	return 0, errors.New("/proc/meminfo has no MemAvailable")
+}
+
+// FileBF16 reports whether the model directory's embedding is stored as
+// bf16 (a safetensors header read; nothing is loaded): its bf16 weights can
+// then be used in place from the memory map.
+func FileBF16(dir string) bool {
+	r, err := checkpoint.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer r.Close()
+	info, ok := r.Info("model.embed_tokens.weight")
+	return ok && info.DType == "BF16"
 }

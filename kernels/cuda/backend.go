@@ -435,27 +435,25 @@ func (be *Backend) uploadF32(op string, v []float32) (uint64, func()) {
 // asF32 returns b itself when F32, else an F32 scratch copy (widened on the
 // GPU) and its release func.
 func (be *Backend) asF32(op string, b *Buffer) (*Buffer, func()) {
-	if b == nil || b.dt == kernels.F32 {
-		return b, func() {}
-	}
-	w, free := be.tmp(op, kernels.F32, b.n)
-	if b.n > 0 {
-		be.launch1D(op, "bf16_to_f32", b.n, w.ptr, b.ptr, int64(b.n))
-	}
-	return w, free
+	return be.as(op, b, kernels.F32, "bf16_to_f32")
 }
 
 // asBF16 returns b itself when BF16, else a BF16 scratch copy (rounded to
 // nearest even on the GPU) and its release func.
 func (be *Backend) asBF16(op string, b *Buffer) (*Buffer, func()) {
-	if b == nil || b.dt == kernels.BF16 {
+	return be.as(op, b, kernels.BF16, "f32_to_bf16")
+}
+
+// as converts b to dt in scratch with the kernel conv, unless it is dt.
+func (be *Backend) as(op string, b *Buffer, dt kernels.DType, conv string) (*Buffer, func()) {
+	if b == nil || b.dt == dt {
 		return b, func() {}
 	}
-	h, free := be.tmp(op, kernels.BF16, b.n)
+	w, free := be.tmp(op, dt, b.n)
 	if b.n > 0 {
-		be.launch1D(op, "f32_to_bf16", b.n, h.ptr, b.ptr, int64(b.n))
+		be.launch1D(op, conv, b.n, w.ptr, b.ptr, int64(b.n))
 	}
-	return h, free
+	return w, free
 }
 
 // downloadF64 copies n doubles from the device and waits.

@@ -1,0 +1,132 @@
+// Macros shared by the 14×32 AVX-512 micro-kernels (f32 in kernel_amd64.s,
+// bf16 pairs in kernel_bf16_amd64.s): C in DI with row stride DX (bytes),
+// accumulators Z0..Z27 (row i in Z2i, Z2i+1), alpha in Z28, beta in Z29.
+
+// ROW32_BETA(lo, hi): row = alpha*acc + beta*row at (DI), then DI += ldc.
+#define ROW32_BETA(lo, hi) \
+	VMULPS Z28, lo, lo \
+	VMULPS Z28, hi, hi \
+	VFMADD231PS (DI), Z29, lo \
+	VFMADD231PS 64(DI), Z29, hi \
+	VMOVUPS lo, (DI) \
+	VMOVUPS hi, 64(DI) \
+	ADDQ DX, DI
+
+// ROW32(lo, hi): row = alpha*acc (C not read), then DI += ldc.
+#define ROW32(lo, hi) \
+	VMULPS Z28, lo, lo \
+	VMULPS Z28, hi, hi \
+	VMOVUPS lo, (DI) \
+	VMOVUPS hi, 64(DI) \
+	ADDQ DX, DI
+
+// PROLOGUE14x32: warm the C tile (14 rows × 128 bytes) while the k loop
+// runs, and zero the accumulators. Uses R9.
+#define PROLOGUE14x32 \
+	MOVQ DI, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	ADDQ DX, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	ADDQ DX, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	ADDQ DX, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	ADDQ DX, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	ADDQ DX, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	ADDQ DX, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	ADDQ DX, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	ADDQ DX, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	ADDQ DX, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	ADDQ DX, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	ADDQ DX, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	ADDQ DX, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	ADDQ DX, R9 \
+	PREFETCHT0 (R9) \
+	PREFETCHT0 124(R9) \
+	VPXORD Z0, Z0, Z0 \
+	VPXORD Z1, Z1, Z1 \
+	VPXORD Z2, Z2, Z2 \
+	VPXORD Z3, Z3, Z3 \
+	VPXORD Z4, Z4, Z4 \
+	VPXORD Z5, Z5, Z5 \
+	VPXORD Z6, Z6, Z6 \
+	VPXORD Z7, Z7, Z7 \
+	VPXORD Z8, Z8, Z8 \
+	VPXORD Z9, Z9, Z9 \
+	VPXORD Z10, Z10, Z10 \
+	VPXORD Z11, Z11, Z11 \
+	VPXORD Z12, Z12, Z12 \
+	VPXORD Z13, Z13, Z13 \
+	VPXORD Z14, Z14, Z14 \
+	VPXORD Z15, Z15, Z15 \
+	VPXORD Z16, Z16, Z16 \
+	VPXORD Z17, Z17, Z17 \
+	VPXORD Z18, Z18, Z18 \
+	VPXORD Z19, Z19, Z19 \
+	VPXORD Z20, Z20, Z20 \
+	VPXORD Z21, Z21, Z21 \
+	VPXORD Z22, Z22, Z22 \
+	VPXORD Z23, Z23, Z23 \
+	VPXORD Z24, Z24, Z24 \
+	VPXORD Z25, Z25, Z25 \
+	VPXORD Z26, Z26, Z26 \
+	VPXORD Z27, Z27, Z27
+
+// STORE14x32_BETA / STORE14x32: the C update of all 14 rows, then return.
+#define STORE14x32_BETA \
+	ROW32_BETA(Z0, Z1) \
+	ROW32_BETA(Z2, Z3) \
+	ROW32_BETA(Z4, Z5) \
+	ROW32_BETA(Z6, Z7) \
+	ROW32_BETA(Z8, Z9) \
+	ROW32_BETA(Z10, Z11) \
+	ROW32_BETA(Z12, Z13) \
+	ROW32_BETA(Z14, Z15) \
+	ROW32_BETA(Z16, Z17) \
+	ROW32_BETA(Z18, Z19) \
+	ROW32_BETA(Z20, Z21) \
+	ROW32_BETA(Z22, Z23) \
+	ROW32_BETA(Z24, Z25) \
+	ROW32_BETA(Z26, Z27) \
+	VZEROUPPER \
+	RET
+
+#define STORE14x32 \
+	ROW32(Z0, Z1) \
+	ROW32(Z2, Z3) \
+	ROW32(Z4, Z5) \
+	ROW32(Z6, Z7) \
+	ROW32(Z8, Z9) \
+	ROW32(Z10, Z11) \
+	ROW32(Z12, Z13) \
+	ROW32(Z14, Z15) \
+	ROW32(Z16, Z17) \
+	ROW32(Z18, Z19) \
+	ROW32(Z20, Z21) \
+	ROW32(Z22, Z23) \
+	ROW32(Z24, Z25) \
+	ROW32(Z26, Z27) \
+	VZEROUPPER \
+	RET
