@@ -24,7 +24,6 @@ func memOptions(job *configs.Job, fileBF16 bool) memplan.Options {
 	}
 }
 
-
 // checkMemory prints, as lines starting with prefix, what the job needs —
 // before anything is loaded — and refuses a job that cannot work: a LoRA
 // rank or sequence length the model cannot take, or (device cpu) more

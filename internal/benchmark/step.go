@@ -367,4 +367,3 @@ func shapeDir(o StepOptions, logf func(string, ...any)) (string, error) {
 	logf("wrote %s in %v\n", dir, time.Since(t0).Round(time.Second))
 	return dir, nil
 }
-
