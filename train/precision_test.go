@@ -62,3 +62,53 @@ func TestBF16TracksF32(t *testing.T) {
 		t.Fatalf("runs did not learn: f32 %.3f -> %.3f, bf16 %.3f -> %.3f", f32[0], f32[len(f32)-1], bf16[0], bf16[len(bf16)-1])
 	}
 }
+
+// A bf16-compute LoRA run interrupted after step 2 and resumed gives the
+// loss sequence of the uninterrupted bf16 run bit for bit (bf16 compute is
+// as deterministic as f32).
+func TestResumeBitIdenticalBF16(t *testing.T) {
+	modelDir := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: "llama2"})
+	raw, err := os.ReadFile("../testdata/war-and-peace-60k.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataPath := writeText(t, t.TempDir(), string(raw[:8000]), 700)
+	const steps = 4
+	setup := func(out string) setup {
+		s := newSetup(t, modelDir, dataPath, out, "lora", data.SplitTrain)
+		s.model.Compute = kernels.BF16
+		s.opts.MaxSteps, s.opts.OpenEval, s.opts.SaveEvery = steps, nil, 100
+		return s
+	}
+	want, err := train.Run(context.Background(), setup(t.TempDir()).opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	a := setup(out)
+	ctx, cancel := context.WithCancel(context.Background())
+	a.opts.AfterStep = func(m train.StepMetrics) {
+		if m.Step == 2 {
+			cancel()
+		}
+	}
+	first, err := train.Run(ctx, a.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := setup(out)
+	b.opts.Resume = "latest"
+	rest, err := train.Run(context.Background(), b.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := append(first.Losses, rest.Losses...)
+	if len(got) != steps {
+		t.Fatalf("%d losses after resume, want %d", len(got), steps)
+	}
+	for i := range got {
+		if got[i] != want.Losses[i] {
+			t.Fatalf("step %d: resumed bf16 loss %v, uninterrupted %v", i+1, got[i], want.Losses[i])
+		}
+	}
+}
