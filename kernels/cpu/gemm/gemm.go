@@ -525,6 +525,16 @@ func copyFullGo(panel []float32, w int, src []float32, ld, kb int) {
 func transposeRuns(panel []float32, w int, src []float32, ld, n, kb int) {
 	panel = panel[:kb*w]
 	r := 0
+	if n16 := kb / 16; n16 > 0 {
+		// 16 runs × 16 values at a time (AVX-512), the k tail by 4×4.
+		for ; r+16 <= n && transpose16(panel[r:], w, src[r*ld:], ld, n16); r += 16 {
+			if tail := kb - 16*n16; tail > 0 {
+				for q := r; q < r+16; q += 4 {
+					transpose4(panel[16*n16*w+q:], w, src[q*ld+16*n16:], ld, tail)
+				}
+			}
+		}
+	}
 	for ; r+4 <= n; r += 4 {
 		transpose4(panel[r:], w, src[r*ld:], ld, kb)
 	}

@@ -207,3 +207,22 @@ func interleavePanel(slots []uint32, w int, src []uint16, ld, n, kp int) {
 		}
 	}
 }
+
+//go:noescape
+func transpose16Runs(dst *float32, w int, src *float32, ld int, n16 int)
+
+var hasAVX512 = cpu.X86.HasAVX512F
+
+// transpose16 writes panel[p*w+r] = src[r*ld+p] for r < 16, p < 16*n16
+// (see transposeRuns) in AVX-512 16×16 blocks; it reports false where that
+// is not available.
+func transpose16(panel []float32, w int, src []float32, ld, n16 int) bool {
+	if !hasAVX512 || forceGeneric || n16 == 0 {
+		return false
+	}
+	// Bounds the assembly relies on.
+	_ = src[15*ld+16*n16-1]
+	_ = panel[(16*n16-1)*w+15]
+	transpose16Runs(&panel[0], w, &src[0], ld, n16)
+	return true
+}

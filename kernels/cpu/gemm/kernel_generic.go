@@ -48,3 +48,6 @@ func interleavePanel(slots []uint32, w int, src []uint16, ld, n, kp int) {
 		interleave(slots[q*w:q*w+n], src[2*q*ld:2*q*ld+n], src[(2*q+1)*ld:(2*q+1)*ld+n])
 	}
 }
+
+// transpose16 has no portable fast path: transposeRuns uses transpose4.
+func transpose16(panel []float32, w int, src []float32, ld, n16 int) bool { return false }
