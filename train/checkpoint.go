@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -37,8 +38,15 @@ type state struct {
 	Step   int          `json:"step"`
 	Micro  int          `json:"micro_batches"`
 	Cursor *data.Cursor `json:"data_cursor,omitempty"`
+	// ElapsedSec is the training time of the run up to this checkpoint,
+	// summed over every process that worked on it: a resumed run goes on
+	// counting from here (metrics elapsed_sec, ETA).
+	ElapsedSec float64 `json:"elapsed_sec,omitempty"`
 	Meta
 }
+
+// elapsed is the run's training time before this process.
+func (s state) elapsed() time.Duration { return time.Duration(s.ElapsedSec * float64(time.Second)) }
 
 func ckptName(step int) string { return fmt.Sprintf("step-%06d", step) }
 
@@ -50,7 +58,7 @@ func saveCheckpoint(o Options, opt interface {
 		return "", fmt.Errorf("creating %s: %w", root, err)
 	}
 	final := filepath.Join(root, ckptName(st.Step))
-	tmp, err := os.MkdirTemp(root, ".tmp-"+ckptName(st.Step)+"-")
+	tmp, err := os.MkdirTemp(root, tmpPrefix+ckptName(st.Step)[len("step-"):]+"-")
 	if err != nil {
 		return "", fmt.Errorf("creating a temporary checkpoint directory in %s: %w", root, err)
 	}
@@ -155,7 +163,23 @@ func LatestCheckpoint(runDir string) (string, error) {
 	return list[len(list)-1], nil
 }
 
+// resolveResume finds the checkpoint to resume from and checks that it can
+// be read; a broken one is refused with the previous good one named.
 func resolveResume(runDir, resume string) (string, error) {
+	dir, err := findResume(runDir, resume)
+	if err != nil {
+		return "", err
+	}
+	if err := verifyCheckpoint(dir); err != nil {
+		if prev := previousGood(dir); prev != "" {
+			return "", fmt.Errorf("checkpoint %s is corrupt or incomplete (%v); the previous good checkpoint is %s: resume from it with --resume %s (and move the broken one out of checkpoints/)", dir, err, prev, prev)
+		}
+		return "", fmt.Errorf("checkpoint %s is corrupt or incomplete (%v) and no earlier checkpoint of this run can be read; start afresh in a new output_dir", dir, err)
+	}
+	return dir, nil
+}
+
+func findResume(runDir, resume string) (string, error) {
 	if resume == "latest" {
 		return LatestCheckpoint(runDir)
 	}
@@ -166,6 +190,70 @@ func resolveResume(runDir, resume string) (string, error) {
 		return "", fmt.Errorf("--resume %s: not a checkpoint directory (no state.json) nor a run directory with checkpoints", resume)
 	}
 	return resume, nil
+}
+
+// verifyCheckpoint checks that a checkpoint's state.json parses and that its
+// tensor files open (headers valid, sizes matching the files).
+func verifyCheckpoint(dir string) error {
+	if _, err := ReadState(dir); err != nil {
+		return err
+	}
+	for _, name := range []string{"trainable.safetensors", "optimizer.safetensors"} {
+		r, err := checkpoint.Open(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		r.Close()
+	}
+	return nil
+}
+
+// previousGood returns the newest readable checkpoint older than dir in the
+// same checkpoints/ directory, or "".
+func previousGood(dir string) string {
+	list, err := listCheckpoints(filepath.Dir(dir))
+	if err != nil {
+		return ""
+	}
+	for i := len(list) - 1; i >= 0; i-- {
+		if filepath.Base(list[i]) < filepath.Base(dir) && verifyCheckpoint(list[i]) == nil {
+			return list[i]
+		}
+	}
+	return ""
+}
+
+// tmpPrefix starts the name of a checkpoint being written (saveCheckpoint).
+const tmpPrefix = ".tmp-step-"
+
+// cleanTempCheckpoints removes the temporary directories that a save killed
+// mid-way (kill -9, power loss) left in RUN/checkpoints, and says so on log.
+// Only one process trains in a run directory at a time, so none of them is
+// still being written.
+func cleanTempCheckpoints(runDir string, log io.Writer) error {
+	root := filepath.Join(runDir, "checkpoints")
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return fmt.Errorf("listing %s: %w", root, err)
+	}
+	var removed []string
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), tmpPrefix) {
+			continue
+		}
+		p := filepath.Join(root, e.Name())
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("removing the unfinished checkpoint %s: %w (delete it by hand)", p, err)
+		}
+		removed = append(removed, e.Name())
+	}
+	if len(removed) > 0 {
+		fmt.Fprintf(log, "removed %d unfinished checkpoint(s) left by an interrupted save in %s: %s\n", len(removed), root, strings.Join(removed, ", "))
+	}
+	return nil
 }
 
 // ReadState reads a checkpoint's state.json.
@@ -209,6 +297,9 @@ func loadCheckpoint(dir string, o Options, opt interface {
 		}
 		return st, fmt.Errorf("refusing to resume from %s, it belongs to another run: %s", dir, strings.Join(diffs, "; "))
 	}
+	if old, err := os.ReadFile(filepath.Join(dir, "job.yaml")); err == nil && o.Meta.JobYAML != "" {
+		reportChanges(o.Log, dir, st.Step, old, []byte(o.Meta.JobYAML))
+	}
 	r, err := checkpoint.Open(filepath.Join(dir, "trainable.safetensors"))
 	if err != nil {
 		return st, err
@@ -240,28 +331,44 @@ func restore(p *tensor.Tensor, v []float32) {
 	be.Copy(p.Buf, be.FromF32(kernels.F32, v))
 }
 
-// changedKeys lists the key paths whose values differ between two job YAMLs
-// ("data.seq_len: 128 -> 256"), at most 10.
-func changedKeys(a, b []byte) []string {
+// keyChange is one job key whose value differs between two job YAMLs.
+type keyChange struct{ key, old, new string }
+
+func (c keyChange) String() string { return fmt.Sprintf("%s: %s -> %s", c.key, c.old, c.new) }
+
+// jobChanges lists the keys whose values differ between two job YAMLs,
+// sorted by key, and the new job's flattened keys.
+func jobChanges(a, b []byte) ([]keyChange, map[string]string) {
 	var ma, mb any
 	if yaml.Unmarshal(a, &ma) != nil || yaml.Unmarshal(b, &mb) != nil {
-		return nil
+		return nil, nil
 	}
 	fa, fb := map[string]string{}, map[string]string{}
 	flatten("", ma, fa)
 	flatten("", mb, fb)
-	var out []string
+	var out []keyChange
 	for k, v := range fa {
 		if w, ok := fb[k]; !ok || w != v {
-			out = append(out, fmt.Sprintf("%s: %s -> %s", k, v, orNone(w, ok)))
+			out = append(out, keyChange{k, v, orNone(w, ok)})
 		}
 	}
 	for k, w := range fb {
 		if _, ok := fa[k]; !ok {
-			out = append(out, fmt.Sprintf("%s: (none) -> %s", k, w))
+			out = append(out, keyChange{k, "(none)", w})
 		}
 	}
-	sort.Strings(out)
+	sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
+	return out, fb
+}
+
+// changedKeys lists the key paths whose values differ between two job YAMLs
+// ("data.seq_len: 128 -> 256"), at most 10.
+func changedKeys(a, b []byte) []string {
+	ch, _ := jobChanges(a, b)
+	var out []string
+	for _, c := range ch {
+		out = append(out, c.String())
+	}
 	if len(out) > 10 {
 		out = append(out[:10], fmt.Sprintf("and %d more", len(out)-10))
 	}
@@ -291,5 +398,66 @@ func flatten(prefix string, v any, out map[string]string) {
 		}
 	default:
 		out[prefix] = fmt.Sprint(x)
+	}
+}
+
+// What a changed job key does to a resumed run.
+const (
+	keyHarmless = iota // bookkeeping: the trained weights are the same
+	keySchedule        // optimizer/schedule: steps after the checkpoint follow the new value
+	keyBreaks          // changes what every step computes (numerics, batches, RNG)
+)
+
+// classifyKey says what changing key does to a resumed run; next is the new
+// job's flattened keys (schedule.type decides about max_steps).
+func classifyKey(key string, next map[string]string) int {
+	top, _, _ := strings.Cut(key, ".")
+	switch top {
+	case "checkpoint", "eval", "logging", "export", "output_dir":
+		return keyHarmless
+	case "optimizer", "schedule", "on_nan":
+		return keySchedule
+	case "max_steps":
+		// With a constant schedule and no warm-up ratio, max_steps only
+		// says where the run ends.
+		if next["schedule.type"] == "constant" && (next["schedule.warmup_ratio"] == "" || next["schedule.warmup_ratio"] == "0") {
+			return keyHarmless
+		}
+		return keySchedule
+	}
+	return keyBreaks
+}
+
+// reportChanges prints which job keys differ from the checkpoint's job.yaml
+// and whether the resumed run is still exact.
+func reportChanges(log io.Writer, dir string, step int, old, now []byte) {
+	ch, next := jobChanges(old, now)
+	if len(ch) == 0 {
+		return
+	}
+	fmt.Fprintf(log, "resume: the job differs from the one that wrote %s:\n", dir)
+	worst := keyHarmless
+	var sched, breaks []string
+	for _, c := range ch {
+		k := classifyKey(c.key, next)
+		note := "bookkeeping only, does not change the weights"
+		switch k {
+		case keySchedule:
+			note = fmt.Sprintf("optimizer/schedule: steps 1-%d stay as trained, later steps use the new value", step)
+			sched = append(sched, c.key)
+		case keyBreaks:
+			note = "changes what every step computes"
+			breaks = append(breaks, c.key)
+		}
+		worst = max(worst, k)
+		fmt.Fprintf(log, "  %s (%s)\n", c, note)
+	}
+	switch worst {
+	case keyHarmless:
+		fmt.Fprintln(log, "resume: still exact (same weights as an uninterrupted run)")
+	case keySchedule:
+		fmt.Fprintf(log, "resume: NOT exact: the run continues from step %d with the new %s, so it will not match an uninterrupted run of either job; restore the old values for an exact resume\n", step, strings.Join(sched, ", "))
+	default:
+		fmt.Fprintf(log, "resume: NOT exact: %s changed, so steps after %d are computed differently from the checkpointed run; restore the old values for an exact resume\n", strings.Join(breaks, ", "), step)
 	}
 }

@@ -14,8 +14,13 @@ type progress struct {
 	tty   bool
 	total int
 	start time.Time
+	step0 int // step this process started at (a resumed run's checkpoint)
 	drawn bool
 }
+
+// resumed sets the step this process started from: the ETA is the rate of
+// the steps this process made times the steps left.
+func (p *progress) resumed(step int) { p.step0 = step }
 
 func newProgress(w io.Writer, tty bool, total int) *progress {
 	return &progress{w: w, tty: tty, total: total, start: time.Now()}
@@ -23,8 +28,8 @@ func newProgress(w io.Writer, tty bool, total int) *progress {
 
 func (p *progress) step(m StepMetrics) {
 	eta := ""
-	if p.total > 0 && m.Step > 0 {
-		left := time.Duration(float64(time.Since(p.start)) / float64(m.Step) * float64(p.total-m.Step))
+	if done := m.Step - p.step0; p.total > 0 && done > 0 {
+		left := time.Duration(float64(time.Since(p.start)) / float64(done) * float64(p.total-m.Step))
 		eta = " eta " + left.Round(time.Second).String()
 	}
 	evalPart := ""

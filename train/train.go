@@ -149,6 +149,9 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return res, fmt.Errorf("creating run directory: %w", err)
 	}
+	if err := cleanTempCheckpoints(o.OutDir, o.Log); err != nil {
+		return res, err
+	}
 	if o.Resume == "" {
 		if last, err := LatestCheckpoint(o.OutDir); err == nil {
 			return res, fmt.Errorf("run directory %s already holds checkpoints of an earlier run (latest %s): continue it with --resume, or pick another output_dir (or delete that one)", o.OutDir, last)
@@ -207,10 +210,12 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	}
 	prog := newProgress(o.Log, o.TTY, o.MaxSteps)
 	defer prog.done()
-	start := time.Now()
+	prog.resumed(st.Step)
+	start := time.Now().Add(-st.elapsed()) // elapsed_sec goes on across a resume
 	var lastCursor *data.Cursor = cursor
 	save := func() error {
 		st.Cursor = lastCursor
+		st.ElapsedSec = time.Since(start).Seconds()
 		dir, err := saveCheckpoint(o, opt, st)
 		if err != nil {
 			return err
