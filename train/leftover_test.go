@@ -188,3 +188,23 @@ func TestElapsedContinuesAcrossResume(t *testing.T) {
 		t.Fatalf("step-000002 elapsed_sec %v, want ≥ 1000", st2.ElapsedSec)
 	}
 }
+
+// plot on a metrics.jsonl without steps writes no loss.png (not even an
+// empty one) and says why.
+func TestPlotEmptyMetricsWritesNothing(t *testing.T) {
+	run := t.TempDir()
+	if err := os.WriteFile(filepath.Join(run, "metrics.jsonl"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := train.PlotRun(run)
+	if err == nil || !strings.Contains(err.Error(), "no steps") || !strings.Contains(err.Error(), "metrics.jsonl") {
+		t.Fatalf("plot on empty metrics: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(run, "loss.png")); !os.IsNotExist(err) {
+		t.Fatalf("loss.png exists after a failed plot (%v)", err)
+	}
+	ents, _ := os.ReadDir(run)
+	if len(ents) != 1 {
+		t.Fatalf("plot left files behind: %v", ents)
+	}
+}

@@ -2,6 +2,7 @@ package train
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"image"
@@ -100,15 +101,16 @@ func PlotRun(runDir string) (string, error) {
 		return "", err
 	}
 	path := filepath.Join(runDir, "loss.png")
-	f, err := os.Create(path)
-	if err != nil {
-		return "", err
+	// Drawn in memory and written atomically: metrics with no step leave
+	// no file (nor an empty one), and a crash never leaves half a PNG.
+	var buf bytes.Buffer
+	if err := Plot(ms, &buf); err != nil {
+		return "", fmt.Errorf("%w in %s; nothing written (train at least one step first)", err, filepath.Join(runDir, "metrics.jsonl"))
 	}
-	if err := Plot(ms, f); err != nil {
-		f.Close()
-		return "", err
+	if err := writeFileAtomic(path, buf.Bytes()); err != nil {
+		return "", fmt.Errorf("writing %s: %w", path, err)
 	}
-	return path, f.Close()
+	return path, nil
 }
 
 func fill(img *image.RGBA, r image.Rectangle, c color.Color) {
