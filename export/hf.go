@@ -51,16 +51,17 @@ func HF(src Source, outDir string, dtype string, maxShardBytes int64) error {
 		ts = append(ts, checkpoint.WriteTensor{Name: n, DType: dtype, Shape: w.shapes[n],
 			Encode: func() ([]byte, error) { return w.encode(n, enc, 0) }})
 	}
-	if err := os.MkdirAll(outDir, 0o755); err != nil {
-		return fmt.Errorf("export: create output directory %s: %w", outDir, err)
-	}
-	if err := checkpoint.WriteSharded(outDir, ts, maxShardBytes, map[string]string{checkpoint.FormatKey: checkpoint.FormatPyTorch}); err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	if err := writeConfig(w.dirs.ConfigDir, outDir, w.cfg, torchDTypes[dtype]); err != nil {
-		return err
-	}
-	return copyAux(src, w.dirs, outDir, w.cfg)
+	// Written into a temporary directory next to outDir and moved into
+	// place at the end: a failed export leaves no half a model.
+	return writeDirAtomic(outDir, func(tmp string) error {
+		if err := checkpoint.WriteSharded(tmp, ts, maxShardBytes, map[string]string{checkpoint.FormatKey: checkpoint.FormatPyTorch}); err != nil {
+			return fmt.Errorf("export: %w", err)
+		}
+		if err := writeConfig(w.dirs.ConfigDir, tmp, w.cfg, torchDTypes[dtype]); err != nil {
+			return err
+		}
+		return copyAux(src, w.dirs, tmp, w.cfg)
+	})
 }
 
 func describeDirs(src Source) string {
@@ -217,9 +218,10 @@ func PEFT(src Source, outDir string) error {
 			if err != nil {
 				return err
 			}
+			name := "base_model.model." + p.Module + ".lora_" + ab.name + ".weight"
 			tensors = append(tensors, checkpoint.WriteTensor{
-				Name:  "base_model.model." + p.Module + ".lora_" + ab.name + ".weight",
-				DType: info.DType, Shape: info.Shape, Data: data,
+				Name: name, DType: info.DType, Shape: info.Shape,
+				Encode: func() ([]byte, error) { return data, checkFailHook(name) },
 			})
 		}
 	}
@@ -234,5 +236,5 @@ func PEFT(src Source, outDir string) error {
 	if cfg.TaskType == "" {
 		cfg.TaskType = "CAUSAL_LM"
 	}
-	return checkpoint.WritePEFT(outDir, cfg, tensors)
+	return writeDirAtomic(outDir, func(tmp string) error { return checkpoint.WritePEFT(tmp, cfg, tensors) })
 }

@@ -393,6 +393,9 @@ func ggufEncoding(t checkpoint.GGMLType, cols int) encoding {
 // at all). A tensor without a LoRA update is converted a block of rows at a
 // time, so only its encoded bytes are ever in memory whole.
 func (w *weights) encode(name string, e encoding, heads int) ([]byte, error) {
+	if err := checkFailHook(name); err != nil {
+		return nil, err
+	}
 	w.dropPassedThrough()
 	s := w.srcs[name]
 	shape := w.shapes[name]
