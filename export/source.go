@@ -120,6 +120,10 @@ type CheckpointState struct {
 	Step      int64  `json:"step"`
 	Method    string `json:"method"` // "lora" or "full"
 	BaseModel string `json:"base_model"`
+	// ModelHash is llama.Fingerprint of the base model trained on.
+	ModelHash string `json:"model_hash"`
+	// BaseWeights is llama.WeightsFingerprint of that base model.
+	BaseWeights string `json:"base_weights"`
 }
 
 var stepDirRE = regexp.MustCompile(`^step-([0-9]+)$`)
@@ -134,11 +138,25 @@ var stepDirRE = regexp.MustCompile(`^step-([0-9]+)$`)
 //   - an HF model directory of full weights.
 //
 // base, when not empty, overrides the base model recorded in the checkpoint.
+// A base whose llama.Fingerprint differs from the one the checkpoint records
+// is refused (see ResolveOptions.AllowOtherBase).
 func ResolveSource(dir, base string) (Source, error) {
-	return resolve(dir, base, 0)
+	return ResolveSourceWith(dir, base, ResolveOptions{})
 }
 
-func resolve(dir, base string, depth int) (Source, error) {
+// ResolveOptions adjust ResolveSource.
+type ResolveOptions struct {
+	// AllowOtherBase merges into a base model other than the one the
+	// checkpoint was trained on (its fingerprint differs).
+	AllowOtherBase bool
+}
+
+// ResolveSourceWith is ResolveSource with options.
+func ResolveSourceWith(dir, base string, o ResolveOptions) (Source, error) {
+	return resolve(dir, base, 0, o)
+}
+
+func resolve(dir, base string, depth int, o ResolveOptions) (Source, error) {
 	if !isDir(dir) {
 		return Source{}, fmt.Errorf("export: %s does not exist or is not a directory; --from takes a checkpoint, run, adapter or model directory", dir)
 	}
@@ -147,21 +165,21 @@ func resolve(dir, base string, depth int) (Source, error) {
 	}
 	statePath := filepath.Join(dir, StateFile)
 	if isFile(statePath) {
-		return fromState(dir, statePath, base)
+		return fromState(dir, statePath, base, o)
 	}
 	if isFile(filepath.Join(dir, checkpoint.PEFTConfigFile)) {
 		return fromAdapter(dir, base)
 	}
 	if depth == 0 {
 		if final := filepath.Join(dir, "final"); isDir(final) {
-			return resolve(final, base, depth+1)
+			return resolve(final, base, depth+1, o)
 		}
 		if ck := filepath.Join(dir, "checkpoints"); isDir(ck) {
 			step, err := latestStep(ck)
 			if err != nil {
 				return Source{}, err
 			}
-			return resolve(step, base, depth+1)
+			return resolve(step, base, depth+1, o)
 		}
 	}
 	if isFile(filepath.Join(dir, "config.json")) && hasWeights(dir) {
@@ -207,7 +225,7 @@ func latestStep(ck string) (string, error) {
 	return best, nil
 }
 
-func fromState(dir, statePath, base string) (Source, error) {
+func fromState(dir, statePath, base string, o ResolveOptions) (Source, error) {
 	raw, err := os.ReadFile(statePath)
 	if err != nil {
 		return Source{}, fmt.Errorf("export: read %s: %w", statePath, err)
@@ -236,6 +254,9 @@ func fromState(dir, statePath, base string) (Source, error) {
 		if !isFile(filepath.Join(dir, checkpoint.PEFTConfigFile)) {
 			return Source{}, fmt.Errorf("export: %s says method lora but %s has no %s; the checkpoint is incomplete", statePath, dir, checkpoint.PEFTConfigFile)
 		}
+		if err := checkBase(statePath, st, base, o); err != nil {
+			return Source{}, err
+		}
 		return Source{BaseDir: base, AdapterDir: dir}, nil
 	case "full":
 		hfDir := isFile(filepath.Join(dir, "config.json")) && hasWeights(dir)
@@ -245,6 +266,9 @@ func fromState(dir, statePath, base string) (Source, error) {
 			}
 			if base == "" || !isDir(base) {
 				return Source{}, fmt.Errorf("export: %s: base model %q (key base_model) is not a directory here; pass --base DIR", statePath, st.BaseModel)
+			}
+			if err := checkBase(statePath, st, base, o); err != nil {
+				return Source{}, err
 			}
 			return Source{BaseDir: base, WeightsDir: dir}, nil
 		}
@@ -260,6 +284,31 @@ func fromState(dir, statePath, base string) (Source, error) {
 		return Source{BaseDir: base, WeightsDir: dir}, nil
 	}
 	return Source{}, fmt.Errorf("export: %s: method %q is not lora or full", statePath, st.Method)
+}
+
+// checkBase refuses a base model other than the one the checkpoint was
+// trained on: same shapes merge without complaint, but into the wrong
+// weights. Checkpoints without model_hash are not checked.
+func checkBase(statePath string, st CheckpointState, base string, o ResolveOptions) error {
+	if (st.ModelHash == "" && st.BaseWeights == "") || o.AllowOtherBase {
+		return nil
+	}
+	recorded, fingerprint := st.ModelHash, llama.Fingerprint
+	if st.BaseWeights != "" { // by content: catches another base of the same shape
+		recorded, fingerprint = st.BaseWeights, llama.WeightsFingerprint
+	}
+	fp, err := fingerprint(base)
+	if err != nil {
+		return fmt.Errorf("export: fingerprint of base model %s: %w", base, err)
+	}
+	if fp == recorded {
+		return nil
+	}
+	st.ModelHash = recorded
+	if sameDir(base, st.BaseModel) {
+		return fmt.Errorf("export: base model %s has changed since training: fingerprint %s now, %s recorded in %s (config.json or weight files differ); restore the base it was trained on, or pass --allow-other-base to merge anyway", base, fp, st.ModelHash, statePath)
+	}
+	return fmt.Errorf("export: %s was trained on base model %s (fingerprint %s) but --base is %s (fingerprint %s); merging into another base gives wrong weights: pass the base it was trained on, or --allow-other-base to merge anyway", statePath, st.BaseModel, st.ModelHash, base, fp)
 }
 
 func fromAdapter(dir, base string) (Source, error) {

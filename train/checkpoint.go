@@ -15,6 +15,7 @@ import (
 	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/model/llama"
 	"github.com/llamatune/llamatune/tensor"
 )
 
@@ -42,6 +43,9 @@ type state struct {
 	// summed over every process that worked on it: a resumed run goes on
 	// counting from here (metrics elapsed_sec, ETA).
 	ElapsedSec float64 `json:"elapsed_sec,omitempty"`
+	// BaseWeights is llama.WeightsFingerprint of the base model: export
+	// refuses to merge into another base of the same shape.
+	BaseWeights string `json:"base_weights,omitempty"`
 	Meta
 }
 
@@ -64,6 +68,11 @@ func saveCheckpoint(o Options, opt interface {
 	}
 	defer os.RemoveAll(tmp)
 	st.Format, st.Meta = CheckpointFormat, o.Meta
+	if o.Meta.BaseModel != "" {
+		if h, err := llama.WeightsFingerprint(o.Meta.BaseModel); err == nil {
+			st.BaseWeights = h
+		}
+	}
 	// Encoded one tensor at a time as the file is written: with full
 	// fine-tuning the trainable tensors are the whole model.
 	var ts []checkpoint.WriteTensor

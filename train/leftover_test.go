@@ -162,6 +162,9 @@ func TestElapsedContinuesAcrossResume(t *testing.T) {
 	if v, ok := st["elapsed_sec"].(float64); !ok || v <= 0 {
 		t.Fatalf("state.json has no elapsed_sec: %s", raw)
 	}
+	if v, _ := st["base_weights"].(string); v == "" {
+		t.Fatalf("state.json has no base_weights: %s", raw)
+	}
 	st["elapsed_sec"] = 1000.0
 	raw, _ = json.Marshal(st)
 	if err := os.WriteFile(sp, raw, 0o644); err != nil {

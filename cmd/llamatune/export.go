@@ -15,6 +15,7 @@ import (
 
 func init() {
 	var from, format, dtype, out, base, shard string
+	var allowOtherBase bool
 	cmd := &cobra.Command{
 		Use:   "export --from DIR --format hf|peft|gguf [--dtype F32|BF16|F16|Q8_0] --out PATH",
 		Short: "Export fine-tuned weights as Hugging Face safetensors, a PEFT adapter, or GGUF",
@@ -42,7 +43,7 @@ Formats:
 			default:
 				return fmt.Errorf("export: --format %q is not one of hf, peft, gguf", format)
 			}
-			src, err := export.ResolveSource(from, base)
+			src, err := export.ResolveSourceWith(from, base, export.ResolveOptions{AllowOtherBase: allowOtherBase})
 			if err != nil {
 				return err
 			}
@@ -97,6 +98,7 @@ Formats:
 	f.StringVar(&dtype, "dtype", "", "hf: F32|BF16|F16 (default BF16); gguf: F32|F16|BF16|Q8_0 (default F16)")
 	f.StringVar(&out, "out", "", "output directory (hf, peft) or .gguf file (gguf)")
 	f.StringVar(&base, "base", "", "base model directory (overrides the one recorded in the checkpoint or adapter)")
+	f.BoolVar(&allowOtherBase, "allow-other-base", false, "merge into a --base other than the one the checkpoint was trained on (its fingerprint differs)")
 	f.StringVar(&shard, "max-shard-size", "5GB", "hf: largest safetensors shard (e.g. 5GB, 500MB, 2GiB; 0 = one file)")
 	rootCmd.AddCommand(cmd)
 }
