@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -31,7 +32,8 @@ type PreparedWriter struct {
 	rowsPerBatch int
 	rowsPerShard int64
 
-	f       *os.File
+	created bool     // dir did not exist before: Abort removes it
+	f       *os.File // the shard being written, as NAME.tmp
 	w       *ipc.FileWriter
 	b       *array.RecordBuilder
 	inBatch int
@@ -44,23 +46,27 @@ func NewPreparedWriter(dir string, seqLen int, packing bool, padID int, tokenize
 	if seqLen <= 0 {
 		return nil, fmt.Errorf("prepared writer: seq_len must be > 0")
 	}
+	_, statErr := os.Stat(dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %v", dir, err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, preparedManifestName)); err == nil {
 		return nil, fmt.Errorf("%s already holds a prepared dataset; remove it or choose another --out", dir)
 	}
-	w := &PreparedWriter{dir: dir, man: preparedManifest{Format: "llamatune-prepared", Version: 1, SeqLen: seqLen, Packing: packing, PadID: padID, Tokenizer: tokenizer}}
+	w := &PreparedWriter{dir: dir, created: os.IsNotExist(statErr), man: preparedManifest{Format: "llamatune-prepared", Version: 1, SeqLen: seqLen, Packing: packing, PadID: padID, Tokenizer: tokenizer}}
 	w.rowsPerBatch = max(1, (1<<20)/seqLen)              // ~1M tokens per record batch
 	w.rowsPerShard = max(1, int64(32<<20)/int64(seqLen)) // ~32M tokens (~512 MB) per shard
 	return w, nil
 }
 
 func (w *PreparedWriter) openShard() error {
+	// Written as part-NNNNN.arrow.tmp and renamed when complete: a shard
+	// with its final name is always whole.
 	name := fmt.Sprintf("part-%05d.arrow", len(w.man.Shards))
-	f, err := os.Create(filepath.Join(w.dir, name))
+	tmp := filepath.Join(w.dir, name+".tmp")
+	f, err := os.Create(tmp)
 	if err != nil {
-		return fmt.Errorf("create %s: %v", filepath.Join(w.dir, name), err)
+		return fmt.Errorf("create %s: %v", tmp, err)
 	}
 	fw, err := ipc.NewFileWriter(f, ipc.WithSchema(PreparedSchema), ipc.WithAllocator(memory.NewGoAllocator()))
 	if err != nil {
@@ -95,9 +101,50 @@ func (w *PreparedWriter) closeShard() error {
 	if err := w.w.Close(); err != nil {
 		return fmt.Errorf("write %s: %v", w.f.Name(), err)
 	}
+	tmp := w.f.Name()
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %v (is the disk full?)", tmp, err)
+	}
 	err := w.f.Close()
 	w.w, w.f = nil, nil
-	return err
+	if err != nil {
+		return fmt.Errorf("close %s: %v", tmp, err)
+	}
+	final := strings.TrimSuffix(tmp, ".tmp")
+	if err := os.Rename(tmp, final); err != nil {
+		return fmt.Errorf("rename %s to %s: %v", tmp, final, err)
+	}
+	return nil
+}
+
+// Abort stops an unfinished dataset (an error, or the user pressed Ctrl-C)
+// and removes what this writer wrote: the shard being written, the finished
+// shards and, when the writer created it, the directory. Nothing is left
+// that looks like data.
+func (w *PreparedWriter) Abort() error {
+	var first error
+	if w.f != nil {
+		w.w = nil // its footer is never written
+		w.f.Close()
+		if err := os.Remove(w.f.Name()); err != nil && !os.IsNotExist(err) {
+			first = err
+		}
+		w.f = nil
+	}
+	if w.b != nil {
+		w.b.Release()
+		w.b = nil
+	}
+	for _, name := range w.man.Shards {
+		if err := os.Remove(filepath.Join(w.dir, name)); err != nil && !os.IsNotExist(err) && first == nil {
+			first = err
+		}
+	}
+	w.man.Shards = nil
+	if w.created {
+		os.Remove(w.dir) // only if empty
+	}
+	return first
 }
 
 // Write appends the rows of a batch.

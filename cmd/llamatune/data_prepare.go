@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -36,71 +39,92 @@ pass: the rows are split back into their documents and packed again. One pass is
 			if err != nil {
 				return err
 			}
-			train, evalOpts, tok, err := job.options(1)
-			if err != nil {
-				return err
-			}
-			o := train
-			if eval {
-				if evalOpts == nil {
-					return fmt.Errorf("%s: no eval data (set data.eval.fraction or data.eval.datasets)", args[0])
-				}
-				o = *evalOpts
-			}
-			o.Epochs = 1
-			for i := range o.Datasets {
-				o.Datasets[i].Epochs = 1
-			}
-			var bad atomic.Int64
-			o.OnBadRow = func(err error) {
-				if bad.Add(1) <= 5 {
-					fmt.Fprintf(os.Stderr, "skipped: %v\n", err)
-				}
-			}
-			p, err := data.New(o, nil)
-			if err != nil {
-				return err
-			}
-			defer p.Close()
-			tokName := ""
-			if tok != nil {
-				tokName = tok.Kind()
-			}
-			w, err := data.NewPreparedWriter(out, o.SeqLen, o.Packing, p.Options().PadID, tokName)
-			if err != nil {
-				return err
-			}
-			report := newProgress(cmd.ErrOrStderr())
-			start := time.Now()
-			for {
-				b, err := p.Next()
-				if err == io.EOF {
-					break
-				}
-				if err != nil {
-					return err
-				}
-				if err := w.Write(b); err != nil {
-					return err
-				}
-				report(p.Stats(), false)
-			}
-			if err := w.Close(); err != nil {
-				return err
-			}
-			report(p.Stats(), true)
-			s := p.Stats()
-			rows, tokens, trained, shards := w.PreparedSummary()
-			el := time.Since(start).Seconds()
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d rows of %d tokens in %d shard(s); %d examples, %d tokens (%d trained), packing efficiency %.1f%%, %d truncated, %d bad rows skipped; %.0f tokens/s\n",
-				out, rows, o.SeqLen, shards, s.Examples, tokens, trained, 100*s.Efficiency(), s.Truncated, s.BadRows, float64(tokens)/max(el, 1e-9))
-			return nil
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runPrepare(ctx, job, args[0], out, eval, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	cmd.Flags().StringVar(&out, "out", "", "output directory (required; must not hold a prepared dataset)")
 	cmd.Flags().BoolVar(&eval, "eval", false, "prepare the eval data instead of the training data")
 	addSetFlag(cmd)
 	dataCmd.AddCommand(cmd)
+}
+
+// runPrepare writes the prepared dataset of job to out. When ctx is cancelled
+// (Ctrl-C) or anything fails, the shards written so far are removed: out
+// holds either a whole dataset with its manifest or nothing of this run.
+func runPrepare(ctx context.Context, job *dataJob, jobFile, out string, eval bool, stdout, stderr io.Writer) (err error) {
+	train, evalOpts, tok, err := job.options(1)
+	if err != nil {
+		return err
+	}
+	o := train
+	if eval {
+		if evalOpts == nil {
+			return fmt.Errorf("%s: no eval data (set data.eval.fraction or data.eval.datasets)", jobFile)
+		}
+		o = *evalOpts
+	}
+	o.Epochs = 1
+	for i := range o.Datasets {
+		o.Datasets[i].Epochs = 1
+	}
+	var bad atomic.Int64
+	o.OnBadRow = func(err error) {
+		if bad.Add(1) <= 5 {
+			fmt.Fprintf(stderr, "skipped: %v\n", err)
+		}
+	}
+	p, err := data.New(o, nil)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	tokName := ""
+	if tok != nil {
+		tokName = tok.Kind()
+	}
+	w, err := data.NewPreparedWriter(out, o.SeqLen, o.Packing, p.Options().PadID, tokName)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			if aerr := w.Abort(); aerr != nil {
+				fmt.Fprintf(stderr, "data prepare: could not remove the unfinished shards in %s: %v (delete them by hand)\n", out, aerr)
+			} else {
+				fmt.Fprintf(stderr, "data prepare: removed the unfinished shards from %s\n", out)
+			}
+		}
+	}()
+	report := newProgress(stderr)
+	start := time.Now()
+	for {
+		b, err := p.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if err := w.Write(b); err != nil {
+			return err
+		}
+		report(p.Stats(), false)
+		if ctx.Err() != nil {
+			return fmt.Errorf("data prepare: interrupted after %d rows; nothing kept in %s, run it again to prepare the data", p.Stats().Rows, out)
+		}
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	report(p.Stats(), true)
+	s := p.Stats()
+	rows, tokens, trained, shards := w.PreparedSummary()
+	el := time.Since(start).Seconds()
+	fmt.Fprintf(stdout, "wrote %s: %d rows of %d tokens in %d shard(s); %d examples, %d tokens (%d trained), packing efficiency %.1f%%, %d truncated, %d bad rows skipped; %.0f tokens/s\n",
+		out, rows, o.SeqLen, shards, s.Examples, tokens, trained, 100*s.Efficiency(), s.Truncated, s.BadRows, float64(tokens)/max(el, 1e-9))
+	return nil
 }
 
 // newProgress returns a reporter: a progress bar on a terminal, a plain line every 5 s otherwise.
