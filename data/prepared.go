@@ -219,8 +219,8 @@ func (w *PreparedWriter) Close() error {
 	}
 	js, _ := json.MarshalIndent(w.man, "", "  ")
 	tmp := filepath.Join(w.dir, preparedManifestName+".tmp")
-	if err := os.WriteFile(tmp, append(js, '\n'), 0o644); err != nil {
-		return err
+	if err := writeSynced(tmp, append(js, '\n')); err != nil {
+		return fmt.Errorf("write %s: %v", tmp, err)
 	}
 	return os.Rename(tmp, filepath.Join(w.dir, preparedManifestName))
 }
@@ -228,4 +228,21 @@ func (w *PreparedWriter) Close() error {
 // PreparedSummary returns rows, tokens and trained tokens written so far.
 func (w *PreparedWriter) PreparedSummary() (rows, tokens, trained int64, shards int) {
 	return w.man.Rows, w.man.Tokens, w.man.Trained, len(w.man.Shards)
+}
+
+// writeSynced writes b to path and fsyncs it.
+func writeSynced(path string, b []byte) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
