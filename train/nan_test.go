@@ -2,9 +2,11 @@ package train_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"math"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -61,6 +63,41 @@ func TestNaNPolicy(t *testing.T) {
 			if !changed {
 				t.Fatal("step 3 did not update the weights")
 			}
+			checkSkippedMetrics(t, s.opts.OutDir, 2)
 		})
+	}
+}
+
+// checkSkippedMetrics: every metrics.jsonl line is a JSON object, the skipped
+// step's says "skipped": true with a null loss, and the run plots.
+func checkSkippedMetrics(t *testing.T, runDir string, skippedStep int) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(runDir, "metrics.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(raw), "\n"), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("metrics.jsonl has %d lines, want 3:\n%s", len(lines), raw)
+	}
+	for i, line := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("metrics.jsonl line %d %q: %v", i+1, line, err)
+		}
+		skipped := m["step"] == float64(skippedStep)
+		if skipped != (m["skipped"] == true) {
+			t.Fatalf("line %d: skipped = %v, want %v: %s", i+1, m["skipped"], skipped, line)
+		}
+		if loss, ok := m["loss"]; skipped && loss != nil || !skipped && !ok {
+			t.Fatalf("line %d: loss %v: %s", i+1, loss, line)
+		}
+	}
+	png, err := train.PlotRun(runDir)
+	if err != nil {
+		t.Fatalf("plotting a run with a skipped step: %v", err)
+	}
+	if b, err := os.ReadFile(png); err != nil || len(b) < 8 || string(b[1:4]) != "PNG" {
+		t.Fatalf("%s is not a PNG (%d bytes, %v)", png, len(b), err)
 	}
 }

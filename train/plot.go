@@ -30,6 +30,9 @@ func ReadMetrics(runDir string) ([]StepMetrics, error) {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for line := 1; sc.Scan(); line++ {
+		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
+			continue // runs before the skipped-step fix wrote those as blank lines
+		}
 		var m StepMetrics
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
 			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
@@ -40,29 +43,39 @@ func ReadMetrics(runDir string) ([]StepMetrics, error) {
 }
 
 // Plot draws the training loss, the eval loss (dots) and the learning rate
-// (right axis) against the step as a PNG.
+// (right axis) against the step as a PNG. Steps on_nan: skip dropped have no
+// loss: the loss line breaks there and a red tick under the axis marks them.
 func Plot(metrics []StepMetrics, w io.Writer) error {
 	const W, H, pad = 900, 500, 60
 	img := image.NewRGBA(image.Rect(0, 0, W, H))
 	fill(img, img.Bounds(), color.White)
 	var loss, eval, lr [][2]float64
+	var skipped []float64
 	maxStep := 1.0
 	lo, hi, lrMax := math.Inf(1), math.Inf(-1), 0.0
 	for _, m := range metrics {
 		s := float64(m.Step)
 		maxStep = math.Max(maxStep, s)
-		if m.Loss != 0 || m.LR != 0 {
+		if m.Skipped || bad(m.Loss) {
+			skipped = append(skipped, s)
+			loss = append(loss, [2]float64{s, math.NaN()}) // a gap in the line
+		} else if m.Loss != 0 || m.LR != 0 {
 			loss = append(loss, [2]float64{s, m.Loss})
-			lr = append(lr, [2]float64{s, m.LR})
-			lrMax = math.Max(lrMax, m.LR)
 			lo, hi = math.Min(lo, m.Loss), math.Max(hi, m.Loss)
 		}
-		if m.EvalLoss != 0 {
+		if (m.Loss != 0 || m.LR != 0 || m.Skipped) && !bad(m.LR) {
+			lr = append(lr, [2]float64{s, m.LR})
+			lrMax = math.Max(lrMax, m.LR)
+		}
+		if m.EvalLoss != 0 && !bad(m.EvalLoss) {
 			eval = append(eval, [2]float64{s, m.EvalLoss})
 			lo, hi = math.Min(lo, m.EvalLoss), math.Max(hi, m.EvalLoss)
 		}
 	}
-	if len(loss) == 0 && len(eval) == 0 {
+	if math.IsInf(lo, 1) {
+		if len(skipped) > 0 {
+			return fmt.Errorf("plot: every step in the metrics was skipped (non-finite loss): nothing to draw")
+		}
 		return fmt.Errorf("plot: no steps in the metrics")
 	}
 	if hi-lo < 1e-9 {
@@ -79,13 +92,23 @@ func Plot(metrics []StepMetrics, w io.Writer) error {
 		line(img, x(lr[i-1][0]), y(lr[i-1][1], 0, lrMax), x(lr[i][0]), y(lr[i][1], 0, lrMax), green)
 	}
 	for i := 1; i < len(loss); i++ {
-		line(img, x(loss[i-1][0]), y(loss[i-1][1], lo, hi), x(loss[i][0]), y(loss[i][1], lo, hi), blue)
+		if !math.IsNaN(loss[i-1][1]) && !math.IsNaN(loss[i][1]) {
+			line(img, x(loss[i-1][0]), y(loss[i-1][1], lo, hi), x(loss[i][0]), y(loss[i][1], lo, hi), blue)
+		}
+	}
+	red := color.RGBA{214, 39, 40, 255}
+	for _, s := range skipped {
+		fill(img, image.Rect(x(s)-1, H-pad+2, x(s)+2, H-pad+9), red)
 	}
 	for _, p := range eval {
 		cx, cy := x(p[0]), y(p[1], lo, hi)
 		fill(img, image.Rect(cx-3, cy-3, cx+4, cy+4), orange)
 	}
-	text(img, pad, pad-25, "loss (blue), eval loss (orange), learning rate (green, right axis)", color.Black)
+	legend := "loss (blue), eval loss (orange), learning rate (green, right axis)"
+	if len(skipped) > 0 {
+		legend += fmt.Sprintf(", %d skipped steps (red)", len(skipped))
+	}
+	text(img, pad, pad-25, legend, color.Black)
 	text(img, 4, pad+4, fmt.Sprintf("%.3g", hi), axis)
 	text(img, 4, H-pad, fmt.Sprintf("%.3g", lo), axis)
 	text(img, W-pad+4, pad+4, fmt.Sprintf("%.2g", lrMax), green)

@@ -114,12 +114,54 @@ type StepMetrics struct {
 	EvalPPL       float64 `json:"eval_ppl,omitempty"`
 }
 
+// MarshalJSON writes a metrics.jsonl line. JSON has no NaN or infinity: a
+// non-finite loss or grad norm (a step on_nan: skip dropped) is written as
+// null, so every line stays well-formed and "skipped": true says why.
+func (m StepMetrics) MarshalJSON() ([]byte, error) {
+	type plain StepMetrics
+	p := plain(m)
+	p.TokensPerSec, p.ElapsedSec, p.LR = finiteOr0(m.TokensPerSec), finiteOr0(m.ElapsedSec), finiteOr0(m.LR)
+	p.EvalLoss, p.EvalPPL = 0, 0
+	return json.Marshal(struct {
+		Step     int      `json:"step"`
+		Loss     *float64 `json:"loss"`
+		GradNorm *float64 `json:"grad_norm"`
+		plain
+		EvalLoss *float64 `json:"eval_loss,omitempty"`
+		EvalPPL  *float64 `json:"eval_ppl,omitempty"`
+	}{m.Step, finite(m.Loss), finite(m.GradNorm), p, nonZero(m.EvalLoss), nonZero(m.EvalPPL)})
+}
+
+// finite is &x, or nil (JSON null) when x is NaN or infinite.
+func finite(x float64) *float64 {
+	if bad(x) {
+		return nil
+	}
+	return &x
+}
+
+// nonZero is finite(x), or nil when x is 0 (not measured at this step).
+func nonZero(x float64) *float64 {
+	if x == 0 {
+		return nil
+	}
+	return finite(x)
+}
+
+func finiteOr0(x float64) float64 {
+	if bad(x) {
+		return 0
+	}
+	return x
+}
+
 // evalLine is a metrics.jsonl line of an evaluation outside a training step
-// (before the first, after the last): no training fields.
+// (before the first, after the last): no training fields. A non-finite
+// value is null.
 type evalLine struct {
-	Step     int     `json:"step"`
-	EvalLoss float64 `json:"eval_loss"`
-	EvalPPL  float64 `json:"eval_ppl"`
+	Step     int      `json:"step"`
+	EvalLoss *float64 `json:"eval_loss"`
+	EvalPPL  *float64 `json:"eval_ppl"`
 }
 
 // Result summarizes a run.
@@ -196,7 +238,10 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 			return err
 		}
 		res.EvalLosses = append(res.EvalLosses, l)
-		line, _ := json.Marshal(evalLine{Step: step, EvalLoss: l, EvalPPL: math.Exp(l)})
+		line, err := json.Marshal(evalLine{Step: step, EvalLoss: finite(l), EvalPPL: finite(math.Exp(l))})
+		if err != nil {
+			return fmt.Errorf("encoding a metrics.jsonl line: %w", err)
+		}
 		if _, err := metrics.Write(append(line, '\n')); err != nil {
 			return fmt.Errorf("writing metrics.jsonl: %w", err)
 		}
@@ -291,7 +336,10 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 			m.EvalPPL = math.Exp(m.EvalLoss)
 			res.EvalLosses = append(res.EvalLosses, m.EvalLoss)
 		}
-		line, _ := json.Marshal(m)
+		line, err := json.Marshal(m)
+		if err != nil {
+			return res, fmt.Errorf("step %d: encoding its metrics.jsonl line: %w", m.Step, err)
+		}
 		if _, err := metrics.Write(append(line, '\n')); err != nil {
 			return res, fmt.Errorf("writing metrics.jsonl: %w", err)
 		}
