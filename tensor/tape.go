@@ -1,6 +1,7 @@
 package tensor
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/llamatune/llamatune/kernels"
@@ -23,8 +24,32 @@ type Tape struct {
 	// reference) or BF16 (operands rounded to bf16, f32 accumulation; see
 	// package kernels). Tapes made by Recompute inherit it.
 	Compute kernels.DType
-	nodes   []node
-	owned   []kernels.Buffer // intermediate buffers to free on Release
+	// Cancel, when set, is asked between the nodes of Backward and by
+	// models between their layers (Canceled); once it says true, Backward
+	// stops where it is, leaving the leaves' gradients partial: the caller
+	// must drop them (the trainer zeroes them and saves the last whole
+	// step). Tapes made by Recompute do not ask: one layer runs to its end.
+	Cancel   func() bool
+	canceled bool
+	nodes    []node
+	owned    []kernels.Buffer // intermediate buffers to free on Release
+}
+
+// ErrCanceled is what a forward pass returns when the tape's Cancel said
+// stop between layers.
+var ErrCanceled = errors.New("canceled between layers")
+
+// Canceled asks Cancel (false when unset) and remembers a true answer: a
+// forward pass returns ErrCanceled, and after Backward it tells the caller
+// the gradients are partial.
+func (tp *Tape) Canceled() bool {
+	if tp == nil {
+		return false
+	}
+	if !tp.canceled && tp.Cancel != nil && tp.Cancel() {
+		tp.canceled = true
+	}
+	return tp.canceled
 }
 
 type node struct {
@@ -91,6 +116,10 @@ func (tp *Tape) BackwardFrom(out *Tensor, grad kernels.Buffer) {
 func (tp *Tape) backwardAll() {
 	for i := len(tp.nodes) - 1; i >= 0; i-- {
 		n := tp.nodes[i]
+		if tp.Canceled() {
+			tp.dropGrads(i)
+			break
+		}
 		ready := false
 		for _, o := range n.outs {
 			if o.Grad != nil {
@@ -112,6 +141,19 @@ func (tp *Tape) backwardAll() {
 		tp.nodes[i] = node{}
 	}
 	tp.nodes = tp.nodes[:0]
+}
+
+// dropGrads frees the output gradients of nodes[0..i] (Backward canceled).
+func (tp *Tape) dropGrads(i int) {
+	for ; i >= 0; i-- {
+		for _, o := range tp.nodes[i].outs {
+			if !o.leaf && o.Grad != nil {
+				tp.be.Free(o.Grad)
+				o.Grad = nil
+			}
+		}
+		tp.nodes[i] = node{}
+	}
 }
 
 // Release frees every intermediate buffer the tape made. Tensors computed on

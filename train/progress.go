@@ -56,8 +56,10 @@ func (p *progress) step(m StepMetrics) {
 	}
 }
 
+// done ends a drawn status line (before other output, and at the end).
 func (p *progress) done() {
 	if p.drawn {
 		fmt.Fprintln(p.w)
+		p.drawn = false
 	}
 }

@@ -176,8 +176,12 @@ type Result struct {
 // ErrNaN is returned when the loss is not finite and OnNaN is "stop".
 var ErrNaN = errors.New("loss is NaN or infinite")
 
-// Run trains until MaxSteps, the end of the data, or ctx is cancelled (then
-// it saves a checkpoint and returns with Interrupted set).
+// Run trains until MaxSteps, the end of the data, or ctx is cancelled.
+// Cancellation is honoured between micro-batches and, inside one, between
+// decoder layers of the forward and backward passes (tensor.Tape.Cancel):
+// the step under way is dropped, the last completed step is saved (unless a
+// checkpoint of it exists already; nothing when no step completed), and Run
+// returns with Interrupted set and a nil error.
 func Run(ctx context.Context, o Options) (res Result, err error) {
 	if o.GradAccum < 1 {
 		o.GradAccum = 1
@@ -206,6 +210,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	opt := optim.NewAdamW(be, o.Trainable, o.Optim)
 	st := state{}
 	var cursor *data.Cursor
+	saved := 0 // the step whose checkpoint exists (0: none)
 	if o.Resume != "" {
 		dir, err := resolveResume(o.OutDir, o.Resume)
 		if err != nil {
@@ -215,6 +220,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 			return res, err
 		}
 		cursor = st.Cursor
+		saved, res.LastCkpt = st.Step, dir
 		fmt.Fprintf(o.Log, "resumed from %s at step %d\n", dir, st.Step)
 	}
 	batches, err := o.OpenData(cursor)
@@ -265,9 +271,11 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		if err != nil {
 			return err
 		}
-		res.LastCkpt = dir
+		res.LastCkpt, saved = dir, st.Step
 		return nil
 	}
+	freshStart := st.Step == 0
+	cancel := func() bool { return ctx.Err() != nil }
 	for o.MaxSteps <= 0 || st.Step < o.MaxSteps {
 		if ctx.Err() != nil {
 			res.Interrupted = true
@@ -276,7 +284,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		// Gather the step's micro-batches first: the loss is normalized by
 		// the trained-token count of all of them together.
 		var micro []*data.Batch
-		for len(micro) < o.GradAccum {
+		for len(micro) < o.GradAccum && ctx.Err() == nil {
 			b, err := batches.Next()
 			if err == io.EOF {
 				break
@@ -285,6 +293,10 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 				return res, err
 			}
 			micro = append(micro, b)
+		}
+		if ctx.Err() != nil {
+			res.Interrupted = true
+			break
 		}
 		if len(micro) == 0 {
 			if st.Step == 0 {
@@ -303,11 +315,25 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 			if o.LoRA != nil {
 				o.LoRA.SetStep(uint64(st.Micro + i))
 			}
-			l, err := forwardBackward(o.Model.Backend(), o.Loss, b, float64(max(total, 1)), total > 0)
+			l, err := forwardBackward(o.Model.Backend(), o.Loss, b, float64(max(total, 1)), total > 0, cancel)
+			if err != nil && (errors.Is(err, errStopped) || ctx.Err() != nil) {
+				// Stopped inside the step (or its loss failed because of
+				// the stop, e.g. a teacher request): drop the partial
+				// gradients; weights, optimizer, cursor and RNG are still
+				// those of the last completed step.
+				res.Interrupted = true
+				break
+			}
 			if err != nil {
 				return res, err
 			}
 			lossSum += l
+		}
+		if res.Interrupted {
+			opt.ZeroGrad()
+			prog.done()
+			fmt.Fprintf(o.Log, "stopped inside step %d: its partial work is dropped\n", st.Step+1)
+			break
 		}
 		st.Micro += len(micro)
 		lastCursor = &micro[len(micro)-1].Cursor
@@ -357,10 +383,29 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	}
 	res.Steps = st.Step
 	if res.Interrupted {
-		fmt.Fprintf(o.Log, "interrupted at step %d: saving a checkpoint\n", st.Step)
+		prog.done()
 	}
-	if err := save(); err != nil {
-		return res, err
+	switch {
+	case res.Interrupted && st.Step == 0:
+		fmt.Fprintf(o.Log, "interrupted before step 1 completed: nothing to save\n")
+		if freshStart {
+			// Leave nothing a fresh run would trip over (at most an
+			// evaluation before training was logged).
+			metrics.Close()
+			os.Remove(filepath.Join(o.OutDir, "metrics.jsonl"))
+		}
+		return res, nil
+	case st.Step == saved:
+		if res.Interrupted {
+			fmt.Fprintf(o.Log, "interrupted at step %d, whose checkpoint %s is already saved\n", st.Step, res.LastCkpt)
+		}
+	default:
+		if res.Interrupted {
+			fmt.Fprintf(o.Log, "interrupted at step %d: saving its checkpoint\n", st.Step)
+		}
+		if err := save(); err != nil {
+			return res, err
+		}
 	}
 	if o.OpenEval != nil && !res.Interrupted && (o.EvalEvery <= 0 || st.Step%o.EvalEvery != 0) {
 		if err := evalOnly(st.Step, fmt.Sprintf("at step %d", st.Step)); err != nil {
@@ -388,18 +433,30 @@ func countTargets(b *data.Batch) int {
 	return n
 }
 
+// errStopped: forwardBackward was stopped by its cancel func between layers;
+// the gradients it accumulated are partial.
+var errStopped = errors.New("stopped between layers")
+
 // forwardBackward accumulates the gradient of the micro-batch's loss (already
-// divided by the step's normalizer) and returns that loss.
-func forwardBackward(be kernels.Backend, loss LossFunc, b *data.Batch, normalizer float64, backward bool) (float64, error) {
+// divided by the step's normalizer) and returns that loss. cancel is asked
+// between layers (forward and backward); when it says stop, errStopped.
+func forwardBackward(be kernels.Backend, loss LossFunc, b *data.Batch, normalizer float64, backward bool, cancel func() bool) (float64, error) {
 	tp := tensor.NewTape(be)
+	tp.Cancel = cancel
 	defer tp.Release()
 	l, err := loss(tp, b, normalizer)
+	if errors.Is(err, tensor.ErrCanceled) || tp.Canceled() {
+		return 0, errStopped
+	}
 	if err != nil {
 		return 0, err
 	}
 	v := float64(l.Item())
 	if backward && l.RequiresGrad() {
 		tp.Backward(l)
+		if tp.Canceled() {
+			return 0, errStopped
+		}
 	}
 	return v, nil
 }

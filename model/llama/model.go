@@ -245,6 +245,9 @@ func (m *Model) Hidden(tp *tensor.Tape, in *Input) (*tensor.Tensor, error) {
 	args := kernels.AttnArgs{Batch: in.Rows, Tq: in.SeqLen, Tk: in.SeqLen, Heads: c.NumAttentionHeads,
 		KVHeads: c.NumKeyValueHeads, HeadDim: hd, Scale: float32(1 / math.Sqrt(float64(hd))), DocStart: in.DocStart}
 	for i := range m.Layers {
+		if tp.Canceled() { // a stop asked for (tp.Cancel) is honoured between layers
+			return nil, tensor.ErrCanceled
+		}
 		block := func(tp *tensor.Tape, x *tensor.Tensor) *tensor.Tensor {
 			return m.layer(tp, i, x, pos, args, nil)
 		}
@@ -253,6 +256,9 @@ func (m *Model) Hidden(tp *tensor.Tape, in *Input) (*tensor.Tensor, error) {
 		} else {
 			x = block(tp, x)
 		}
+	}
+	if tp.Canceled() {
+		return nil, tensor.ErrCanceled
 	}
 	return tp.RMSNorm(x, m.Norm, float32(c.RMSNormEps)), nil
 }
