@@ -5,8 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -32,7 +31,7 @@ func init() {
 			if job.Distill == nil {
 				return fmt.Errorf("%s: no distill: section; add distill: {teacher: {model: DIR}} (or url:, shards:)", args[0])
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := interruptible(os.Stderr, filepath.Join(job.OutputDir, "checkpoints"))
 			defer stop()
 			_, err = runTrainWith(ctx, job, resume, os.Stdout, runHooks{setup: distillSetup})
 			return err

@@ -19,6 +19,6 @@ var rootCmd = &cobra.Command{
 func main() {
 	if err := rootCmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "llamatune:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err)) // 130/143 for a run a signal stopped
 	}
 }

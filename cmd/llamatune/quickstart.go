@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -85,7 +83,7 @@ func init() {
 		Short: "Tiny model + built-in data on CPU: LoRA fine-tune, export HF/PEFT/GGUF, distil into a smaller student",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := interruptible(os.Stderr, filepath.Join(out, "run*", "checkpoints"))
 			defer stop()
 			_, err := runQuickstart(ctx, out, *sets(cmd), os.Stdout)
 			return err

@@ -6,9 +6,7 @@ import (
 	"io"
 	"math"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -46,7 +44,7 @@ func init() {
 			if cmd.Flags().Changed("resume") && resume == "" {
 				resume = "latest"
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := interruptible(os.Stderr, filepath.Join(job.OutputDir, "checkpoints"))
 			defer stop()
 			_, err = runTrain(ctx, job, resume, os.Stdout)
 			return err
@@ -314,6 +312,10 @@ func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.W
 	if err != nil {
 		return res, err
 	}
+	if res.Interrupted && res.LastCkpt == "" {
+		// Stopped before step 1 completed: no checkpoint, no plot.
+		return res, interruptedBy(ctx, "")
+	}
 	if job.Logging.Plot == nil || *job.Logging.Plot {
 		if path, err := train.PlotRun(job.OutputDir); err == nil {
 			fmt.Fprintln(out, "loss curve:", path)
@@ -322,7 +324,7 @@ func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.W
 	fmt.Fprintln(out, "checkpoint:", res.LastCkpt)
 	if res.Interrupted {
 		fmt.Fprintln(out, "stopped early; continue with --resume")
-		return res, nil
+		return res, interruptedBy(ctx, res.LastCkpt)
 	}
 	return res, exportAll(job, res.LastCkpt, out)
 }
