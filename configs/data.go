@@ -97,8 +97,13 @@ func DecodeData(node *yaml.Node, path string) (Data, error) {
 	if errs := CheckKeys(node, reflect.TypeOf(d), path); len(errs) > 0 {
 		return d, errors.Join(errs...)
 	}
-	if err := node.Decode(&d); err != nil {
-		return d, fmt.Errorf("%s: %v", path, cleanYAMLError(err))
+	if node.Kind == yaml.DocumentNode && len(node.Content) > 0 {
+		node = node.Content[0]
+	}
+	dec := decoder{set: map[string]bool{}}
+	dec.decode(node, reflect.ValueOf(&d).Elem(), path) // as Load: 2.5 for an integer key is an error
+	if len(dec.errs) > 0 {
+		return d, errors.Join(dec.errs...)
 	}
 	return d, nil
 }

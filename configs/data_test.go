@@ -49,8 +49,12 @@ data:
 		}
 	}
 	_, err = parseData(t, "data:\n  seq_len: lots\n")
-	if err == nil || !strings.Contains(err.Error(), "data:") || !strings.Contains(err.Error(), "lots") {
+	if err == nil || !strings.Contains(err.Error(), "data.seq_len (line 2)") || !strings.Contains(err.Error(), "lots") {
 		t.Fatalf("type error: %v", err)
+	}
+	_, err = parseData(t, "data:\n  seq_len: 128.5\n")
+	if err == nil || !strings.Contains(err.Error(), "data.seq_len (line 2): 128.5 is not a whole number") {
+		t.Fatalf("fraction for an integer key: %v", err)
 	}
 }
 

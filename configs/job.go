@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -474,10 +475,38 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			d.fail(path, n, "want %s, got %s", kindName(v.Kind()), nodeKind(n))
 			return
 		}
+		if msg := notWhole(n, v.Kind()); msg != "" {
+			d.fail(path, n, "%s", msg)
+			return
+		}
 		if err := n.Decode(v.Addr().Interface()); err != nil {
 			d.fail(path, n, "want %s, got %q", kindName(v.Kind()), n.Value)
 		}
 	}
+}
+
+// notWhole says what is wrong with a number written for an integer key that yaml would
+// otherwise truncate without a word (2.5 becomes 2), or "" when there is nothing wrong.
+// Whole numbers written as floats (2.0, 1e3) are accepted.
+func notWhole(n *yaml.Node, k reflect.Kind) string {
+	isInt := k >= reflect.Int && k <= reflect.Int64
+	isUint := k >= reflect.Uint && k <= reflect.Uint64
+	if !isInt && !isUint || n.ShortTag() != "!!float" {
+		return ""
+	}
+	var f float64
+	if err := n.Decode(&f); err != nil {
+		return ""
+	}
+	switch {
+	case math.IsNaN(f) || math.IsInf(f, 0):
+		return fmt.Sprintf("%s is not a whole number; write an integer", n.Value)
+	case f != math.Trunc(f):
+		return fmt.Sprintf("%s is not a whole number; write an integer (%d or %d)", n.Value, int64(math.Floor(f)), int64(math.Ceil(f)))
+	case isUint && f < 0:
+		return fmt.Sprintf("want %s, got %s", kindName(k), n.Value)
+	}
+	return ""
 }
 
 func kindName(k reflect.Kind) string {

@@ -469,3 +469,45 @@ func TestPrecisionCompute(t *testing.T) {
 	_, err = Load(tinyJob(t, minimalJob+"precision: {computee: bf16}\n"), nil)
 	mustContain(t, err, "precision.computee", `did you mean "compute"?`)
 }
+
+// Integer keys refuse fractions, wherever the value comes from (yaml alone would make 2.5
+// into 2 without a word); whole numbers written as floats are fine.
+func TestWholeNumbers(t *testing.T) {
+	path := tinyJob(t, minimalJob+`batch:
+  micro_batch_size: 2.5
+lora: {r: 8, layers: [0, 1.5]}
+max_steps: -.inf
+seed: -3.0
+checkpoint: {every: 1e2}
+`)
+	_, err := Load(path, nil)
+	mustContain(t, err,
+		"batch.micro_batch_size (line 7): 2.5 is not a whole number; write an integer (2 or 3)",
+		"lora.layers[1] (line 8): 1.5 is not a whole number",
+		"max_steps (line 9): -.inf is not a whole number",
+		`seed (line 10): want a non-negative integer, got -3.0`)
+	if strings.Contains(err.Error(), "checkpoint.every") {
+		t.Errorf("1e2 is a whole number:\n%v", err)
+	}
+
+	path = tinyJob(t, minimalJob)
+	_, err = Load(path, []string{"batch.micro_batch_size=2.5", "data.datasets[0]={path: train.jsonl, epochs: 1.5}"})
+	mustContain(t, err,
+		"--set batch.micro_batch_size=2.5: batch.micro_batch_size: 2.5 is not a whole number",
+		"--set data.datasets[0]={path: train.jsonl, epochs: 1.5}: data.datasets[0].epochs: 1.5 is not a whole number")
+
+	t.Setenv("LLAMATUNE_BATCH__GRAD_ACCUM", "0.5")
+	_, err = Load(path, nil)
+	mustContain(t, err, "LLAMATUNE_BATCH__GRAD_ACCUM=0.5: batch.grad_accum: 0.5 is not a whole number")
+
+	t.Setenv("LLAMATUNE_BATCH__GRAD_ACCUM", "4.0")
+	SkipFileChecks = true
+	defer func() { SkipFileChecks = false }()
+	j, err := Load(path, []string{"batch.micro_batch_size=2e0", "lora.r=1e1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Batch.GradAccum != 4 || j.Batch.MicroBatchSize != 2 || j.LoRA.R != 10 {
+		t.Errorf("whole numbers written as floats: %+v %+v", j.Batch, j.LoRA)
+	}
+}

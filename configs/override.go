@@ -190,6 +190,17 @@ func applyOverride(root *yaml.Node, segs []segment, value, label string) error {
 		}
 		return fmt.Errorf("%s: %s", label, strings.Join(msgs, "; "))
 	}
+	// Decode the value alone, so that a wrong type or a fraction for an integer key names the
+	// override it came from.
+	dec := decoder{set: map[string]bool{}}
+	dec.decode(val, reflect.New(t).Elem(), path)
+	if len(dec.errs) > 0 {
+		msgs := make([]string, len(dec.errs))
+		for i, e := range dec.errs {
+			msgs[i] = e.Error()
+		}
+		return fmt.Errorf("%s: %s", label, strings.Join(msgs, "; "))
+	}
 	cur := root
 	for i, s := range segs {
 		last := i == len(segs)-1
