@@ -51,4 +51,25 @@ func TestValidateMemoryAndRank(t *testing.T) {
 	if _, err := runTrain(context.Background(), job, "", io.Discard); err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("train: %v", err)
 	}
+
+	// A fraction for an integer key is a validate error naming key and line.
+	out, err = runCLI(t, "validate", writeJob(t, model, "batch: {micro_batch_size: 2.5}\n"))
+	if err == nil || !strings.Contains(out, "batch.micro_batch_size (line 6): 2.5 is not a whole number") {
+		t.Errorf("micro_batch_size 2.5: %v\n%s", err, out)
+	}
+
+	// A sequence longer than the model's context (max_position_embeddings 2048) is refused
+	// too, naming rope scaling as the way to a longer one. (An env override, not --set:
+	// cobra keeps a --set from one Execute to the next in this process.)
+	t.Setenv("LLAMATUNE_DATA__SEQ_LEN", "100000")
+	out, err = runCLI(t, "validate", writeJob(t, model, ""))
+	want = "data.seq_len: 100000 is over max_position_embeddings 2048 of " + model + "/config.json; use data.seq_len <= 2048, or give the model a longer context with rope scaling"
+	if err == nil || !strings.Contains(out, want) {
+		t.Errorf("seq_len 100000: %v; validate output lacks %q:\n%s", err, want, out)
+	}
+	// Both at once: every problem is listed.
+	out, err = runCLI(t, "validate", bad)
+	if err == nil || !strings.Contains(err.Error(), "2 problem(s)") || !strings.Contains(out, "lora.r: 100000") || !strings.Contains(out, "data.seq_len: 100000") {
+		t.Errorf("lora.r and seq_len both too large: %v\n%s", err, out)
+	}
 }
