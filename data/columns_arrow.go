@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -321,12 +322,23 @@ func (b *arrowBinding) row(rec arrow.RecordBatch, i int, ex *Example) error {
 		if ex.Text, ok = strAt(col(b.text), i); !ok {
 			return rowErr(ex.Loc, "column %q is null", name(b.text))
 		}
+		if !utf8.ValidString(ex.Text) {
+			return rowErr(ex.Loc, "column %q is not valid UTF-8; re-encode the text as UTF-8", name(b.text))
+		}
 	case TypePromptCompletion:
 		if ex.Prompt, ok = strAt(col(b.prompt), i); !ok {
 			return rowErr(ex.Loc, "column %q is null", name(b.prompt))
 		}
 		if ex.Completion, ok = strAt(col(b.completion), i); !ok {
 			return rowErr(ex.Loc, "column %q is null", name(b.completion))
+		}
+		for _, c := range []struct {
+			s   string
+			col int
+		}{{ex.Prompt, b.prompt}, {ex.Completion, b.completion}} {
+			if !utf8.ValidString(c.s) {
+				return rowErr(ex.Loc, "column %q is not valid UTF-8; re-encode the text as UTF-8", name(c.col))
+			}
 		}
 	case TypeMessages:
 		a := col(b.messages)
@@ -347,6 +359,9 @@ func (b *arrowBinding) row(rec arrow.RecordBatch, i int, ex *Example) error {
 				return rowErr(ex.Loc, "column %q: message %d has no role", name(b.messages), k-int(s))
 			}
 			c, _ := strAt(contents, k) // null content = empty (e.g. tool-call turns)
+			if !utf8.ValidString(r) || !utf8.ValidString(c) {
+				return rowErr(ex.Loc, "column %q: message %d is not valid UTF-8; re-encode the text as UTF-8", name(b.messages), k-int(s))
+			}
 			ex.Messages = append(ex.Messages, Message{Role: r, Content: c})
 		}
 	case TypeTokenized:

@@ -3,6 +3,7 @@ package data
 import (
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -151,6 +152,24 @@ func (p *Pipeline) Stats() Stats {
 	s.BadRows = p.bad.Load()
 	s.RowsRead = p.rows.Load()
 	return s
+}
+
+// Report says in one line what of the data was not trained as written: rows skipped under
+// bad_rows: skip and documents dropped by truncation: drop (counts so far); "" when none.
+func (p *Pipeline) Report() string {
+	s := p.Stats()
+	var parts []string
+	if s.DroppedLong > 0 {
+		parts = append(parts, fmt.Sprintf("%d documents dropped as longer than seq_len %d (truncation: drop; split or truncate keeps them)",
+			s.DroppedLong, p.o.SeqLen))
+	}
+	if s.BadRows > 0 {
+		parts = append(parts, fmt.Sprintf("%d bad rows skipped (bad_rows: skip)", s.BadRows))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "data: " + strings.Join(parts, "; ")
 }
 
 func (p *Pipeline) start() {

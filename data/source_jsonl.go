@@ -11,6 +11,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
 // maxJSONLLine bounds the memory one line may take.
@@ -203,9 +204,15 @@ func parseJSONLRow(line []byte, typ Type, cols Columns, ex *Example) error {
 		if !ok {
 			return "", rowErr(ex.Loc, "missing key %q (needed for type %s); map it under datasets[].columns", col, typ)
 		}
+		if isJSONNull(raw) {
+			return "", rowErr(ex.Loc, "key %q is null; want a string (give the row its %s or remove it)", col, col)
+		}
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return "", rowErr(ex.Loc, "key %q must be a string, got %s", col, jsonKind(raw))
+		}
+		if err := checkUTF8(raw, s); err != "" {
+			return "", rowErr(ex.Loc, "key %q %s", col, err)
 		}
 		return s, nil
 	}
@@ -263,6 +270,9 @@ func parseJSONLRow(line []byte, typ Type, cols Columns, ex *Example) error {
 			if !ok || json.Unmarshal(rr, &msg.Role) != nil {
 				return rowErr(ex.Loc, "%s[%d]: missing or non-string \"role\"", col, i)
 			}
+			if err := checkUTF8(rr, msg.Role); err != "" {
+				return rowErr(ex.Loc, "%s[%d]: \"role\" %s", col, i, err)
+			}
 			cr, ok := mm["content"]
 			if !ok {
 				cr, ok = mm["value"]
@@ -270,6 +280,9 @@ func parseJSONLRow(line []byte, typ Type, cols Columns, ex *Example) error {
 			if ok && string(cr) != "null" {
 				if json.Unmarshal(cr, &msg.Content) != nil {
 					return rowErr(ex.Loc, "%s[%d]: \"content\" must be a string, got %s", col, i, jsonKind(cr))
+				}
+				if err := checkUTF8(cr, msg.Content); err != "" {
+					return rowErr(ex.Loc, "%s[%d]: \"content\" %s", col, i, err)
 				}
 			}
 			ex.Messages = append(ex.Messages, msg)
@@ -299,6 +312,35 @@ func parseJSONLRow(line []byte, typ Type, cols Columns, ex *Example) error {
 		return fmt.Errorf("unknown example type %q", typ)
 	}
 	return err
+}
+
+func isJSONNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
+
+// checkUTF8 returns what is wrong when the JSON string raw, decoded as s, was not valid UTF-8:
+// encoding/json turns invalid bytes and lone surrogate escapes (\ud800) into U+FFFD without a
+// word, and a model would train on those replacement characters. "" when it was valid.
+func checkUTF8(raw json.RawMessage, s string) string {
+	if !utf8.Valid(raw) {
+		off := 0
+		for off < len(raw) {
+			r, n := utf8.DecodeRune(raw[off:])
+			if r == utf8.RuneError && n == 1 {
+				break
+			}
+			off += n
+		}
+		return fmt.Sprintf("is not valid UTF-8 (byte 0x%02x at offset %d of the value); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)", raw[off], off)
+	}
+	if !strings.ContainsRune(s, utf8.RuneError) {
+		return ""
+	}
+	// Valid bytes, yet U+FFFD came out: legitimate only where the text holds U+FFFD itself.
+	lower := bytes.ToLower(raw)
+	legit := bytes.Count(raw, []byte(string(utf8.RuneError))) + bytes.Count(lower, []byte(`\ufffd`))
+	if strings.Count(s, string(utf8.RuneError)) > legit {
+		return "holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not text; fix the writer of the file"
+	}
+	return ""
 }
 
 func jsonKind(raw json.RawMessage) string {

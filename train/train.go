@@ -228,6 +228,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		return res, err
 	}
 	defer batches.Close()
+	defer reportData(o.Log, batches) // before Close: documents dropped, bad rows skipped
 	metrics, err := os.OpenFile(filepath.Join(o.OutDir, "metrics.jsonl"), os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o644)
 	if err != nil {
 		return res, fmt.Errorf("opening metrics.jsonl: %w", err)

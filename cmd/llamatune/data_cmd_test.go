@@ -52,6 +52,14 @@ train: {ignored: by the data commands}
 	if err != nil || !strings.Contains(out, "trained tokens    6") || !strings.Contains(out, "packing efficiency 56.2%") {
 		t.Fatalf("inspect prepared: %v\n%s", err, out)
 	}
+	// truncation: drop says how many documents it dropped.
+	os.WriteFile(filepath.Join(dir, "long.jsonl"), []byte(`{"input_ids": [1, 5, 6, 7, 2]}`+"\n"+
+		`{"input_ids": [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 2]}`+"\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "job3.yaml"), []byte("data:\n  datasets: [{path: long.jsonl}]\n  seq_len: 16\n  shuffle_buffer: 0\n  truncation: drop\n"), 0o644)
+	out, err = runCLI(t, "data", "inspect", filepath.Join(dir, "job3.yaml"), "-n", "0", "--color", "never")
+	if err != nil || !strings.Contains(out, "dropped (long)    1 (longer than seq_len 16; truncation: drop)") || !strings.Contains(out, "examples          2") {
+		t.Fatalf("inspect drop: %v\n%s", err, out)
+	}
 	// Strict keys in the data section.
 	os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte("data:\n  datasets: [{path: tok.jsonl}]\n  seq_len: 16\n  pakcing: true\n"), 0o644)
 	_, err = runCLI(t, "data", "inspect", filepath.Join(dir, "bad.yaml"))

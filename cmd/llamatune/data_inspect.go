@@ -201,8 +201,8 @@ func printStats(out io.Writer, s data.Stats, o data.Options, limit int64) {
 	fmt.Fprintf(out, "  tokens            %d (%.1f per example)\n", s.Tokens, float64(s.Tokens)/float64(max(1, s.Examples)))
 	fmt.Fprintf(out, "  trained tokens    %d (%.1f%%)\n", s.TrainedTokens, pct(s.TrainedTokens, s.Tokens))
 	fmt.Fprintf(out, "  truncated         %d (policy %s)\n", s.Truncated, o.Truncation)
-	if s.DroppedLong > 0 {
-		fmt.Fprintf(out, "  dropped (long)    %d\n", s.DroppedLong)
+	if s.DroppedLong > 0 || o.Truncation == data.TruncateDrop {
+		fmt.Fprintf(out, "  dropped (long)    %d (longer than seq_len %d; truncation: drop)\n", s.DroppedLong, o.SeqLen)
 	}
 	fmt.Fprintf(out, "  dropped (no loss) %d\n", s.DroppedNoLoss)
 	fmt.Fprintf(out, "  rows              %d\n", s.Rows)
