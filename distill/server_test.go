@@ -79,7 +79,7 @@ func servedKeys(fs *fakeserver.Server) []string {
 func newClient(t *testing.T, fs *fakeserver.Server, info distill.Info, mod func(*distill.ServerOptions)) *distill.Server {
 	t.Helper()
 	o := distill.ServerOptions{BaseURL: fs.URL(), Model: "teacher", Info: info, Concurrency: 3,
-		Timeout: 2 * time.Second, MaxRetries: 4, Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond}
+		Timeout: time.Minute, MaxRetries: 4, Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond}
 	if mod != nil {
 		mod(&o)
 	}
@@ -106,7 +106,7 @@ func TestServerTeacherMatchesInProcess(t *testing.T) {
 		fault fakeserver.Fault
 	}{
 		{"none", fakeserver.Fault{OnRequest: -1}},
-		{"delay", fakeserver.Fault{Kind: fakeserver.Delay, OnRequest: 2, Delay: 2 * time.Second}},
+		{"delay", fakeserver.Fault{Kind: fakeserver.Hang, OnRequest: 2}},
 		{"5xx", fakeserver.Fault{Kind: fakeserver.Status5xx, OnRequest: 1, Status: 502}},
 		{"429", fakeserver.Fault{Kind: fakeserver.Status429, OnRequest: 3}},
 		{"malformed", fakeserver.Fault{Kind: fakeserver.Malformed, OnRequest: 2}},
@@ -121,7 +121,9 @@ func TestServerTeacherMatchesInProcess(t *testing.T) {
 			defer fs.Close()
 			cl := newClient(t, fs, te.Info(), func(o *distill.ServerOptions) {
 				if c.name == "delay" {
-					o.Timeout = 300 * time.Millisecond
+					// The hung request ends only by this timeout; the others must beat it
+					// however loaded the machine (-race on 2 cores: a request takes < 0.5 s).
+					o.Timeout = 3 * time.Second
 				}
 				if c.name == "random" {
 					o.MaxRetries = 20
@@ -155,9 +157,17 @@ func TestServerTeacherErrors(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("exhausted", func(t *testing.T) {
-		for _, kind := range []fakeserver.Kind{fakeserver.Status5xx, fakeserver.Malformed, fakeserver.WrongIDs, fakeserver.Truncated, fakeserver.MissingIDs, fakeserver.Delay} {
-			fs := fakeserver.New(fakeserver.Options{Model: te.Model(), Faults: []fakeserver.Fault{{Kind: kind, Probability: 1, Delay: time.Second}}})
-			cl := newClient(t, fs, te.Info(), func(o *distill.ServerOptions) { o.MaxRetries = 2; o.Timeout = 200 * time.Millisecond })
+		for _, kind := range []fakeserver.Kind{fakeserver.Status5xx, fakeserver.Malformed, fakeserver.WrongIDs, fakeserver.Truncated, fakeserver.MissingIDs, fakeserver.Hang} {
+			fs := fakeserver.New(fakeserver.Options{Model: te.Model(), Faults: []fakeserver.Fault{{Kind: kind, Probability: 1}}})
+			cl := newClient(t, fs, te.Info(), func(o *distill.ServerOptions) {
+				o.MaxRetries = 2
+				if kind == fakeserver.Hang {
+					// Every request hangs until the client's timeout, so the timeout can be
+					// short: no answer has to arrive within it. The other kinds keep the
+					// minute-long default, which a slow answer cannot reach.
+					o.Timeout = 100 * time.Millisecond
+				}
+			})
 			_, err := cl.TopK(ctx, b, 4)
 			fs.Close()
 			if err == nil {
@@ -166,7 +176,7 @@ func TestServerTeacherErrors(t *testing.T) {
 			msg := err.Error()
 			want := map[fakeserver.Kind]string{fakeserver.Status5xx: "HTTP 503", fakeserver.Malformed: "malformed reply",
 				fakeserver.WrongIDs: "was sent", fakeserver.Truncated: "truncated", fakeserver.MissingIDs: "token_id:N",
-				fakeserver.Delay: "timeout"}[kind]
+				fakeserver.Hang: "timeout"}[kind]
 			for _, s := range []string{"giving up after 3 attempts", "row 0 positions", want} {
 				if !strings.Contains(msg, s) {
 					t.Errorf("%v: error %q lacks %q", kind, msg, s)
@@ -201,13 +211,15 @@ func TestServerTeacherErrors(t *testing.T) {
 		}
 	})
 	t.Run("cancel", func(t *testing.T) {
-		fs := fakeserver.New(fakeserver.Options{Model: te.Model(), Faults: []fakeserver.Fault{{Kind: fakeserver.Delay, Probability: 1, Delay: 5 * time.Second}}})
+		// The server never answers and the client's own timeout is a minute: only the
+		// caller's cancel can end TopK, well before that however loaded the machine.
+		fs := fakeserver.New(fakeserver.Options{Model: te.Model(), Faults: []fakeserver.Fault{{Kind: fakeserver.Hang, Probability: 1}}})
 		defer fs.Close()
 		cl := newClient(t, fs, te.Info(), nil)
 		cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 		defer cancel()
 		start := time.Now()
-		if _, err := cl.TopK(cctx, b, 4); err == nil || time.Since(start) > 2*time.Second {
+		if _, err := cl.TopK(cctx, b, 4); err == nil || time.Since(start) > 30*time.Second {
 			t.Fatalf("err %v after %v", err, time.Since(start))
 		}
 	})

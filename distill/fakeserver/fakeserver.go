@@ -34,10 +34,11 @@ const (
 	MissingIDs             // tokens come back as text, not "token_id:N"
 	Truncated              // top_logprobs lists one entry short, and fewer than k candidates
 	Status400              // HTTP 400 (a client error, not retried)
+	Hang                   // no answer until the client gives up (its timeout or cancel) or the server closes
 )
 
 func (k Kind) String() string {
-	return [...]string{"delay", "5xx", "429", "malformed", "wrong-ids", "missing-ids", "truncated", "400"}[k]
+	return [...]string{"delay", "5xx", "429", "malformed", "wrong-ids", "missing-ids", "truncated", "400", "hang"}[k]
 }
 
 // Fault is injected on request number OnRequest (1-based, counting every
@@ -179,6 +180,11 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 			case <-r.Context().Done():
 				return
 			}
+		case Hang:
+			// Whatever the machine's load, only the client ends this request: a test
+			// of its timeout cannot be beaten by a quick answer.
+			<-r.Context().Done()
+			return
 		case Status5xx:
 			code := f.Status
 			if code == 0 {
