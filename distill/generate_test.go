@@ -398,10 +398,7 @@ func (f *fakeChat) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte(`{"choices":[]}`))
 		return
 	case "slow":
-		select {
-		case <-time.After(2 * time.Second):
-		case <-r.Context().Done():
-		}
+		<-r.Context().Done() // only the client's timeout ends it, however loaded the machine
 		return
 	case "400":
 		http.Error(w, `{"error":"max_tokens too large"}`, 400)
@@ -426,8 +423,9 @@ func TestGenerateChatServerRetries(t *testing.T) {
 	}}
 	srv := httptest.NewServer(fc)
 	defer srv.Close()
+	// The timeout is the "slow" prompt's only way out; a real answer takes microseconds.
 	gen, err := distill.NewChatServer(distill.ChatServerOptions{BaseURL: srv.URL, Model: "big-teacher",
-		Timeout: 300 * time.Millisecond, MaxRetries: 3, Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
+		Timeout: 2 * time.Second, MaxRetries: 3, Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
