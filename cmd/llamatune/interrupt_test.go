@@ -108,7 +108,7 @@ optimizer: {lr: 0.01}
 batch: {micro_batch_size: 2}
 max_steps: 1
 device: cpu
-output_dir: run
+output_dir: `+filepath.Join(dir, "run")+`
 `), 0o644)
 	job, err := configs.Load(jobPath, nil)
 	if err != nil {
