@@ -102,13 +102,5 @@ func TestResumeBitIdenticalBF16(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := append(first.Losses, rest.Losses...)
-	if len(got) != steps {
-		t.Fatalf("%d losses after resume, want %d", len(got), steps)
-	}
-	for i := range got {
-		if got[i] != want.Losses[i] {
-			t.Fatalf("step %d: resumed bf16 loss %v, uninterrupted %v", i+1, got[i], want.Losses[i])
-		}
-	}
+	sameLosses(t, append(first.Losses, rest.Losses...), want.Losses)
 }

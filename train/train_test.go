@@ -92,6 +92,20 @@ func newSetupWith(t *testing.T, m *llama.Model, modelDir, dataPath, outDir strin
 	return s
 }
 
+// sameLosses fails unless an interrupted-then-resumed run's losses (got)
+// equal the uninterrupted run's (want) bit for bit.
+func sameLosses(t *testing.T, got, want []float64) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%d losses after resume, want %d", len(got), len(want))
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("step %d: resumed loss %v, uninterrupted %v (all: %v vs %v)", i+1, got[i], want[i], got, want)
+		}
+	}
+}
+
 // A run interrupted after step k and resumed from its checkpoint produces a
 // loss sequence bit-identical to the uninterrupted run.
 func TestResumeBitIdentical(t *testing.T) {
@@ -133,15 +147,7 @@ func TestResumeBitIdentical(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := append(first.Losses, rest.Losses...)
-			if len(got) != steps {
-				t.Fatalf("%d losses after resume, want %d", len(got), steps)
-			}
-			for i := range got {
-				if got[i] != want.Losses[i] {
-					t.Fatalf("step %d: resumed loss %v, uninterrupted %v (all: %v vs %v)", i+1, got[i], want.Losses[i], got, want.Losses)
-				}
-			}
+			sameLosses(t, append(first.Losses, rest.Losses...), want.Losses)
 			// metrics.jsonl holds each step once.
 			lines, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
 			if n := strings.Count(string(lines), "\n"); n != steps {
