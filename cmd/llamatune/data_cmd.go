@@ -3,8 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
@@ -114,3 +116,18 @@ func (j *dataJob) options(batchRows int) (train data.Options, eval *data.Options
 
 // isTerminal reports whether f is a terminal (progress bars, colours).
 func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
+
+// onePass makes o read each dataset once and prints the first five rows it
+// skips as bad to stderr.
+func onePass(o *data.Options, stderr io.Writer) {
+	o.Epochs = 1
+	for i := range o.Datasets {
+		o.Datasets[i].Epochs = 1
+	}
+	var bad atomic.Int64
+	o.OnBadRow = func(err error) {
+		if bad.Add(1) <= 5 {
+			fmt.Fprintf(stderr, "skipped: %v\n", err)
+		}
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -65,16 +64,7 @@ func runPrepare(ctx context.Context, job *dataJob, jobFile, out string, eval boo
 		}
 		o = *evalOpts
 	}
-	o.Epochs = 1
-	for i := range o.Datasets {
-		o.Datasets[i].Epochs = 1
-	}
-	var bad atomic.Int64
-	o.OnBadRow = func(err error) {
-		if bad.Add(1) <= 5 {
-			fmt.Fprintf(stderr, "skipped: %v\n", err)
-		}
-	}
+	onePass(&o, stderr)
 	p, err := data.New(o, nil)
 	if err != nil {
 		return err

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -159,16 +158,7 @@ func runTeacherLogits(ctx context.Context, jobPath string, setList []string, f t
 	if o.Epochs != 1 {
 		fmt.Fprintf(stderr, "note: data.epochs is %d; teacher logits are written for one pass (the shards are re-read each epoch)\n", o.Epochs)
 	}
-	o.Epochs = 1
-	for i := range o.Datasets {
-		o.Datasets[i].Epochs = 1
-	}
-	var bad atomic.Int64
-	o.OnBadRow = func(err error) {
-		if bad.Add(1) <= 5 {
-			fmt.Fprintf(stderr, "skipped: %v\n", err)
-		}
-	}
+	onePass(&o, stderr)
 
 	start := time.Now()
 	var first *distill.ShardProgress
