@@ -1,5 +1,7 @@
 package tensor
 
+import "github.com/llamatune/llamatune/kernels"
+
 // Recompute runs fn(x) without keeping its activations (activation
 // checkpointing): the forward pass runs on a non-recording tape, and the VJP
 // runs fn again on a fresh recording tape from a detached copy of x, then
@@ -28,7 +30,12 @@ func (tp *Tape) Recompute(x *Tensor, fn func(tp *Tape, x *Tensor) *Tensor) *Tens
 	tp.record(func() {
 		sub := NewTape(tp.be)
 		sub.Compute = tp.Compute
-		xd := &Tensor{Name: x.Name, Shape: x.Shape, Buf: x.Buf, be: x.be, requiresGrad: x.requiresGrad, leaf: true}
+		xb := x.Buf
+		if xb.DType() == kernels.BF16 { // kept as a bf16 checkpoint (KeepBF16)
+			xb = sub.alloc(x.Numel())
+			tp.be.Copy(xb, x.Buf)
+		}
+		xd := &Tensor{Name: x.Name, Shape: x.Shape, Buf: xb, be: x.be, requiresGrad: x.requiresGrad, leaf: true}
 		out := fn(sub, xd)
 		sub.BackwardFrom(out, y.Grad)
 		if x.requiresGrad && xd.Grad != nil {
@@ -38,4 +45,25 @@ func (tp *Tape) Recompute(x *Tensor, fn func(tp *Tape, x *Tensor) *Tensor) *Tens
 		sub.Release()
 	}, y)
 	return y
+}
+
+// KeepBF16 stores x, an activation the forward pass reads no more and that
+// is kept only as the input of a Recompute (an activation checkpoint), in
+// bf16 from now on: its f32 buffer is freed, halving what checkpoints hold
+// over a step. Recompute's backward widens it again and recomputes from the
+// rounded values, as bf16 mixed precision does. Only buffers the tape made
+// are converted; anything else is left as it is.
+func (tp *Tape) KeepBF16(x *Tensor) {
+	if x.Buf.DType() == kernels.BF16 {
+		return
+	}
+	for i := len(tp.owned) - 1; i >= 0; i-- {
+		if tp.owned[i] == x.Buf {
+			h := tp.be.Alloc(kernels.BF16, x.Numel())
+			tp.be.Copy(h, x.Buf)
+			tp.be.Free(x.Buf)
+			tp.owned[i], x.Buf = h, h
+			return
+		}
+	}
 }

@@ -20,8 +20,9 @@ import (
 // and the loss a few thousandths of a nat of it.
 const bf16Tolerance = 0.01
 
-// A LoRA run in bf16 (weights and compute) tracks the f32 run's loss curve
-// within bf16Tolerance at every step, and both learn.
+// A LoRA run in bf16 (weights, compute and activation checkpoints) tracks
+// the f32 run's loss curve within bf16Tolerance at every step, and both
+// learn.
 func TestBF16TracksF32(t *testing.T) {
 	modelDir := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: "llama2"})
 	raw, err := os.ReadFile("../testdata/war-and-peace-60k.txt")
@@ -37,6 +38,7 @@ func TestBF16TracksF32(t *testing.T) {
 				t.Fatal(err)
 			}
 			m.Compute = kernels.BF16
+			m.Recompute = true // with bf16 activation checkpoints (tensor.Tape.KeepBF16)
 			s = newSetupWith(t, m, modelDir, dataPath, t.TempDir(), "lora", data.SplitTrain)
 		}
 		s.opts.MaxSteps, s.opts.OpenEval = 12, nil
@@ -76,7 +78,7 @@ func TestResumeBitIdenticalBF16(t *testing.T) {
 	const steps = 4
 	setup := func(out string) setup {
 		s := newSetup(t, modelDir, dataPath, out, "lora", data.SplitTrain)
-		s.model.Compute = kernels.BF16
+		s.model.Compute, s.model.Recompute = kernels.BF16, true
 		s.opts.MaxSteps, s.opts.OpenEval, s.opts.SaveEvery = steps, nil, 100
 		return s
 	}

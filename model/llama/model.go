@@ -252,7 +252,11 @@ func (m *Model) Hidden(tp *tensor.Tape, in *Input) (*tensor.Tensor, error) {
 			return m.layer(tp, i, x, pos, args, nil)
 		}
 		if m.Recompute || tp.NoGrad {
+			prev := x
 			x = tp.Recompute(x, block) // inference: each layer's activations are freed after it
+			if m.Compute == kernels.BF16 && !tp.NoGrad {
+				tp.KeepBF16(prev) // the layer's input is now only its checkpoint: kept in bf16
+			}
 		} else {
 			x = block(tp, x)
 		}
