@@ -8,6 +8,7 @@ import (
 
 	"github.com/llamatune/llamatune/configs"
 	"github.com/llamatune/llamatune/internal/memplan"
+	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/model/llama"
 )
 
@@ -21,6 +22,7 @@ func memOptions(job *configs.Job, fileBF16 bool) memplan.Options {
 		R: job.LoRA.R, Dropout: job.LoRA.Dropout, TargetModules: job.LoRA.TargetModules, Layers: job.LoRA.Layers,
 		FreezeLayers: job.Full.FreezeLayers, FreezeEmbeddings: job.Full.FreezeEmbeddings,
 		SeqLen: job.Data.SeqLen, MicroBatch: job.Batch.MicroBatchSize, Recompute: job.Precision.ActivationCheckpointing,
+		ComputeBF16: computeDType(job) == kernels.BF16,
 	}
 }
 

@@ -180,16 +180,22 @@ func (s *session) makeTrainable() error {
 // setCompute applies the job's precision.compute to a model it loaded (the
 // student, an in-process teacher, a generator).
 func setCompute(job *configs.Job, m *llama.Model) error {
-	m.Compute = kernels.F32
+	m.Compute = computeDType(job)
+	return nil
+}
+
+// computeDType resolves precision.compute: auto is bf16 on CUDA and on a CPU
+// with AVX512_BF16, else f32.
+func computeDType(job *configs.Job) kernels.DType {
 	switch job.Precision.Compute {
 	case "bf16":
-		m.Compute = kernels.BF16
+		return kernels.BF16
 	case "auto":
 		if job.Device == "cuda" || cpu.FastBF16() {
-			m.Compute = kernels.BF16
+			return kernels.BF16
 		}
 	}
-	return nil
+	return kernels.F32
 }
 
 func hasLayerPrefix(name string, layer int) bool {

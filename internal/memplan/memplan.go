@@ -38,6 +38,9 @@ type Options struct {
 
 	SeqLen, MicroBatch int
 	Recompute          bool // activation checkpointing
+	// ComputeBF16: bf16 compute, whose activation checkpoints (each layer's
+	// input but the final norm's) are kept in bf16 (tensor.Tape.KeepBF16).
+	ComputeBF16 bool
 }
 
 // Bytes of one f32 and one bf16 value.
@@ -234,6 +237,10 @@ func Compute(c llama.Config, o Options) Estimate {
 	e.ActivationsFull = sumLayers + outside
 	// Checkpointing keeps each layer's output, and rebuilds one layer at a time.
 	e.ActivationsCkpt = f32*L*T*H + maxLayer + outside
+	if o.ComputeBF16 {
+		// In bf16: the embedding output and every layer output but the last.
+		e.ActivationsCkpt -= (f32 - bf) * L * T * H
+	}
 	e.Recompute = o.Recompute
 	e.Activations = e.ActivationsFull
 	if o.Recompute {

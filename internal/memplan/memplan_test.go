@@ -103,6 +103,14 @@ func TestRefuseFull8B(t *testing.T) {
 	if err := memplan.Compute(c, lora).Fit(24*gib, lora, "24 GiB"); err != nil {
 		t.Errorf("8B LoRA bf16 refused: %v", err)
 	}
+	// bf16 compute keeps the checkpoints (embedding output and every layer
+	// output but the last) in bf16: 2 bytes less each.
+	bf := lora
+	bf.ComputeBF16 = true
+	L, T, H := int64(c.NumHiddenLayers), int64(512), int64(c.HiddenSize)
+	if d := memplan.Compute(c, lora).ActivationsCkpt - memplan.Compute(c, bf).ActivationsCkpt; d != 2*L*T*H {
+		t.Errorf("bf16 checkpoints save %d bytes, want %d", d, 2*L*T*H)
+	}
 	// Without checkpointing the advice includes it.
 	noCkpt := lora
 	noCkpt.Recompute, noCkpt.SeqLen, noCkpt.MicroBatch = false, 8192, 4
