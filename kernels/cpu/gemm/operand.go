@@ -115,106 +115,91 @@ func value(o Operand, i int, round bool) float32 {
 // the panel holds (kb+1)/2 rows of w 32-bit slots: slot [q*w+r] has element
 // (r, 2q) in its low half and (r, 2q+1) in its high half (zero past kb).
 func packPanel(ws *workspace, panel []float32, w int, x Operand, off, ld, n, kb int, alongP, pairs bool) {
-	if x.BF16 != nil && alongP && packBF16Along(ws.scratch(), panel, w, x.BF16, off, ld, n, kb, pairs) {
+	switch {
+	case pairs && x.F32 != nil:
+		packF32Pairs(ws.scratch(), panel, w, x.F32, off, ld, n, kb, alongP)
+		return
+	case pairs:
+		packBF16Pairs(panel, w, x.BF16, off, ld, n, kb, alongP)
+		return
+	case x.BF16 != nil && alongP:
+		packBF16Widen(ws.scratch(), panel, w, x.BF16, off, ld, n, kb)
 		return
 	}
-	if x.F32 != nil && pairs && packF32Pairs(ws.scratch(), panel, w, x.F32, off, ld, n, kb, alongP) {
-		return
+	// f32 panels from f32 rounded to bf16, or from bf16 read across k.
+	panel = panel[:kb*w]
+	conv := func(d []float32, lo, hi, stride int) { // d[j*stride] = x[lo+j], j < hi-lo
+		if x.BF16 != nil {
+			for j, h := range x.BF16[lo:hi] {
+				d[j*stride] = bf16ToF32(h)
+			}
+			return
+		}
+		for j, f := range x.F32[lo:hi] {
+			d[j*stride] = bf16ToF32(f32ToBF16(f))
+		}
 	}
-	if !pairs {
-		panel = panel[:kb*w]
-		conv := func(d []float32, lo, hi, stride int) { // d[j*stride] = x[lo+j], j < hi-lo
-			if x.BF16 != nil {
-				for j, h := range x.BF16[lo:hi] {
-					d[j*stride] = bf16ToF32(h)
-				}
-				return
-			}
-			for j, f := range x.F32[lo:hi] {
-				d[j*stride] = bf16ToF32(f32ToBF16(f))
-			}
-		}
-		if alongP {
-			for r := 0; r < n; r++ {
-				conv(panel[r:], off+r*ld, off+r*ld+kb, w)
-			}
-		} else {
-			for p := 0; p < kb; p++ {
-				conv(panel[p*w:], off+p*ld, off+p*ld+n, 1)
-			}
-		}
-		if n < w {
-			for p := 0; p < kb; p++ {
-				clear(panel[p*w+n : p*w+w])
-			}
-		}
-		return
-	}
-	kp := (kb + 1) / 2
-	slots := unsafe.Slice((*uint32)(unsafe.Pointer(&panel[0])), kp*w)
-	even := kb &^ 1
 	if alongP {
 		for r := 0; r < n; r++ {
-			if x.BF16 != nil {
-				s := x.BF16[off+r*ld : off+r*ld+kb]
-				for q := 0; 2*q+1 < len(s); q++ {
-					slots[q*w+r] = uint32(s[2*q]) | uint32(s[2*q+1])<<16
-				}
-				if kb != even {
-					slots[(kp-1)*w+r] = uint32(s[even])
-				}
-			} else {
-				s := x.F32[off+r*ld : off+r*ld+kb]
-				for q := 0; 2*q+1 < len(s); q++ {
-					slots[q*w+r] = uint32(f32ToBF16(s[2*q])) | uint32(f32ToBF16(s[2*q+1]))<<16
-				}
-				if kb != even {
-					slots[(kp-1)*w+r] = uint32(f32ToBF16(s[even]))
-				}
-			}
+			conv(panel[r:], off+r*ld, off+r*ld+kb, w)
 		}
 	} else {
-		q0 := 0
-		if x.BF16 != nil { // whole pairs in one call (a weight as op(B) of dy·W)
-			q0 = kb / 2
-			interleavePanel(slots, w, x.BF16[off:], ld, n, q0)
+		for p := 0; p < kb; p++ {
+			conv(panel[p*w:], off+p*ld, off+p*ld+n, 1)
 		}
-		for q := q0; q < kp; q++ {
-			row := slots[q*w : q*w+n]
-			lo := off + 2*q*ld
-			if x.BF16 != nil {
-				s0 := x.BF16[lo : lo+n]
-				if 2*q+1 < kb {
-					interleave(row, s0, x.BF16[lo+ld:lo+ld+n])
-				} else {
-					for r := range row {
-						row[r] = uint32(s0[r])
-					}
+	}
+	if n < w {
+		for p := 0; p < kb; p++ {
+			clear(panel[p*w+n : p*w+w])
+		}
+	}
+}
+
+// packBF16Pairs fills a pair panel from bf16 storage. Read along p (a
+// weight W [out, in] as op(B) of x·Wᵀ, the most frequent packing of a LoRA
+// step) a pair is two adjacent values, one 32-bit word, so the panel is a
+// 32-bit transpose (transposeRuns) where the words are aligned; read across
+// p (W as op(B) of dy·W) it interleaves the words of two rows
+// (interleavePanel). An odd last pair has a zero high half.
+func packBF16Pairs(panel []float32, w int, x []uint16, off, ld, n, kb int, alongP bool) {
+	kp, whole := (kb+1)/2, kb/2
+	slots := unsafe.Slice((*uint32)(unsafe.Pointer(&panel[0])), kp*w)
+	switch {
+	case alongP && off%2 == 0 && ld%2 == 0 && whole > 0:
+		words := unsafe.Slice((*float32)(unsafe.Pointer(&x[0])), len(x)/2)
+		transposeRuns(panel, w, words[off/2:], ld/2, n, whole)
+	case alongP:
+		for r := 0; r < n; r++ {
+			s := x[off+r*ld : off+r*ld+2*whole]
+			for q := 0; q < whole; q++ {
+				slots[q*w+r] = uint32(s[2*q]) | uint32(s[2*q+1])<<16
+			}
+		}
+	default:
+		interleavePanel(slots, w, x[off:], ld, n, whole)
+	}
+	if kb%2 == 1 { // the last pair holds one value
+		last := slots[(kp-1)*w : kp*w]
+		for r := range last {
+			last[r] = 0
+			if r < n {
+				i := off + (kb-1)*ld + r
+				if alongP {
+					i = off + r*ld + kb - 1
 				}
-			} else {
-				s0 := x.F32[lo : lo+n]
-				if 2*q+1 < kb {
-					s1 := x.F32[lo+ld : lo+ld+n]
-					for r := range row {
-						row[r] = uint32(f32ToBF16(s0[r])) | uint32(f32ToBF16(s1[r]))<<16
-					}
-				} else {
-					for r := range row {
-						row[r] = uint32(f32ToBF16(s0[r]))
-					}
-				}
+				last[r] = uint32(x[i])
 			}
 		}
 	}
 	if n < w {
-		for q := 0; q < kp; q++ {
+		for q := 0; q < whole; q++ {
 			clear(slots[q*w+n : q*w+w])
 		}
 	}
 }
 
-// packTmp bounds the k values the converting packers take at once
-// (kc ≤ packTmp).
+// packTmp bounds the k values the converting packers take at once (every
+// kernel's kc is at most this).
 const packTmp = 512
 
 // scratch is the worker's conversion buffer for packPanel: 32 runs of
@@ -228,35 +213,11 @@ func (ws *workspace) scratch() []uint16 {
 	return ws.conv
 }
 
-// packBF16Along is packPanel's fast path for bf16 storage read along p — a
-// weight W [out, in] as op(B) of x·Wᵀ, the most frequent packing of a LoRA
-// step. A pair is then two adjacent bf16 values, one 32-bit word, so pair
-// panels are a 32-bit transpose (transposeRuns, 4×4 SSE blocks on amd64);
-// f32 panels widen four runs into a scratch block and transpose that. It
-// reports false where it does not apply (odd offsets, long k blocks).
-func packBF16Along(scratch []uint16, panel []float32, w int, x []uint16, off, ld, n, kb int, pairs bool) bool {
-	if pairs {
-		if off%2 != 0 || ld%2 != 0 || kb < 2 {
-			return false
-		}
-		kp, whole := (kb+1)/2, kb/2
-		words := unsafe.Slice((*float32)(unsafe.Pointer(&x[0])), len(x)/2)
-		transposeRuns(panel, w, words[off/2:], ld/2, n, whole)
-		if kb%2 == 1 { // the last pair holds one value (zero high half)
-			slots := unsafe.Slice((*uint32)(unsafe.Pointer(&panel[0])), kp*w)
-			last := slots[(kp-1)*w : kp*w]
-			for r := range last {
-				last[r] = 0
-				if r < n {
-					last[r] = uint32(x[off+r*ld+kb-1])
-				}
-			}
-		}
-		return true
-	}
-	if kb > packTmp {
-		return false
-	}
+// packBF16Widen fills an f32 panel from bf16 storage read along p (a
+// weight as op(B) of x·Wᵀ in f32 compute): four runs at a time are widened
+// into scratch and transposed (transpose4).
+func packBF16Widen(scratch []uint16, panel []float32, w int, x []uint16, off, ld, n, kb int) {
+	checkPackTmp(kb, n)
 	tmp := unsafe.Slice((*float32)(unsafe.Pointer(&scratch[0])), 4*packTmp)
 	panel = panel[:kb*w]
 	for r := 0; r < n; r += 4 {
@@ -282,18 +243,15 @@ func packBF16Along(scratch []uint16, panel []float32, w int, x []uint16, off, ld
 			clear(panel[p*w+n : p*w+w])
 		}
 	}
-	return true
 }
 
 // packF32Pairs is packPanel's path for f32 storage into pair panels (the
 // activations of a bf16 GEMM): each run is first rounded to bf16 as a whole
 // (toBF16: one vcvtneps2bf16 per 16 values on AVX512_BF16), then the words
 // are paired — by the 32-bit transpose along p, by interleaving two rows
-// otherwise. It reports false for runs wider than its scratch.
-func packF32Pairs(scratch []uint16, panel []float32, w int, x []float32, off, ld, n, kb int, alongP bool) bool {
-	if kb > packTmp || n > 32 {
-		return false
-	}
+// otherwise.
+func packF32Pairs(scratch []uint16, panel []float32, w int, x []float32, off, ld, n, kb int, alongP bool) {
+	checkPackTmp(kb, n)
 	kp := (kb + 1) / 2
 	if alongP {
 		tmp := scratch
@@ -307,7 +265,7 @@ func packF32Pairs(scratch []uint16, panel []float32, w int, x []float32, off, ld
 		}
 		words := unsafe.Slice((*float32)(unsafe.Pointer(&tmp[0])), len(tmp)/2)
 		transposeRuns(panel, w, words, kp, n, kp)
-		return true
+		return
 	}
 	// Runs are short (n ≤ 32): copied into 32-wide f32 rows first, so the
 	// conversion always takes whole blocks of 16.
@@ -332,7 +290,14 @@ func packF32Pairs(scratch []uint16, panel []float32, w int, x []float32, off, ld
 		interleave(row[:n], t0[:n], t1[:n])
 		clear(row[n:])
 	}
-	return true
+}
+
+// checkPackTmp panics unless a block of kb k values and n runs fits the
+// converting packers' scratch (kc ≤ packTmp, register tiles ≤ 32 wide).
+func checkPackTmp(kb, n int) {
+	if kb > packTmp || n > 32 {
+		panic(fmt.Sprintf("gemm: packing %d runs of %d values, scratch holds 32 of %d", n, kb, packTmp))
+	}
 }
 
 // f32ToBF16 rounds to nearest even (NaN stays NaN); the same conversion as
