@@ -362,11 +362,7 @@ func (r *Reader) F32Into(name string, dst []float32) error {
 	if int64(len(dst)) != e.info.NumElements() {
 		return fmt.Errorf("checkpoint: %s: tensor %q has %d elements (shape %v), destination has %d", e.file.path, name, e.info.NumElements(), e.info.Shape, len(dst))
 	}
-	raw, _ := r.Raw(name)
-	if !decodeToF32(dst, raw, e.info.DType) {
-		return fmt.Errorf("checkpoint: %s: tensor %q has dtype %s, which does not convert to float32 (F32, BF16, F16 and F64 do); use Raw", e.file.path, name, e.info.DType)
-	}
-	return nil
+	return r.F32Range(name, 0, dst)
 }
 
 // F32Range widens elements [start, start+len(dst)) of tensor name (counted

@@ -130,3 +130,11 @@ func wantErr(t *testing.T, err error, parts ...string) {
 		}
 	}
 }
+
+func numel(shape []int) int {
+	n := 1
+	for _, d := range shape {
+		n *= d
+	}
+	return n
+}

@@ -88,7 +88,7 @@ func Open(src Source) (*llama.Model, Dirs, error) {
 		return nil, Dirs{}, err
 	}
 	defer w.Close()
-	be := cpu.New()
+	be := w.be
 	params := make(map[string]*tensor.Tensor, len(w.names))
 	for _, n := range w.names {
 		v, err := w.F32(n)

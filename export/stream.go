@@ -298,14 +298,6 @@ func (w *weights) addAdapter(dir string) (checkpoint.AdapterConfig, error) {
 	return cfg, nil
 }
 
-func numel(shape []int) int {
-	n := 1
-	for _, d := range shape {
-		n *= d
-	}
-	return n
-}
-
 // resize returns buf with n elements, reallocated only when it is too short.
 func resize[T any](buf []T, n int) []T {
 	if cap(buf) < n {
@@ -316,7 +308,9 @@ func resize[T any](buf []T, n int) []T {
 
 // F32 returns the exported tensor name as new float32 values.
 func (w *weights) F32(name string) ([]float32, error) {
-	v := make([]float32, numel(w.shapes[name]))
+	s := w.srcs[name]
+	info, _ := s.r.Info(s.key)
+	v := make([]float32, info.NumElements())
 	if err := w.f32Into(name, v); err != nil {
 		return nil, err
 	}
@@ -399,10 +393,10 @@ func (w *weights) encode(name string, e encoding, heads int) ([]byte, error) {
 	w.dropPassedThrough()
 	s := w.srcs[name]
 	shape := w.shapes[name]
-	n := numel(shape)
+	info, _ := s.r.Info(s.key)
+	n := int(info.NumElements())
 	cols := shape[len(shape)-1]
 	rows := n / cols
-	info, _ := s.r.Info(s.key)
 	if s.lora == nil && heads == 0 && info.DType == e.dtype {
 		raw, err := s.r.Raw(s.key)
 		if err != nil {

@@ -15,7 +15,6 @@ import (
 	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/kernels"
-	"github.com/llamatune/llamatune/model/llama"
 	"github.com/llamatune/llamatune/tensor"
 )
 
@@ -68,11 +67,6 @@ func saveCheckpoint(o Options, opt interface {
 	}
 	defer os.RemoveAll(tmp)
 	st.Format, st.Meta = CheckpointFormat, o.Meta
-	if o.Meta.BaseModel != "" {
-		if h, err := llama.WeightsFingerprint(o.Meta.BaseModel); err == nil {
-			st.BaseWeights = h
-		}
-	}
 	// Encoded one tensor at a time as the file is written: with full
 	// fine-tuning the trainable tensors are the whole model.
 	var ts []checkpoint.WriteTensor

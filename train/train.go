@@ -264,6 +264,11 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	defer prog.done()
 	prog.resumed(st.Step)
 	start := time.Now().Add(-st.elapsed()) // elapsed_sec goes on across a resume
+	if o.Meta.BaseModel != "" { // the base's content fingerprint, once for every checkpoint
+		if h, err := llama.WeightsFingerprint(o.Meta.BaseModel); err == nil {
+			st.BaseWeights = h
+		}
+	}
 	var lastCursor *data.Cursor = cursor
 	save := func() error {
 		st.Cursor = lastCursor
@@ -278,10 +283,6 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	freshStart := st.Step == 0
 	cancel := func() bool { return ctx.Err() != nil }
 	for o.MaxSteps <= 0 || st.Step < o.MaxSteps {
-		if ctx.Err() != nil {
-			res.Interrupted = true
-			break
-		}
 		// Gather the step's micro-batches first: the loss is normalized by
 		// the trained-token count of all of them together.
 		var micro []*data.Batch
