@@ -2,6 +2,6 @@
 
 package checkpoint
 
-// syncDir is a no-op where directories cannot be opened for fsync (Windows,
+// SyncDir is a no-op where directories cannot be opened for fsync (Windows,
 // plan9, wasm); the rename itself is still atomic there.
-func syncDir(dir string) error { return nil }
+func SyncDir(dir string) error { return nil }

@@ -8,9 +8,9 @@ import (
 	"syscall"
 )
 
-// syncDir fsyncs a directory so a rename inside it is durable. File systems
+// SyncDir fsyncs a directory so a rename inside it is durable. File systems
 // that cannot fsync a directory (EINVAL, ENOTSUP) are not an error.
-func syncDir(dir string) error {
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -279,7 +279,7 @@ func WriteAtomic(path string, fill func(w io.Writer) error) (err error) {
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("checkpoint: rename %s to %s: %w", tmp.Name(), path, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := SyncDir(dir); err != nil {
 		return fmt.Errorf("checkpoint: fsync directory %s after writing %s: %w", dir, filepath.Base(path), err)
 	}
 	return nil

@@ -22,6 +22,8 @@ import (
 	"golang.org/x/term"
 
 	"github.com/llamatune/llamatune/data"
+
+	"github.com/llamatune/llamatune/checkpoint"
 )
 
 // GenerateManifestName is the file in Generate's output directory that records its progress.
@@ -387,13 +389,9 @@ func writeFileAtomic(path string, b []byte) error {
 	return syncDir(dir)
 }
 
+// syncDir is a best-effort checkpoint.SyncDir: its error is not reported.
 func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return nil
-	}
-	defer d.Close()
-	d.Sync() // not supported everywhere; best effort
+	checkpoint.SyncDir(dir)
 	return nil
 }
 

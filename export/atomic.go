@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/llamatune/llamatune/checkpoint"
 )
 
 // failHook, when set (tests only), is called before each tensor is written;
@@ -58,7 +60,7 @@ func writeDirAtomic(outDir string, fill func(tmp string) error) (err error) {
 				return fmt.Errorf("export: move %s into %s: %w", f.Name(), outDir, err)
 			}
 		}
-		syncDir(outDir)
+		checkpoint.SyncDir(outDir)
 		return os.RemoveAll(tmp)
 	} else if rerr == nil {
 		if err := os.Remove(outDir); err != nil {
@@ -68,13 +70,6 @@ func writeDirAtomic(outDir string, fill func(tmp string) error) (err error) {
 	if err := os.Rename(tmp, outDir); err != nil {
 		return fmt.Errorf("export: move %s to %s: %w", tmp, outDir, err)
 	}
-	syncDir(parent)
+	checkpoint.SyncDir(parent)
 	return nil
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }

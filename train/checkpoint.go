@@ -98,7 +98,7 @@ func saveCheckpoint(o Options, opt interface {
 	if err := os.Rename(tmp, final); err != nil {
 		return "", fmt.Errorf("moving checkpoint into place: %w", err)
 	}
-	syncDir(root)
+	checkpoint.SyncDir(root)
 	if o.KeepLast > 0 {
 		if err := prune(root, o.KeepLast); err != nil {
 			return "", err
@@ -109,13 +109,6 @@ func saveCheckpoint(o Options, opt interface {
 
 func writeFileAtomic(path string, b []byte) error {
 	return checkpoint.WriteAtomic(path, func(w io.Writer) error { _, err := w.Write(b); return err })
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }
 
 // prune keeps the newest keep checkpoints.

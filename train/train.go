@@ -264,7 +264,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	defer prog.done()
 	prog.resumed(st.Step)
 	start := time.Now().Add(-st.elapsed()) // elapsed_sec goes on across a resume
-	if o.Meta.BaseModel != "" { // the base's content fingerprint, once for every checkpoint
+	if o.Meta.BaseModel != "" {            // the base's content fingerprint, once for every checkpoint
 		if h, err := llama.WeightsFingerprint(o.Meta.BaseModel); err == nil {
 			st.BaseWeights = h
 		}
