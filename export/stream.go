@@ -128,23 +128,12 @@ func (w *weights) Close() error {
 // openBase reads the model directory's config and checks its tensors as
 // llama.Load does (a checkpoint without lm_head.weight is tied).
 func (w *weights) openBase(dir string) error {
-	cfg, err := llama.LoadConfig(dir)
-	if err != nil {
-		return fmt.Errorf("export: load %s: %w", dir, err)
-	}
-	r, err := checkpoint.Open(dir)
+	cfg, r, names, shapes, err := llama.OpenChecked(dir)
 	if err != nil {
 		return fmt.Errorf("export: load %s: %w", dir, err)
 	}
 	w.readers = append(w.readers, r)
-	if _, ok := r.Info("lm_head.weight"); !ok && !cfg.TieWordEmbeddings {
-		cfg.TieWordEmbeddings = true
-	}
-	names, shapes := llama.ParamShapes(cfg)
 	for _, n := range names {
-		if err := r.Expect(n, shapes[n]); err != nil {
-			return fmt.Errorf("export: load %s: %w (config.json: %s)", dir, err, filepath.Join(dir, "config.json"))
-		}
 		if err := floatTensor(r, n); err != nil {
 			return fmt.Errorf("export: load %s: %w", dir, err)
 		}

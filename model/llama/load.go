@@ -29,11 +29,7 @@ import (
 // tensors are converted one at a time (F16 and F32 rounded to bf16), so the
 // model is never held in f32 as a whole on the way.
 func Load(dir string, be kernels.Backend, dt kernels.DType) (*Model, error) {
-	cfg, err := LoadConfig(dir)
-	if err != nil {
-		return nil, err
-	}
-	r, err := checkpoint.Open(dir)
+	cfg, r, names, shapes, err := OpenChecked(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -43,17 +39,10 @@ func Load(dir string, be kernels.Backend, dt kernels.DType) (*Model, error) {
 			r.Close()
 		}
 	}()
-	if _, ok := r.Info("lm_head.weight"); !ok && !cfg.TieWordEmbeddings {
-		cfg.TieWordEmbeddings = true
-	}
 	hm, _ := be.(kernels.HostMapper)
-	names, shapes := ParamShapes(cfg)
 	params := map[string]*tensor.Tensor{}
 	mapped := 0
 	for _, n := range names {
-		if err := r.Expect(n, shapes[n]); err != nil {
-			return nil, fmt.Errorf("%w (config.json: %s)", err, filepath.Join(dir, "config.json"))
-		}
 		var buf kernels.Buffer
 		switch info, _ := r.Info(n); {
 		case dt == kernels.BF16 && hm != nil && info.DType == "BF16":
@@ -87,6 +76,34 @@ func Load(dir string, be kernels.Backend, dt kernels.DType) (*Model, error) {
 		m.mapping = r
 	}
 	return m, nil
+}
+
+// OpenChecked reads dir's config.json and opens its weights (single or
+// sharded safetensors), checking that every parameter it implies is there
+// with its shape; errors name the file and key. A checkpoint without
+// lm_head.weight is read as tied embeddings, as transformers does. It
+// returns the parameter names in HF order with their shapes; the caller
+// closes the reader.
+func OpenChecked(dir string) (Config, *checkpoint.Reader, []string, map[string][]int, error) {
+	cfg, err := LoadConfig(dir)
+	if err != nil {
+		return cfg, nil, nil, nil, err
+	}
+	r, err := checkpoint.Open(dir)
+	if err != nil {
+		return cfg, nil, nil, nil, err
+	}
+	if _, ok := r.Info("lm_head.weight"); !ok {
+		cfg.TieWordEmbeddings = true
+	}
+	names, shapes := ParamShapes(cfg)
+	for _, n := range names {
+		if err := r.Expect(n, shapes[n]); err != nil {
+			r.Close()
+			return cfg, nil, nil, nil, fmt.Errorf("%w (config.json: %s)", err, filepath.Join(dir, "config.json"))
+		}
+	}
+	return cfg, r, names, shapes, nil
 }
 
 // mappedBF16 views tensor n's bytes in the memory map as bf16 values, or
