@@ -39,7 +39,10 @@ func ParseKind(s string) (kernels.KDKind, error) {
 // teacher on every trained position of the batch (the same next-token targets
 // as cross-entropy: labels shifted within each document). A DenseTeacher is
 // run on the same packed batch without a tape, and its logits are made chunk
-// by chunk inside the loss; other teachers give top-k log-probs.
+// by chunk inside the loss; other teachers give top-k log-probs. Its parts
+// are "kd" (the divergence at temperature T, before the KDWeight·T² weight)
+// and "ce" (the student's cross-entropy on the labels), each per trained
+// token like the total.
 func KDLoss(ctx context.Context, student *llama.Model, teacher Teacher, c LossConfig) train.LossFunc {
 	args := kernels.KDArgs{Kind: c.Kind, Beta: float32(c.Beta), Temperature: float32(c.Temperature),
 		KDWeight: float32(c.KDWeight), Renorm: c.Renorm, Chunk: c.Chunk}
@@ -47,41 +50,41 @@ func KDLoss(ctx context.Context, student *llama.Model, teacher Teacher, c LossCo
 		args.Chunk = student.CEChunk
 	}
 	V := student.Config.VocabSize
-	return func(tp *tensor.Tape, b *data.Batch, normalizer float64) (*tensor.Tensor, error) {
+	return func(tp *tensor.Tape, b *data.Batch, normalizer float64) (*tensor.Tensor, train.LossParts, error) {
 		in := train.Input(b)
 		h, err := student.Hidden(tp, in)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		hr, wr, err := student.LMHeadLowRank(tp, h)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		targets := llama.ShiftLabels(b.Labels, b.Rows, b.SeqLen, b.DocStart)
 		var kt tensor.KDTeacher
 		if dt, ok := teacher.(DenseTeacher); ok && c.TopK == 0 {
 			tm := dt.Model()
 			if tm.Config.VocabSize != V {
-				return nil, fmt.Errorf("distill: teacher vocab_size %d != student vocab_size %d; logit distillation needs one tokenizer", tm.Config.VocabSize, V)
+				return nil, nil, fmt.Errorf("distill: teacher vocab_size %d != student vocab_size %d; logit distillation needs one tokenizer", tm.Config.VocabSize, V)
 			}
 			ttp := llama.NewInferenceTape(tm.Backend())
 			defer ttp.Release() // the teacher's activations live until the loss is computed
 			if kt.Hidden, err = tm.Hidden(ttp, in); err != nil {
-				return nil, fmt.Errorf("distill: teacher forward: %w", err)
+				return nil, nil, fmt.Errorf("distill: teacher forward: %w", err)
 			}
 			kt.LMHead = tm.LMHead
 		} else {
 			k := c.TopK
 			if k <= 0 {
-				return nil, fmt.Errorf("distill: the teacher gives only top-k log-probs; set top_k")
+				return nil, nil, fmt.Errorf("distill: the teacher gives only top-k log-probs; set top_k")
 			}
 			top, err := teacher.TopK(ctx, b, k)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			n := len(b.InputIDs)
 			if top.K != k || len(top.IDs) != n*k || len(top.LogProbs) != n*k {
-				return nil, fmt.Errorf("distill: teacher returned top-%d with %d ids for %d positions, want top-%d", top.K, len(top.IDs), n, k)
+				return nil, nil, fmt.Errorf("distill: teacher returned top-%d with %d ids for %d positions, want top-%d", top.K, len(top.IDs), n, k)
 			}
 			for i, t := range targets {
 				if t == kernels.IgnoreIndex {
@@ -89,13 +92,16 @@ func KDLoss(ctx context.Context, student *llama.Model, teacher Teacher, c LossCo
 				}
 				for _, id := range top.IDs[i*k : (i+1)*k] {
 					if id < 0 || int(id) >= V {
-						return nil, fmt.Errorf("distill: teacher top-k id %d at position %d is outside the student vocabulary (%d)", id, i, V)
+						return nil, nil, fmt.Errorf("distill: teacher top-k id %d at position %d is outside the student vocabulary (%d)", id, i, V)
 					}
 				}
 			}
 			kt = tensor.KDTeacher{K: k, IDs: top.IDs, LogProbs: top.LogProbs}
 		}
-		loss, _, _, _ := tp.LinearKD(h, student.LMHead, hr, wr, kt, targets, args, normalizer)
-		return loss, nil
+		loss, kdSum, ceSum, count := tp.LinearKD(h, student.LMHead, hr, wr, kt, targets, args, normalizer)
+		if normalizer <= 0 {
+			normalizer = float64(max(count, 1)) // as LinearKD does
+		}
+		return loss, train.LossParts{"kd": kdSum / normalizer, "ce": ceSum / normalizer}, nil
 	}
 }

@@ -22,7 +22,7 @@ func stopInside(s *setup, cancel func(), after int, inBackward bool) *error {
 	done, fired := 0, false
 	var lossErr error
 	s.opts.AfterStep = func(m train.StepMetrics) { done = m.Step }
-	s.opts.Loss = func(tp *tensor.Tape, b *data.Batch, n float64) (*tensor.Tensor, error) {
+	s.opts.Loss = func(tp *tensor.Tape, b *data.Batch, n float64) (*tensor.Tensor, train.LossParts, error) {
 		if done != after || fired {
 			return ce(tp, b, n)
 		}
@@ -37,9 +37,9 @@ func stopInside(s *setup, cancel func(), after int, inBackward bool) *error {
 			}
 			return inner()
 		}
-		l, err := ce(tp, b, n)
+		l, parts, err := ce(tp, b, n)
 		lossErr, forwardDone, asks = err, true, 0
-		return l, err
+		return l, parts, err
 	}
 	return &lossErr
 }

@@ -30,13 +30,13 @@ func TestNaNPolicy(t *testing.T) {
 			calls := 0
 			var snaps [][]float32
 			s.opts.AfterStep = func(train.StepMetrics) { snaps = append(snaps, s.lora.Params()[1].F32()) }
-			s.opts.Loss = func(tp *tensor.Tape, b *data.Batch, n float64) (*tensor.Tensor, error) {
+			s.opts.Loss = func(tp *tensor.Tape, b *data.Batch, n float64) (*tensor.Tensor, train.LossParts, error) {
 				calls++
-				loss, err := ce(tp, b, n)
+				loss, parts, err := ce(tp, b, n)
 				if calls == 3 || calls == 4 { // both micro-batches of step 2
-					return tp.Scale(loss, float32(math.NaN())), err
+					return tp.Scale(loss, float32(math.NaN())), parts, err
 				}
-				return loss, err
+				return loss, parts, err
 			}
 			res, err := train.Run(context.Background(), s.opts)
 			if policy == "stop" {

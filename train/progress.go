@@ -36,8 +36,8 @@ func (p *progress) step(m StepMetrics) {
 	if m.EvalLoss != 0 {
 		evalPart = fmt.Sprintf(" eval_loss %.4f ppl %.5g", m.EvalLoss, m.EvalPPL)
 	}
-	line := fmt.Sprintf("step %d/%d loss %.4f lr %.3g grad_norm %.3g tok/s %.0f%s%s",
-		m.Step, p.total, m.Loss, m.LR, m.GradNorm, m.TokensPerSec, evalPart, eta)
+	line := fmt.Sprintf("step %d/%d loss %.4f%s lr %.3g grad_norm %.3g tok/s %.0f%s%s",
+		m.Step, p.total, m.Loss, m.Parts.String(), m.LR, m.GradNorm, m.TokensPerSec, evalPart, eta)
 	if !p.tty {
 		fmt.Fprintln(p.w, line)
 		return

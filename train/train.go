@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -76,14 +78,50 @@ type Options struct {
 // LossFunc returns the loss of one micro-batch on the tape: the SUM of its
 // per-token losses divided by normalizer (the trained-token count of the
 // whole optimizer step), so that accumulated micro-batches add up to the
-// step's mean.
-type LossFunc func(tp *tensor.Tape, b *data.Batch, normalizer float64) (*tensor.Tensor, error)
+// step's mean. A loss made of several terms also returns them by name
+// (distillation: "kd" and "ce"), each scaled the same way, so metrics.jsonl,
+// the progress line and the plot show them beside the total; nil otherwise.
+type LossFunc func(tp *tensor.Tape, b *data.Batch, normalizer float64) (*tensor.Tensor, LossParts, error)
+
+// LossParts are the named terms of a loss, each the sum of its per-token
+// values divided by the step's normalizer (as the total is). They are the
+// terms before any weighting, so they need not add up to the total.
+type LossParts map[string]float64
+
+// addTo accumulates p into *sum (allocating it on first use).
+func (p LossParts) addTo(sum *LossParts) {
+	if len(p) == 0 {
+		return
+	}
+	if *sum == nil {
+		*sum = LossParts{}
+	}
+	for k, v := range p {
+		(*sum)[k] += v
+	}
+}
+
+// String is " (kd 0.9123 ce 7.1034)" with the names in order, or "" when
+// there are no parts.
+func (p LossParts) String() string {
+	if len(p) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	for i, k := range slices.Sorted(maps.Keys(p)) {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s %.4f", k, p[k])
+	}
+	return " (" + b.String() + ")"
+}
 
 // CrossEntropy is the default LossFunc: next-token cross-entropy of m.
 func CrossEntropy(m *llama.Model) LossFunc {
-	return func(tp *tensor.Tape, b *data.Batch, normalizer float64) (*tensor.Tensor, error) {
+	return func(tp *tensor.Tape, b *data.Batch, normalizer float64) (*tensor.Tensor, LossParts, error) {
 		loss, _, err := m.Loss(tp, Input(b), b.Labels, normalizer)
-		return loss, err
+		return loss, nil, err
 	}
 }
 
@@ -101,17 +139,18 @@ type Meta struct {
 
 // StepMetrics is one line of metrics.jsonl.
 type StepMetrics struct {
-	Step          int     `json:"step"`
-	Loss          float64 `json:"loss"`
-	LR            float64 `json:"lr"`
-	GradNorm      float64 `json:"grad_norm"`
-	TrainedTokens int     `json:"trained_tokens"`
-	Tokens        int     `json:"tokens"`
-	TokensPerSec  float64 `json:"tokens_per_sec"`
-	ElapsedSec    float64 `json:"elapsed_sec"`
-	Skipped       bool    `json:"skipped,omitempty"`
-	EvalLoss      float64 `json:"eval_loss,omitempty"`
-	EvalPPL       float64 `json:"eval_ppl,omitempty"`
+	Step          int       `json:"step"`
+	Loss          float64   `json:"loss"`
+	Parts         LossParts `json:"loss_parts,omitempty"` // the loss's named terms (distillation: kd, ce)
+	LR            float64   `json:"lr"`
+	GradNorm      float64   `json:"grad_norm"`
+	TrainedTokens int       `json:"trained_tokens"`
+	Tokens        int       `json:"tokens"`
+	TokensPerSec  float64   `json:"tokens_per_sec"`
+	ElapsedSec    float64   `json:"elapsed_sec"`
+	Skipped       bool      `json:"skipped,omitempty"`
+	EvalLoss      float64   `json:"eval_loss,omitempty"`
+	EvalPPL       float64   `json:"eval_ppl,omitempty"`
 }
 
 // MarshalJSON writes a metrics.jsonl line. JSON has no NaN or infinity: a
@@ -121,15 +160,23 @@ func (m StepMetrics) MarshalJSON() ([]byte, error) {
 	type plain StepMetrics
 	p := plain(m)
 	p.TokensPerSec, p.ElapsedSec, p.LR = finiteOr0(m.TokensPerSec), finiteOr0(m.ElapsedSec), finiteOr0(m.LR)
-	p.EvalLoss, p.EvalPPL = 0, 0
+	p.EvalLoss, p.EvalPPL, p.Parts = 0, 0, nil
+	var parts map[string]*float64
+	if len(m.Parts) > 0 {
+		parts = map[string]*float64{}
+		for k, v := range m.Parts {
+			parts[k] = finite(v)
+		}
+	}
 	return json.Marshal(struct {
-		Step     int      `json:"step"`
-		Loss     *float64 `json:"loss"`
-		GradNorm *float64 `json:"grad_norm"`
+		Step     int                 `json:"step"`
+		Loss     *float64            `json:"loss"`
+		Parts    map[string]*float64 `json:"loss_parts,omitempty"`
+		GradNorm *float64            `json:"grad_norm"`
 		plain
 		EvalLoss *float64 `json:"eval_loss,omitempty"`
 		EvalPPL  *float64 `json:"eval_ppl,omitempty"`
-	}{m.Step, finite(m.Loss), finite(m.GradNorm), p, nonZero(m.EvalLoss), nonZero(m.EvalPPL)})
+	}{m.Step, finite(m.Loss), parts, finite(m.GradNorm), p, nonZero(m.EvalLoss), nonZero(m.EvalPPL)})
 }
 
 // finite is &x, or nil (JSON null) when x is NaN or infinite.
@@ -313,11 +360,12 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		}
 		t0 := time.Now()
 		var lossSum float64
+		var parts LossParts
 		for i, b := range micro {
 			if o.LoRA != nil {
 				o.LoRA.SetStep(uint64(st.Micro + i))
 			}
-			l, err := forwardBackward(o.Model.Backend(), o.Loss, b, float64(max(total, 1)), total > 0, cancel)
+			l, p, err := forwardBackward(o.Model.Backend(), o.Loss, b, float64(max(total, 1)), total > 0, cancel)
 			if err != nil && (errors.Is(err, errStopped) || ctx.Err() != nil) {
 				// Stopped inside the step (or its loss failed because of
 				// the stop, e.g. a teacher request): drop the partial
@@ -330,6 +378,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 				return res, err
 			}
 			lossSum += l
+			p.addTo(&parts)
 		}
 		if res.Interrupted {
 			opt.ZeroGrad()
@@ -339,7 +388,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		}
 		st.Micro += len(micro)
 		lastCursor = &micro[len(micro)-1].Cursor
-		m := StepMetrics{Step: st.Step + 1, Loss: lossSum, TrainedTokens: total, Tokens: tokens}
+		m := StepMetrics{Step: st.Step + 1, Loss: lossSum, Parts: parts, TrainedTokens: total, Tokens: tokens}
 		m.GradNorm = optim.ClipGradNorm(be, o.Trainable, o.MaxGradNorm)
 		m.LR = o.Optim.LR * o.Schedule.Factor(st.Step)
 		if bad(m.Loss) || bad(m.GradNorm) {
@@ -440,27 +489,28 @@ func countTargets(b *data.Batch) int {
 var errStopped = errors.New("stopped between layers")
 
 // forwardBackward accumulates the gradient of the micro-batch's loss (already
-// divided by the step's normalizer) and returns that loss. cancel is asked
-// between layers (forward and backward); when it says stop, errStopped.
-func forwardBackward(be kernels.Backend, loss LossFunc, b *data.Batch, normalizer float64, backward bool, cancel func() bool) (float64, error) {
+// divided by the step's normalizer) and returns that loss and its parts.
+// cancel is asked between layers (forward and backward); when it says stop,
+// errStopped.
+func forwardBackward(be kernels.Backend, loss LossFunc, b *data.Batch, normalizer float64, backward bool, cancel func() bool) (float64, LossParts, error) {
 	tp := tensor.NewTape(be)
 	tp.Cancel = cancel
 	defer tp.Release()
-	l, err := loss(tp, b, normalizer)
+	l, parts, err := loss(tp, b, normalizer)
 	if errors.Is(err, tensor.ErrCanceled) || tp.Canceled() {
-		return 0, errStopped
+		return 0, nil, errStopped
 	}
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	v := float64(l.Item())
 	if backward && l.RequiresGrad() {
 		tp.Backward(l)
 		if tp.Canceled() {
-			return 0, errStopped
+			return 0, nil, errStopped
 		}
 	}
-	return v, nil
+	return v, parts, nil
 }
 
 // Evaluate is the mean next-token loss over the trained tokens of up to

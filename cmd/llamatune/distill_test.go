@@ -16,6 +16,7 @@ import (
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/model/llama"
+	"github.com/llamatune/llamatune/train"
 )
 
 // The distill command with each teacher source: in-process (full
@@ -69,6 +70,7 @@ func TestDistillTeachers(t *testing.T) {
 		if !strings.Contains(log.String(), "distilling from") {
 			t.Fatalf("%s: %s", name, log.String())
 		}
+		checkLossParts(t, name, j, log.String())
 	}
 	run("in-process dense", "distill.top_k=0")
 	run("in-process top-k", "distill.top_k=8", "distill.loss=jsd")
@@ -89,4 +91,33 @@ func TestDistillTeachers(t *testing.T) {
 	defer srv.Close()
 	run("server", "distill.teacher.model=", "distill.teacher.url="+srv.URL(), "distill.teacher.name=tiny-teacher",
 		"distill.top_k=8", "distill.teacher.retries=3")
+}
+
+// checkLossParts: every metrics.jsonl line of a distillation run carries the
+// loss's parts, kd and ce, which make up the total as the job weighs them,
+// and the progress lines show them.
+func checkLossParts(t *testing.T, name string, j *configs.Job, log string) {
+	t.Helper()
+	ms, err := train.ReadMetrics(j.OutputDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := j.Distill
+	w, T := d.KDWeight, d.Temperature
+	for _, m := range ms {
+		if m.Tokens == 0 {
+			continue // an evaluation's line
+		}
+		kd, okKD := m.Parts["kd"]
+		ce, okCE := m.Parts["ce"]
+		if !okKD || !okCE || len(m.Parts) != 2 {
+			t.Fatalf("%s: step %d: loss_parts %v, want kd and ce", name, m.Step, m.Parts)
+		}
+		if want := w*T*T*kd + (1-w)*ce; math.Abs(m.Loss-want) > 1e-5*math.Max(1, want) {
+			t.Fatalf("%s: step %d: loss %v but %g·T²·kd + %g·ce = %v (kd %v ce %v)", name, m.Step, m.Loss, w, 1-w, want, kd, ce)
+		}
+	}
+	if !strings.Contains(log, "(ce ") || !strings.Contains(log, " kd ") {
+		t.Fatalf("%s: progress lines lack the loss parts:\n%s", name, log)
+	}
 }
