@@ -214,20 +214,52 @@ func Generate(ctx context.Context, gen Generator, src PromptSource, out string, 
 		return GenerateStats{}, err
 	}
 	defer w.abandon()
-	stats := w.m.Stats
-	stats.Resumed = w.m.Done
+	c := &genCollector{w: w, o: &o, stats: w.m.Stats, next: w.m.Done, lastCommit: time.Now()}
+	c.stats.Resumed = w.m.Done
+	seen, err := replayDone(src, w, out)
+	if err != nil {
+		return c.stats, err
+	}
 
-	// Rebuild the prompt filter from the rows already done.
-	seen := map[uint64]bool{}
+	parent := ctx
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	p := startGenPipeline(ctx, gen, src, w.m.Done, seen, &o)
+	c.prog = newGenProgress(o.Progress, o.Total, c.stats)
+	fatal := c.collect(ctx, p)
+	cancel()
+	for range p.results { // let the workers and the feeder finish
+	}
+	if err := c.commit(); err != nil && fatal == nil {
+		fatal = err
+	}
+	c.prog.update(c.stats, true)
+	if fatal != nil {
+		return c.stats, fatal
+	}
+	if !p.fedAll || c.next != p.fedEnd { // read after the pipeline closed results
+		if err := parent.Err(); err != nil {
+			return c.stats, err
+		}
+		return c.stats, fmt.Errorf("generate: stopped after %d of the prompts; run again to resume", c.next)
+	}
+	return c.stats, w.finish()
+}
+
+// replayDone reads again the prompt rows a resumed run has done, rebuilding
+// the duplicate filter, and checks that they are the rows the output was
+// made from (the manifest's rolling hash of their prompt keys).
+func replayDone(src PromptSource, w *genWriter, out string) (seen map[uint64]bool, err error) {
+	seen = map[uint64]bool{}
 	var inputHash uint64
 	for i := int64(0); i < w.m.Done; i++ {
 		p, err := src.Next()
 		if err == io.EOF {
-			return stats, fmt.Errorf("generate: %s says %d prompts are done but the prompt data has only %d rows; the data changed since — use a new --out directory", w.manifestPath(), w.m.Done, i)
+			return nil, fmt.Errorf("generate: %s says %d prompts are done but the prompt data has only %d rows; the data changed since — use a new --out directory", w.manifestPath(), w.m.Done, i)
 		}
 		var key uint64
 		if err != nil && !data.IsRowError(err) {
-			return stats, err
+			return nil, err
 		}
 		if err == nil {
 			if msgs, perr := p.messages(); perr == nil {
@@ -238,153 +270,157 @@ func Generate(ctx context.Context, gen Generator, src PromptSource, out string, 
 		inputHash = rollHash(inputHash, key)
 	}
 	if inputHash != w.m.InputHash {
-		return stats, fmt.Errorf("generate: the first %d prompt rows are not the ones %s was made from; the prompt data changed — use a new --out directory", w.m.Done, out)
+		return nil, fmt.Errorf("generate: the first %d prompt rows are not the ones %s was made from; the prompt data changed — use a new --out directory", w.m.Done, out)
 	}
+	return seen, nil
+}
 
-	parent := ctx
-	ctx, cancel := context.WithCancel(parent)
-	defer cancel()
+// genPipeline is a feeder reading prompt rows in order and a pool of
+// workers generating replies; results arrive out of order on results, at
+// most len(slots) rows in flight (a slot is released when its row is
+// settled, so sending on results never blocks).
+type genPipeline struct {
+	slots   chan struct{}
+	work    chan genTask
+	results chan genResult
+	wg      sync.WaitGroup
+	fedAll  bool  // the feeder reached the end of the prompts (read after results is closed)
+	fedEnd  int64 // index one past the last row fed
+}
+
+func startGenPipeline(ctx context.Context, gen Generator, src PromptSource, from int64, seen map[uint64]bool, o *GenerateOptions) *genPipeline {
 	window := 4*o.Concurrency + 16
-	slots := make(chan struct{}, window)
-	work := make(chan genTask)
-	results := make(chan genResult, window)
-	var wg sync.WaitGroup
-	var fedAll bool  // the feeder reached the end of the prompts (read after wg.Wait)
-	var fedEnd int64 // index one past the last row fed
+	p := &genPipeline{slots: make(chan struct{}, window), work: make(chan genTask), results: make(chan genResult, window)}
+	p.wg.Add(1 + o.Concurrency)
+	go p.feed(ctx, src, from, seen)
+	for range o.Concurrency {
+		go p.generate(ctx, gen, o.Sampling)
+	}
+	go func() { p.wg.Wait(); close(p.results) }()
+	return p
+}
 
-	// Feeder: reads rows in order and decides duplicates and invalid rows on the spot.
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(work)
-		for idx := w.m.Done; ; idx++ {
-			select {
-			case slots <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			t := genTask{index: idx}
-			p, err := src.Next()
-			if err == io.EOF {
-				<-slots
-				fedAll, fedEnd = true, idx
-				return
-			}
-			switch {
-			case err != nil && data.IsRowError(err):
-				t.skip, t.err = genSkipInvalid, err
-			case err != nil:
-				t.skip, t.err = genSourceErr, err
-			default:
-				msgs, perr := p.messages()
-				if perr != nil {
-					t.skip, t.err = genSkipInvalid, perr
-				} else if k := PromptKey(msgs); seen[k] {
-					t.skip, t.key = genSkipDup, k
-				} else {
-					t.key = k
-					seen[k] = true
-					t.msgs = msgs
-				}
-			}
-			if t.skip != genRun {
-				results <- genResult{genTask: t} // never blocks: a slot is held
-				if t.skip == genSourceErr {
-					return
-				}
-				continue
-			}
-			select {
-			case work <- t:
-			case <-ctx.Done():
-				return
+// feed reads rows in order from index from and decides duplicates and
+// invalid rows on the spot; the others go to the workers.
+func (p *genPipeline) feed(ctx context.Context, src PromptSource, from int64, seen map[uint64]bool) {
+	defer p.wg.Done()
+	defer close(p.work)
+	for idx := from; ; idx++ {
+		select {
+		case p.slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		t := genTask{index: idx}
+		r, err := src.Next()
+		if err == io.EOF {
+			<-p.slots
+			p.fedAll, p.fedEnd = true, idx
+			return
+		}
+		switch {
+		case err != nil && data.IsRowError(err):
+			t.skip, t.err = genSkipInvalid, err
+		case err != nil:
+			t.skip, t.err = genSourceErr, err
+		default:
+			msgs, perr := r.messages()
+			if perr != nil {
+				t.skip, t.err = genSkipInvalid, perr
+			} else if k := PromptKey(msgs); seen[k] {
+				t.skip, t.key = genSkipDup, k
+			} else {
+				t.key = k
+				seen[k] = true
+				t.msgs = msgs
 			}
 		}
-	}()
-	for range o.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for t := range work {
-				s := o.Sampling
-				s.Seed = PromptSeed(o.Sampling.Seed, t.index)
-				r, err := gen.Generate(ctx, t.msgs, s)
-				results <- genResult{genTask: t, reply: r, gerr: err} // never blocks: a slot is held
+		if t.skip != genRun {
+			p.results <- genResult{genTask: t} // never blocks: a slot is held
+			if t.skip == genSourceErr {
+				return
 			}
-		}()
+			continue
+		}
+		select {
+		case p.work <- t:
+		case <-ctx.Done():
+			return
+		}
 	}
-	go func() { wg.Wait(); close(results) }()
+}
 
-	prog := newGenProgress(o.Progress, o.Total, stats)
-	pending := map[int64]genResult{}
-	next := w.m.Done
-	var fatal error
-	sinceCommit, lastCommit := 0, time.Now()
-	commit := func() error {
-		w.m.Done, w.m.Stats = next, stats
-		sinceCommit, lastCommit = 0, time.Now()
-		return w.commit()
+// generate is one worker: each prompt is sampled with its own seed (from
+// the run's seed and the row index), so a resumed run makes the same rows.
+func (p *genPipeline) generate(ctx context.Context, gen Generator, sampling Sampling) {
+	defer p.wg.Done()
+	for t := range p.work {
+		s := sampling
+		s.Seed = PromptSeed(sampling.Seed, t.index)
+		r, err := gen.Generate(ctx, t.msgs, s)
+		p.results <- genResult{genTask: t, reply: r, gerr: err} // never blocks: a slot is held
 	}
-loop:
-	for r := range results {
+}
+
+// genCollector settles the pipeline's results in prompt order, writes the
+// rows and commits the output every CommitEvery rows or CommitInterval.
+type genCollector struct {
+	w           *genWriter
+	o           *GenerateOptions
+	stats       GenerateStats
+	prog        *genProgress
+	next        int64 // the next row index to settle
+	sinceCommit int
+	lastCommit  time.Time
+}
+
+func (c *genCollector) commit() error {
+	c.w.m.Done, c.w.m.Stats = c.next, c.stats
+	c.sinceCommit, c.lastCommit = 0, time.Now()
+	return c.w.commit()
+}
+
+// collect runs until the results end or a row fails (returned); a row
+// whose generation was cancelled in flight is left for a resume to redo.
+func (c *genCollector) collect(ctx context.Context, p *genPipeline) error {
+	pending := map[int64]genResult{}
+	for r := range p.results {
 		pending[r.index] = r
 		for {
-			r, ok := pending[next]
+			r, ok := pending[c.next]
 			if !ok {
 				break
 			}
 			if r.skip == genRun && r.gerr != nil && ctx.Err() != nil {
-				break loop // cancelled while in flight: not done, a resume redoes it
+				return nil // cancelled while in flight: not done, a resume redoes it
 			}
-			delete(pending, next)
-			row, err := settle(r, &stats, &o, w)
+			delete(pending, c.next)
+			row, err := settle(r, &c.stats, c.o, c.w)
 			if err != nil {
-				fatal = err
-				break loop
+				return err
 			}
 			if row != nil {
-				if err := w.write(r.index, row, r.reply.Tokens, &stats); err != nil {
-					fatal = err
-					break loop
+				if err := c.w.write(r.index, row, r.reply.Tokens, &c.stats); err != nil {
+					return err
 				}
 			}
-			next++
-			w.m.InputHash = rollHash(w.m.InputHash, r.key)
-			<-slots
-			stats.Prompts++
-			sinceCommit++
-			if o.OnProgress != nil {
-				o.OnProgress(stats)
+			c.next++
+			c.w.m.InputHash = rollHash(c.w.m.InputHash, r.key)
+			<-p.slots
+			c.stats.Prompts++
+			c.sinceCommit++
+			if c.o.OnProgress != nil {
+				c.o.OnProgress(c.stats)
 			}
-			prog.update(stats, false)
-			if w.shardFull() || sinceCommit >= o.CommitEvery || time.Since(lastCommit) >= o.CommitInterval {
-				if err := commit(); err != nil {
-					fatal = err
-					break loop
+			c.prog.update(c.stats, false)
+			if c.w.shardFull() || c.sinceCommit >= c.o.CommitEvery || time.Since(c.lastCommit) >= c.o.CommitInterval {
+				if err := c.commit(); err != nil {
+					return err
 				}
 			}
 		}
 	}
-	cancel()
-	for range results { // let the workers and the feeder finish
-	}
-	if err := commit(); err != nil && fatal == nil {
-		fatal = err
-	}
-	prog.update(stats, true)
-	if fatal != nil {
-		return stats, fatal
-	}
-	if !fedAll || next != fedEnd {
-		if err := parent.Err(); err != nil {
-			return stats, err
-		}
-		return stats, fmt.Errorf("generate: stopped after %d of the prompts; run again to resume", next)
-	}
-	if err := w.finish(); err != nil {
-		return stats, err
-	}
-	return stats, nil
+	return nil
 }
 
 // settle decides what happens to one finished prompt: a row to write (nil for none) and the

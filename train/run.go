@@ -131,7 +131,7 @@ func (r *runner) open() error {
 	r.prog = newProgress(o.Log, o.TTY, o.MaxSteps)
 	r.prog.resumed(r.st.Step)
 	r.start = time.Now().Add(-r.st.elapsed()) // elapsed_sec goes on across a resume
-	if o.Meta.BaseModel != "" {                // the base's content fingerprint, once for every checkpoint
+	if o.Meta.BaseModel != "" {               // the base's content fingerprint, once for every checkpoint
 		if h, err := llama.WeightsFingerprint(o.Meta.BaseModel); err == nil {
 			r.st.BaseWeights = h
 		}
