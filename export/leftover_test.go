@@ -14,11 +14,11 @@ import (
 func TestFailedExportLeavesNothing(t *testing.T) {
 	f := loraFixture(t, "llama2")
 	src := Source{BaseDir: f.base, AdapterDir: f.adapter}
-	for _, format := range []string{"hf", "peft", "gguf"} {
+	for _, format := range []string{"hf", "peft", "gguf", "gguf-lora"} {
 		t.Run(format, func(t *testing.T) {
 			parent := t.TempDir()
 			out := filepath.Join(parent, "export", format)
-			if format == "gguf" {
+			if strings.HasPrefix(format, "gguf") {
 				out = filepath.Join(parent, "model.gguf")
 			}
 			run := func() error {
@@ -27,6 +27,8 @@ func TestFailedExportLeavesNothing(t *testing.T) {
 					return HF(src, out, "F32", 20_000) // several shards
 				case "peft":
 					return PEFT(src, out)
+				case "gguf-lora":
+					return GGUFLoRA(src, out, "F32")
 				}
 				return GGUF(src, out, "F16")
 			}
