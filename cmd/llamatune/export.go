@@ -17,8 +17,8 @@ func init() {
 	var from, format, dtype, out, base, shard string
 	var allowOtherBase bool
 	cmd := &cobra.Command{
-		Use:   "export --from DIR --format hf|peft|gguf [--dtype F32|BF16|F16|Q8_0] --out PATH",
-		Short: "Export fine-tuned weights as Hugging Face safetensors, a PEFT adapter, or GGUF",
+		Use:   "export --from DIR --format hf|peft|gguf|gguf-lora [--dtype F32|BF16|F16|Q8_0] --out PATH",
+		Short: "Export fine-tuned weights as Hugging Face safetensors, a PEFT adapter, GGUF, or a GGUF LoRA adapter",
 		Long: `Export what a training run produced.
 
 --from takes a training checkpoint directory (state.json with a PEFT adapter for
@@ -32,16 +32,22 @@ Formats:
         generation config; --dtype F32, BF16 (default) or F16; --out is a directory
   peft  the LoRA adapter as PEFT writes it (LoRA checkpoints only); --out is a directory
   gguf  one GGUF v3 file for llama.cpp / Ollama; --dtype F32, F16 (default), BF16
-        or Q8_0; --out is the .gguf file`,
+        or Q8_0; --out is the .gguf file
+  gguf-lora
+        the LoRA adapter as a GGUF adapter file (LoRA checkpoints only), for
+        llama.cpp's --lora on top of the base model's GGUF (export the base with
+        --format gguf, or convert it with llama.cpp): no merge needed. --dtype F32
+        (default), F16 or BF16; --out is the .gguf file. A LoRA on lm_head of a
+        model with tied embeddings cannot be attached in llama.cpp: use gguf.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if from == "" || out == "" {
 				return fmt.Errorf("export: --from DIR and --out PATH are required")
 			}
 			switch strings.ToLower(format) {
-			case "hf", "peft", "gguf":
+			case "hf", "peft", "gguf", "gguf-lora":
 			default:
-				return fmt.Errorf("export: --format %q is not one of hf, peft, gguf", format)
+				return fmt.Errorf("export: --format %q is not one of hf, peft, gguf, gguf-lora", format)
 			}
 			src, err := export.ResolveSourceWith(from, base, export.ResolveOptions{AllowOtherBase: allowOtherBase})
 			if err != nil {
@@ -81,8 +87,19 @@ Formats:
 				if err := export.GGUF(src, out, dtype); err != nil {
 					return err
 				}
+			case "gguf-lora":
+				if dtype == "" {
+					dtype = "F32"
+				}
+				dtype = strings.ToUpper(dtype)
+				if st, err := os.Stat(out); err == nil && st.IsDir() {
+					out = filepath.Join(out, "adapter-"+strings.ToLower(dtype)+".gguf")
+				}
+				if err := export.GGUFLoRA(src, out, dtype); err != nil {
+					return err
+				}
 			default:
-				return fmt.Errorf("export: --format %q is not one of hf, peft, gguf", format)
+				return fmt.Errorf("export: --format %q is not one of hf, peft, gguf, gguf-lora", format)
 			}
 			fmt.Printf("wrote %s (%s", out, strings.ToLower(format))
 			if dtype != "" {
@@ -94,9 +111,9 @@ Formats:
 	}
 	f := cmd.Flags()
 	f.StringVar(&from, "from", "", "checkpoint, run, PEFT adapter or model directory")
-	f.StringVar(&format, "format", "hf", "hf, peft or gguf")
-	f.StringVar(&dtype, "dtype", "", "hf: F32|BF16|F16 (default BF16); gguf: F32|F16|BF16|Q8_0 (default F16)")
-	f.StringVar(&out, "out", "", "output directory (hf, peft) or .gguf file (gguf)")
+	f.StringVar(&format, "format", "hf", "hf, peft, gguf or gguf-lora")
+	f.StringVar(&dtype, "dtype", "", "hf: F32|BF16|F16 (default BF16); gguf: F32|F16|BF16|Q8_0 (default F16); gguf-lora: F32|F16|BF16 (default F32)")
+	f.StringVar(&out, "out", "", "output directory (hf, peft) or .gguf file (gguf, gguf-lora)")
 	f.StringVar(&base, "base", "", "base model directory (overrides the one recorded in the checkpoint or adapter)")
 	f.BoolVar(&allowOtherBase, "allow-other-base", false, "merge into a --base other than the one the checkpoint was trained on (its fingerprint differs)")
 	f.StringVar(&shard, "max-shard-size", "5GB", "hf: largest safetensors shard (e.g. 5GB, 500MB, 2GiB; 0 = one file)")
