@@ -37,8 +37,10 @@ type readFile struct {
 
 // readGGUF is the one read-back the GGUF LoRA tests use. It goes through
 // gguf-parser-go (header, metadata, tensor offsets) and decodes the F32,
-// F16 and BF16 data itself. When checkpoint gets its own GGUF reader, point
-// this at that reader to test ours too.
+// F16 and BF16 data itself. When checkpoint gets its own GGUF reader
+// (checkpoint.OpenGGUF: KVs, Tensors with row-major Shape, widened values),
+// write the same readFile from it and point this variable there: the tests
+// below then read our adapter back with our own parser.
 var readGGUF = readGGUFWithParser
 
 func readGGUFWithParser(t *testing.T, path string) readFile {

@@ -1,6 +1,7 @@
 // Package export turns what llamatune trains into files other tools load
 // unchanged: merged Hugging Face weights (safetensors, sharded, with config and
-// tokenizer), PEFT LoRA adapters, and GGUF for llama.cpp and Ollama.
+// tokenizer), PEFT LoRA adapters, GGUF for llama.cpp and Ollama, and LoRA
+// adapters as GGUF for llama.cpp's --lora.
 //
 // A Source names the base model and what was trained on top of it: a PEFT
 // adapter (LoRA) or a directory of full fine-tuned weights. ResolveSource
