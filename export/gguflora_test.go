@@ -170,6 +170,16 @@ func TestGGUFLoRAFormat(t *testing.T) {
 				t.Errorf("alpha %v, file_type %v", ad.KV["adapter.lora.alpha"], ad.KV["general.file_type"])
 			}
 			adapted := checkAdapterLoads(t, ad, base)
+			// ne lists the innermost dimension first: lora_a [in, r], lora_b [r, out].
+			for name, want := range map[string][]uint64{
+				"blk.0.attn_q.weight.lora_a": {64, 4}, "blk.0.attn_q.weight.lora_b": {4, 64},
+				"blk.1.attn_k.weight.lora_b": {4, 32}, "blk.1.ffn_down.weight.lora_a": {128, 4},
+				"blk.1.ffn_down.weight.lora_b": {4, 64},
+			} {
+				if got := ad.Tensors[name].Dims; !slices.Equal(got, want) {
+					t.Errorf("%s: ne %v, want %v", name, got, want)
+				}
+			}
 			var want []string
 			for i := 0; i < f.cfg.NumHiddenLayers; i++ {
 				for _, m := range []string{"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"} {
