@@ -123,131 +123,144 @@ func (f *formatter) needTokenizer(ex *Example) error {
 }
 
 func (f *formatter) tokenize(ex *Example) ([]Doc, error) {
-	o := f.o
 	switch ex.Type {
-	case TypeText:
-		if err := f.needTokenizer(ex); err != nil {
-			return nil, err
-		}
-		body := o.Tokenizer.Encode(ex.Text)
-		ids := make([]int32, 0, len(body)+2)
-		if !o.NoBOS {
-			ids = append(ids, f.bos)
-		}
-		for _, v := range body {
-			ids = append(ids, int32(v))
-		}
-		if !o.NoEOS {
-			ids = append(ids, f.eos)
-		}
-		return []Doc{{IDs: ids, Labels: append([]int32(nil), ids...), Loc: ex.Loc}}, nil
-
-	case TypePromptCompletion:
-		if err := f.needTokenizer(ex); err != nil {
-			return nil, err
-		}
-		p := o.Tokenizer.Encode(ex.Prompt)
-		c := o.Tokenizer.Encode(ex.Completion)
-		ids := make([]int32, 0, len(p)+len(c)+2)
-		if !o.NoBOS {
-			ids = append(ids, f.bos)
-		}
-		for _, v := range p {
-			ids = append(ids, int32(v))
-		}
-		np := len(ids)
-		for _, v := range c {
-			ids = append(ids, int32(v))
-		}
-		if !o.NoEOS {
-			ids = append(ids, f.eos)
-		}
-		labels := append([]int32(nil), ids...)
-		if !o.TrainOnPrompt {
-			for i := 0; i < np; i++ {
-				labels[i] = IgnoreIndex
-			}
-		}
-		return []Doc{{IDs: ids, Labels: labels, Loc: ex.Loc}}, nil
-
-	case TypeMessages:
-		if err := f.needTokenizer(ex); err != nil {
-			return nil, err
-		}
-		if len(ex.Messages) == 0 {
-			return nil, rowErr(ex.Loc, "conversation has no messages")
-		}
-		msgs := make([]Message, len(ex.Messages))
-		for i, m := range ex.Messages {
-			r, ok := roleAliases[strings.ToLower(strings.TrimSpace(m.Role))]
-			if !ok {
-				return nil, rowErr(ex.Loc, "message %d has unknown role %q; use system, user, assistant or tool", i, m.Role)
-			}
-			msgs[i] = Message{Role: r, Content: m.Content}
-		}
-		render := o.Chat
-		if render == nil {
-			render = defaultChat
-		}
-		if render == nil {
-			return nil, fmt.Errorf("no chat renderer available for messages datasets")
-		}
-		segs, err := render(o.Template, msgs)
-		if err != nil {
-			if IsRowError(err) {
-				return nil, err
-			}
-			return nil, rowErr(ex.Loc, "chat template %s: %v", o.Template, err)
-		}
-		var ids, labels []int32
-		if full, ok := o.Tokenizer.(tokenizer.Tokenizer); ok {
-			// The whole render in one piece, as the model sees it at inference
-			// (no BPE seams, no stray SentencePiece prefixes at segment edges);
-			// special-token text typed inside a message stays plain text.
-			cs := make([]chat.Segment, len(segs))
-			for i, s := range segs {
-				cs[i] = chat.Segment{Text: s.Text, Train: s.Train || o.TrainOn == TrainOnAll}
-			}
-			contents := make([]string, len(msgs))
-			for i, m := range msgs {
-				contents[i] = m.Content
-			}
-			plain, ok := chat.ContentRanges(full, chat.Join(cs), contents)
-			if !ok {
-				return nil, rowErr(ex.Loc, "a message contains special-token text and chat template %s changes that message, so it cannot be kept as plain text", o.Template)
-			}
-			all, train := chat.Tokenize(full, cs, plain)
-			for i, id := range all {
-				ids = append(ids, int32(id))
-				if train[i] {
-					labels = append(labels, int32(id))
-				} else {
-					labels = append(labels, -100)
-				}
-			}
-		} else {
-			for _, s := range segs {
-				if s.Text == "" {
-					continue
-				}
-				t := toInt32(o.Tokenizer.EncodeWithSpecial(s.Text))
-				ids = append(ids, t...)
-				if s.Train || o.TrainOn == TrainOnAll {
-					labels = append(labels, t...)
-				} else {
-					labels = append(labels, masked(len(t))...)
-				}
-			}
-		}
-		if len(ids) == 0 {
-			return nil, rowErr(ex.Loc, "chat template %s renders nothing for this conversation (%d messages)", o.Template, len(msgs))
-		}
-		return []Doc{{IDs: ids, Labels: labels, Loc: ex.Loc}}, nil
-
 	case TypeTokenized:
 		return f.tokenized(ex)
+	case TypeText, TypePromptCompletion, TypeMessages:
+	default:
+		return nil, fmt.Errorf("%s: unknown example type %q", ex.Loc, ex.Type)
 	}
-	return nil, fmt.Errorf("%s: unknown example type %q", ex.Loc, ex.Type)
+	if err := f.needTokenizer(ex); err != nil {
+		return nil, err
+	}
+	switch ex.Type {
+	case TypeText:
+		return f.text(ex), nil
+	case TypePromptCompletion:
+		return f.promptCompletion(ex), nil
+	}
+	return f.messages(ex)
+}
+
+// text is BOS, the text's tokens and EOS, all trained.
+func (f *formatter) text(ex *Example) []Doc {
+	o := f.o
+	body := o.Tokenizer.Encode(ex.Text)
+	ids := make([]int32, 0, len(body)+2)
+	if !o.NoBOS {
+		ids = append(ids, f.bos)
+	}
+	for _, v := range body {
+		ids = append(ids, int32(v))
+	}
+	if !o.NoEOS {
+		ids = append(ids, f.eos)
+	}
+	return []Doc{{IDs: ids, Labels: append([]int32(nil), ids...), Loc: ex.Loc}}
+}
+
+// promptCompletion is BOS, prompt, completion and EOS; the prompt's labels
+// are masked unless train_on_prompt.
+func (f *formatter) promptCompletion(ex *Example) []Doc {
+	o := f.o
+	p := o.Tokenizer.Encode(ex.Prompt)
+	c := o.Tokenizer.Encode(ex.Completion)
+	ids := make([]int32, 0, len(p)+len(c)+2)
+	if !o.NoBOS {
+		ids = append(ids, f.bos)
+	}
+	for _, v := range p {
+		ids = append(ids, int32(v))
+	}
+	np := len(ids)
+	for _, v := range c {
+		ids = append(ids, int32(v))
+	}
+	if !o.NoEOS {
+		ids = append(ids, f.eos)
+	}
+	labels := append([]int32(nil), ids...)
+	if !o.TrainOnPrompt {
+		for i := 0; i < np; i++ {
+			labels[i] = IgnoreIndex
+		}
+	}
+	return []Doc{{IDs: ids, Labels: labels, Loc: ex.Loc}}
+}
+
+// messages renders a conversation with the chat template and tokenizes it,
+// labels masked outside the trained segments.
+func (f *formatter) messages(ex *Example) ([]Doc, error) {
+	o := f.o
+	if len(ex.Messages) == 0 {
+		return nil, rowErr(ex.Loc, "conversation has no messages")
+	}
+	msgs := make([]Message, len(ex.Messages))
+	for i, m := range ex.Messages {
+		r, ok := roleAliases[strings.ToLower(strings.TrimSpace(m.Role))]
+		if !ok {
+			return nil, rowErr(ex.Loc, "message %d has unknown role %q; use system, user, assistant or tool", i, m.Role)
+		}
+		msgs[i] = Message{Role: r, Content: m.Content}
+	}
+	render := o.Chat
+	if render == nil {
+		render = defaultChat
+	}
+	if render == nil {
+		return nil, fmt.Errorf("no chat renderer available for messages datasets")
+	}
+	segs, err := render(o.Template, msgs)
+	if err != nil {
+		if IsRowError(err) {
+			return nil, err
+		}
+		return nil, rowErr(ex.Loc, "chat template %s: %v", o.Template, err)
+	}
+	var ids, labels []int32
+	if full, ok := o.Tokenizer.(tokenizer.Tokenizer); ok {
+		// The whole render in one piece, as the model sees it at inference
+		// (no BPE seams, no stray SentencePiece prefixes at segment edges);
+		// special-token text typed inside a message stays plain text.
+		cs := make([]chat.Segment, len(segs))
+		for i, s := range segs {
+			cs[i] = chat.Segment{Text: s.Text, Train: s.Train || o.TrainOn == TrainOnAll}
+		}
+		contents := make([]string, len(msgs))
+		for i, m := range msgs {
+			contents[i] = m.Content
+		}
+		plain, ok := chat.ContentRanges(full, chat.Join(cs), contents)
+		if !ok {
+			return nil, rowErr(ex.Loc, "a message contains special-token text and chat template %s changes that message, so it cannot be kept as plain text", o.Template)
+		}
+		all, train := chat.Tokenize(full, cs, plain)
+		for i, id := range all {
+			ids = append(ids, int32(id))
+			if train[i] {
+				labels = append(labels, int32(id))
+			} else {
+				labels = append(labels, -100)
+			}
+		}
+	} else {
+		for _, s := range segs {
+			if s.Text == "" {
+				continue
+			}
+			t := toInt32(o.Tokenizer.EncodeWithSpecial(s.Text))
+			ids = append(ids, t...)
+			if s.Train || o.TrainOn == TrainOnAll {
+				labels = append(labels, t...)
+			} else {
+				labels = append(labels, masked(len(t))...)
+			}
+		}
+	}
+	if len(ids) == 0 {
+		return nil, rowErr(ex.Loc, "chat template %s renders nothing for this conversation (%d messages)", o.Template, len(msgs))
+	}
+	return []Doc{{IDs: ids, Labels: labels, Loc: ex.Loc}}, nil
 }
 
 func (f *formatter) vocabSize() int {

@@ -246,47 +246,7 @@ func parseJSONLRow(line []byte, typ Type, cols Columns, ex *Example) error {
 			ex.Completion, err = str(cols.Completion)
 		}
 	case TypeMessages:
-		col := cols.Messages
-		if _, ok := m[col]; !ok && col == "messages" {
-			if _, ok := m["conversations"]; ok {
-				col = "conversations"
-			}
-		}
-		raw, ok := m[col]
-		if !ok {
-			return rowErr(ex.Loc, "missing key %q (needed for type messages); map it under datasets[].columns.messages", col)
-		}
-		var msgs []map[string]json.RawMessage
-		if err := json.Unmarshal(raw, &msgs); err != nil {
-			return rowErr(ex.Loc, "key %q must be a list of {role, content} objects, got %s", col, jsonKind(raw))
-		}
-		ex.Messages = make([]Message, 0, len(msgs))
-		for i, mm := range msgs {
-			var msg Message
-			rr, ok := mm["role"]
-			if !ok {
-				rr, ok = mm["from"]
-			}
-			if !ok || json.Unmarshal(rr, &msg.Role) != nil {
-				return rowErr(ex.Loc, "%s[%d]: missing or non-string \"role\"", col, i)
-			}
-			if err := checkUTF8(rr, msg.Role); err != "" {
-				return rowErr(ex.Loc, "%s[%d]: \"role\" %s", col, i, err)
-			}
-			cr, ok := mm["content"]
-			if !ok {
-				cr, ok = mm["value"]
-			}
-			if ok && string(cr) != "null" {
-				if json.Unmarshal(cr, &msg.Content) != nil {
-					return rowErr(ex.Loc, "%s[%d]: \"content\" must be a string, got %s", col, i, jsonKind(cr))
-				}
-				if err := checkUTF8(cr, msg.Content); err != "" {
-					return rowErr(ex.Loc, "%s[%d]: \"content\" %s", col, i, err)
-				}
-			}
-			ex.Messages = append(ex.Messages, msg)
-		}
+		err = parseJSONLMessages(m, cols.Messages, ex)
 	case TypeTokenized:
 		if ex.InputIDs, err = ints(cols.InputIDs, true); err != nil {
 			return err
@@ -312,6 +272,53 @@ func parseJSONLRow(line []byte, typ Type, cols Columns, ex *Example) error {
 		return fmt.Errorf("unknown example type %q", typ)
 	}
 	return err
+}
+
+// parseJSONLMessages reads a row's conversation: a list of {role, content}
+// (or ShareGPT's {from, value}) under col, or under "conversations" when the
+// default "messages" is absent.
+func parseJSONLMessages(m map[string]json.RawMessage, col string, ex *Example) error {
+	if _, ok := m[col]; !ok && col == "messages" {
+		if _, ok := m["conversations"]; ok {
+			col = "conversations"
+		}
+	}
+	raw, ok := m[col]
+	if !ok {
+		return rowErr(ex.Loc, "missing key %q (needed for type messages); map it under datasets[].columns.messages", col)
+	}
+	var msgs []map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &msgs); err != nil {
+		return rowErr(ex.Loc, "key %q must be a list of {role, content} objects, got %s", col, jsonKind(raw))
+	}
+	ex.Messages = make([]Message, 0, len(msgs))
+	for i, mm := range msgs {
+		var msg Message
+		rr, ok := mm["role"]
+		if !ok {
+			rr, ok = mm["from"]
+		}
+		if !ok || json.Unmarshal(rr, &msg.Role) != nil {
+			return rowErr(ex.Loc, "%s[%d]: missing or non-string \"role\"", col, i)
+		}
+		if err := checkUTF8(rr, msg.Role); err != "" {
+			return rowErr(ex.Loc, "%s[%d]: \"role\" %s", col, i, err)
+		}
+		cr, ok := mm["content"]
+		if !ok {
+			cr, ok = mm["value"]
+		}
+		if ok && string(cr) != "null" {
+			if json.Unmarshal(cr, &msg.Content) != nil {
+				return rowErr(ex.Loc, "%s[%d]: \"content\" must be a string, got %s", col, i, jsonKind(cr))
+			}
+			if err := checkUTF8(cr, msg.Content); err != "" {
+				return rowErr(ex.Loc, "%s[%d]: \"content\" %s", col, i, err)
+			}
+		}
+		ex.Messages = append(ex.Messages, msg)
+	}
+	return nil
 }
 
 func isJSONNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }

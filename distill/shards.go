@@ -186,48 +186,12 @@ func WriteShards(ctx context.Context, o WriteShardsOptions) (*ShardManifest, err
 		return nil, fmt.Errorf("create %s: %v", o.Dir, err)
 	}
 	info := o.Teacher.Info()
-	man := &ShardManifest{Format: shardFormat, Version: 1, Teacher: info, VocabHash: info.VocabHash, K: o.K,
-		LogProbDType: "float16", IDsEncoding: idsEncoding, Compression: "zstd"}
-	resumed := false
-	if _, err := os.Stat(filepath.Join(o.Dir, ShardManifestName)); err == nil {
-		old, err := ReadShardManifest(o.Dir)
-		if err != nil {
-			return nil, err
-		}
-		if old.K != o.K || old.Teacher.Name != info.Name || old.VocabHash != info.VocabHash {
-			state := "an unfinished run"
-			if old.Complete {
-				state = "the finished run"
-			}
-			return nil, fmt.Errorf("%s holds %s of teacher %q (k %d, vocab %s); this run is teacher %q (k %d, vocab %s): use another --out, or remove %s to start over",
-				o.Dir, state, old.Teacher.Name, old.K, old.VocabHash, info.Name, o.K, info.VocabHash, o.Dir)
-		}
-		if old.Complete {
-			return old, nil
-		}
-		man, resumed = old, true
+	man, resumed, err := openShardManifest(o, info)
+	if err != nil || man.Complete {
+		return man, err
 	}
-	// Remove what a killed run left behind: temporaries and unlisted shards.
-	listed := map[string]bool{}
-	for _, s := range man.Shards {
-		listed[s.File] = true
-		st, err := os.Stat(filepath.Join(o.Dir, s.File))
-		if err != nil || st.Size() != s.Bytes {
-			return nil, fmt.Errorf("%s: shard %s listed in the manifest is missing or has another size (%v); the directory was modified — remove it and start over", o.Dir, s.File, err)
-		}
-	}
-	entries, err := os.ReadDir(o.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %v", o.Dir, err)
-	}
-	for _, e := range entries {
-		n := e.Name()
-		if (partRE.MatchString(n) && !listed[n]) || (strings.HasPrefix(n, "part-") && strings.HasSuffix(n, ".tmp")) ||
-			strings.HasPrefix(n, "."+ShardManifestName+".tmp-") {
-			if err := os.Remove(filepath.Join(o.Dir, n)); err != nil {
-				return nil, fmt.Errorf("remove partial shard %s: %v", filepath.Join(o.Dir, n), err)
-			}
-		}
+	if err := cleanShardDir(o.Dir, man); err != nil {
+		return nil, err
 	}
 	src, err := o.Open(man.Cursor)
 	if err != nil {
@@ -257,21 +221,9 @@ func WriteShards(ctx context.Context, o WriteShardsOptions) (*ShardManifest, err
 		if err != nil {
 			return man, err
 		}
-		if man.SeqLen == 0 {
-			man.SeqLen = b.SeqLen
-		}
-		if b.SeqLen != man.SeqLen {
-			return man, fmt.Errorf("%s: data has seq_len %d, the shards %d; keep data.seq_len as it was, or use another --out", o.Dir, b.SeqLen, man.SeqLen)
-		}
-		if man.DataHash == "" {
-			man.DataHash = b.Cursor.Fingerprint
-		}
-		tk, err := o.Teacher.TopK(ctx, b, o.K)
+		tk, err := batchTopK(ctx, o, man, b)
 		if err != nil {
 			return man, err
-		}
-		if tk.K != o.K || len(tk.IDs) != b.Rows*b.SeqLen*o.K || len(tk.LogProbs) != len(tk.IDs) {
-			return man, fmt.Errorf("teacher %s returned k %d with %d ids for a batch of %d×%d (want k %d)", info.Name, tk.K, len(tk.IDs), b.Rows, b.SeqLen, o.K)
 		}
 		if sw == nil {
 			if sw, err = newShardWriter(o.Dir, len(man.Shards), o.K, man.SeqLen); err != nil {
@@ -328,6 +280,81 @@ func WriteShards(ctx context.Context, o WriteShardsOptions) (*ShardManifest, err
 		o.Progress(prog)
 	}
 	return man, nil
+}
+
+// batchTopK asks the teacher for batch b's top-k, checking that the batch
+// has the shards' seq_len (the first batch sets it and the data hash) and
+// that the teacher answered for every position.
+func batchTopK(ctx context.Context, o WriteShardsOptions, man *ShardManifest, b *data.Batch) (*TopK, error) {
+	if man.SeqLen == 0 {
+		man.SeqLen = b.SeqLen
+	}
+	if b.SeqLen != man.SeqLen {
+		return nil, fmt.Errorf("%s: data has seq_len %d, the shards %d; keep data.seq_len as it was, or use another --out", o.Dir, b.SeqLen, man.SeqLen)
+	}
+	if man.DataHash == "" {
+		man.DataHash = b.Cursor.Fingerprint
+	}
+	tk, err := o.Teacher.TopK(ctx, b, o.K)
+	if err != nil {
+		return nil, err
+	}
+	if tk.K != o.K || len(tk.IDs) != b.Rows*b.SeqLen*o.K || len(tk.LogProbs) != len(tk.IDs) {
+		return nil, fmt.Errorf("teacher %s returned k %d with %d ids for a batch of %d×%d (want k %d)", man.Teacher.Name, tk.K, len(tk.IDs), b.Rows, b.SeqLen, o.K)
+	}
+	return tk, nil
+}
+
+// openShardManifest starts the manifest of a new run, or reads the one a
+// run into the same directory left (resumed; Complete when it finished),
+// refusing one made by another teacher, k or vocabulary.
+func openShardManifest(o WriteShardsOptions, info Info) (man *ShardManifest, resumed bool, err error) {
+	man = &ShardManifest{Format: shardFormat, Version: 1, Teacher: info, VocabHash: info.VocabHash, K: o.K,
+		LogProbDType: "float16", IDsEncoding: idsEncoding, Compression: "zstd"}
+	if _, err := os.Stat(filepath.Join(o.Dir, ShardManifestName)); err != nil {
+		return man, false, nil
+	}
+	old, err := ReadShardManifest(o.Dir)
+	if err != nil {
+		return nil, false, err
+	}
+	if old.K != o.K || old.Teacher.Name != info.Name || old.VocabHash != info.VocabHash {
+		state := "an unfinished run"
+		if old.Complete {
+			state = "the finished run"
+		}
+		return nil, false, fmt.Errorf("%s holds %s of teacher %q (k %d, vocab %s); this run is teacher %q (k %d, vocab %s): use another --out, or remove %s to start over",
+			o.Dir, state, old.Teacher.Name, old.K, old.VocabHash, info.Name, o.K, info.VocabHash, o.Dir)
+	}
+	return old, true, nil
+}
+
+// cleanShardDir removes what a killed run left behind in dir (temporaries
+// and shards the manifest does not list) after checking that every listed
+// shard is there with its size.
+func cleanShardDir(dir string, man *ShardManifest) error {
+	listed := map[string]bool{}
+	for _, s := range man.Shards {
+		listed[s.File] = true
+		st, err := os.Stat(filepath.Join(dir, s.File))
+		if err != nil || st.Size() != s.Bytes {
+			return fmt.Errorf("%s: shard %s listed in the manifest is missing or has another size (%v); the directory was modified — remove it and start over", dir, s.File, err)
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read %s: %v", dir, err)
+	}
+	for _, e := range entries {
+		n := e.Name()
+		if (partRE.MatchString(n) && !listed[n]) || (strings.HasPrefix(n, "part-") && strings.HasSuffix(n, ".tmp")) ||
+			strings.HasPrefix(n, "."+ShardManifestName+".tmp-") {
+			if err := os.Remove(filepath.Join(dir, n)); err != nil {
+				return fmt.Errorf("remove partial shard %s: %v", filepath.Join(dir, n), err)
+			}
+		}
+	}
+	return nil
 }
 
 // batchTokens counts non-pad tokens: positions with a real document (padding
