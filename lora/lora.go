@@ -5,6 +5,7 @@
 package lora
 
 import (
+	"encoding/json"
 	"fmt"
 	"hash/fnv"
 	"math"
@@ -22,13 +23,35 @@ var Modules = []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 
 // Config is the adapter configuration.
 type Config struct {
-	R             int
-	Alpha         float64
-	Dropout       float64
-	TargetModules []string // from Modules; "all-linear" = every projection except lm_head
-	RSLoRA        bool     // scaling alpha/sqrt(r) instead of alpha/r
+	R             int      `json:"r"`
+	Alpha         float64  `json:"alpha"`
+	Dropout       float64  `json:"dropout"`
+	TargetModules []string `json:"target_modules"` // from Modules; "all-linear" = every projection except lm_head
+	RSLoRA        bool     `json:"use_rslora"`     // scaling alpha/sqrt(r) instead of alpha/r
 	// Layers, when non-empty, restricts adapters to these decoder layers.
-	Layers []int
+	Layers []int `json:"layers,omitempty"`
+}
+
+// UnmarshalJSON reads the snake_case keys, and the Go field names that
+// checkpoints written before the keys had tags used (TargetModules, RSLoRA,
+// ...), so those runs still resume.
+func (c *Config) UnmarshalJSON(b []byte) error {
+	type plain Config
+	var old struct {
+		TargetModules []string
+		RSLoRA        bool
+	}
+	if err := json.Unmarshal(b, (*plain)(c)); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, &old); err != nil {
+		return err
+	}
+	if c.TargetModules == nil {
+		c.TargetModules = old.TargetModules
+	}
+	c.RSLoRA = c.RSLoRA || old.RSLoRA
+	return nil
 }
 
 // Scaling is alpha/r, or alpha/sqrt(r) for rsLoRA.

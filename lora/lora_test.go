@@ -1,8 +1,10 @@
 package lora_test
 
 import (
+	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 
 	"github.com/llamatune/llamatune/internal/testutil"
@@ -347,5 +349,24 @@ func TestAdapts(t *testing.T) {
 	}
 	if (lora.Config{TargetModules: []string{"all-linear"}}).Adapts("lm_head") {
 		t.Error("all-linear adapts lm_head")
+	}
+}
+
+// Config is written with snake_case keys (state.json's "lora" section) and
+// still reads the Go field names earlier checkpoints used.
+func TestConfigJSONKeys(t *testing.T) {
+	c := lora.Config{R: 8, Alpha: 16, Dropout: 0.05, TargetModules: []string{"q_proj", "v_proj"}, RSLoRA: true}
+	raw, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"r":8,"alpha":16,"dropout":0.05,"target_modules":["q_proj","v_proj"],"use_rslora":true}`; string(raw) != want {
+		t.Fatalf("got %s, want %s", raw, want)
+	}
+	for _, in := range []string{string(raw), `{"R":8,"Alpha":16,"Dropout":0.05,"TargetModules":["q_proj","v_proj"],"RSLoRA":true,"Layers":null}`} {
+		var back lora.Config
+		if err := json.Unmarshal([]byte(in), &back); err != nil || !reflect.DeepEqual(back, c) {
+			t.Fatalf("%s read as %+v (%v), want %+v", in, back, err, c)
+		}
 	}
 }

@@ -15,7 +15,9 @@ import (
 // After a node runs, its output gradients are freed. Release frees every
 // intermediate buffer the tape made.
 //
-// A nil *Tape, or one with NoGrad set, records nothing: ops just compute.
+// A tape with NoGrad set records nothing: ops just compute (inference,
+// evaluation, a teacher's forward pass). Ops need a tape for its backend and
+// buffers, so a nil *Tape is not a valid receiver (only Canceled accepts it).
 type Tape struct {
 	be     kernels.Backend
 	NoGrad bool
