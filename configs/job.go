@@ -14,11 +14,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/llamatune/llamatune/data"
+	"github.com/llamatune/llamatune/kernels"
+	_ "github.com/llamatune/llamatune/kernels/cpu" // device: cpu is always there
 )
 
 // Job is a whole training job, as written in a job YAML file.
@@ -159,25 +160,6 @@ var SkipFileChecks bool
 //
 //go:embed examples/*.yaml
 var Examples embed.FS
-
-var (
-	devicesMu sync.Mutex
-	devices   = map[string]bool{"cpu": true}
-)
-
-// RegisterDevice marks a compute backend as built into this binary, so that `device: name`
-// validates. "cpu" is always there; the CUDA backend registers "cuda" when it is linked in.
-func RegisterDevice(name string) {
-	devicesMu.Lock()
-	defer devicesMu.Unlock()
-	devices[name] = true
-}
-
-func deviceRegistered(name string) bool {
-	devicesMu.Lock()
-	defer devicesMu.Unlock()
-	return devices[name]
-}
 
 // Error is what Load returns for a job with problems: the file and every problem found, each
 // naming its key path. errors.Join-compatible (Unwrap returns the problems).
@@ -839,14 +821,8 @@ func (j *Job) Validate() error {
 
 	add(oneOfRequired("precision.weights", j.Precision.Weights, "f32", "bf16"))
 	add(oneOfRequired("precision.compute", j.Precision.Compute, "auto", "bf16", "f32"))
-	if err := oneOfRequired("device", j.Device, "cpu", "cuda"); err != nil {
-		add(err)
-	} else if !deviceRegistered(j.Device) {
-		if j.Device == "cuda" {
-			addf("device cuda: the CUDA backend is not built yet; use device: cpu")
-		} else {
-			addf("device %s: that backend is not built into this binary; use device: cpu", j.Device)
-		}
+	if !kernels.Registered(j.Device) { // backends register by name when linked in
+		addf("device: %q is not a backend of this binary; use one of: %s", j.Device, strings.Join(kernels.Names(), ", "))
 	}
 
 	if j.Checkpoint.Every < 0 {

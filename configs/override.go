@@ -3,6 +3,7 @@ package configs
 import (
 	"errors"
 	"fmt"
+	"github.com/llamatune/llamatune/internal/switches"
 	"reflect"
 	"sort"
 	"strconv"
@@ -129,9 +130,6 @@ func applySet(root *yaml.Node, kv string) error {
 }
 
 // applyEnv applies the LLAMATUNE_* variables of environ (KEY=value strings) in name order.
-// envSwitches are the LLAMATUNE_* variables that are not job keys.
-var envSwitches = map[string]bool{"NO_FUSED": true, "GEMM_NO_AVX512": true, "GEMM_NO_BF16": true, "NO_MEMCHECK": true, "VMATH_NO_AVX512": true,
-	"CUDA_LIB_DIR": true, "CUDA_CACHE": true, "CUDA_TF32": true, "BIG": true, "BIG_DIR": true, "BIG_CHILD": true, "GEMM_TUNE": true}
 
 func applyEnv(root *yaml.Node, environ []string) []error {
 	var vars []string
@@ -153,7 +151,7 @@ func applyEnv(root *yaml.Node, environ []string) []error {
 		if !known[parts[0]] {
 			if len(parts) > 1 {
 				errs = append(errs, fmt.Errorf("%s: %v", name, unknownKey(parts[0], 0, parts[0], names)))
-			} else if !envSwitches[strings.TrimPrefix(name, EnvPrefix)] {
+			} else if !switches.Is(name) { // LLAMATUNE_* variables that are not job keys
 				errs = append(errs, fmt.Errorf("%s: neither a job key nor a llamatune switch; nested keys take a double underscore (LLAMATUNE_OPTIMIZER__LR=1e-4)", name))
 			}
 			continue // a switch of its own, such as LLAMATUNE_NO_FUSED

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"github.com/llamatune/llamatune/internal/switches"
 	"io"
 	"os"
 	"os/exec"
@@ -26,14 +27,14 @@ import (
 //
 //	LLAMATUNE_BIG=1 CGO_ENABLED=0 go test ./data/ -run TestBigStream -v -timeout 30m
 func TestBigStream(t *testing.T) {
-	if os.Getenv("LLAMATUNE_BIG_CHILD") == "1" {
+	if switches.On(switches.TestBigChild) {
 		bigChild(t)
 		return
 	}
-	if os.Getenv("LLAMATUNE_BIG") != "1" {
+	if !switches.On(switches.TestBig) {
 		t.Skip("set LLAMATUNE_BIG=1 to generate a 2 GB dataset and measure streaming memory and speed")
 	}
-	dir := os.Getenv("LLAMATUNE_BIG_DIR")
+	dir := switches.Value(switches.TestBigDir)
 	if dir == "" {
 		dir = filepath.Join(os.TempDir(), "llamatune-big")
 	}
@@ -77,7 +78,7 @@ func TestBigStream(t *testing.T) {
 }
 
 func bigChild(t *testing.T) {
-	dir := os.Getenv("LLAMATUNE_BIG_DIR")
+	dir := switches.Value(switches.TestBigDir)
 	o := Options{Datasets: []DatasetSpec{{Path: dir}}, VocabSize: 128256, SeqLen: 8192, BatchRows: 4, Packing: true,
 		ShuffleBuffer: 10000, Seed: 1, Workers: 2}
 	p, err := New(o, nil)

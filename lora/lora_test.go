@@ -269,11 +269,15 @@ func TestLMHeadAdapterOnTiedModel(t *testing.T) {
 	}
 }
 
-// LLAMATUNE_NO_FUSED=1 (full logits, then cross-entropy) gives the fused
-// loss's value and gradients, lm_head adapter included.
+// The unfused loss (full logits, then cross-entropy; LLAMATUNE_NO_FUSED=1)
+// gives the fused loss's value and gradients, lm_head adapter included.
 func TestUnfusedMatchesFused(t *testing.T) {
-	run := func() (float32, [][]float32) {
+	run := func(unfused bool) (float32, [][]float32) {
 		m, s, in, labels := setup(t, allTargets(), kernels.F32)
+		if m.UnfusedLoss {
+			t.Fatal("UnfusedLoss is set without LLAMATUNE_NO_FUSED")
+		}
+		m.UnfusedLoss = unfused
 		tp := tensor.NewTape(m.Backend())
 		loss, _, err := m.Loss(tp, in, labels, 0)
 		if err != nil {
@@ -287,9 +291,8 @@ func TestUnfusedMatchesFused(t *testing.T) {
 		}
 		return v, g
 	}
-	fl, fg := run()
-	t.Setenv("LLAMATUNE_NO_FUSED", "1")
-	ul, ug := run()
+	fl, fg := run(false)
+	ul, ug := run(true)
 	if math.Abs(float64(fl-ul)) > 1e-5 {
 		t.Fatalf("loss fused %v, unfused %v", fl, ul)
 	}
@@ -299,6 +302,10 @@ func TestUnfusedMatchesFused(t *testing.T) {
 				t.Fatalf("param %d elem %d: fused %v unfused %v", i, j, fg[i][j], ug[i][j])
 			}
 		}
+	}
+	t.Setenv("LLAMATUNE_NO_FUSED", "1") // the switch sets it on every model made
+	if m, _, _, _ := setup(t, allTargets(), kernels.F32); !m.UnfusedLoss {
+		t.Fatal("LLAMATUNE_NO_FUSED=1 did not set UnfusedLoss")
 	}
 }
 

@@ -96,18 +96,8 @@ func (j *dataJob) options(batchRows int) (train data.Options, eval *data.Options
 			return train, nil, nil, err
 		}
 		env.Tokenizer, env.TokenizerKind = tok, tok.Kind()
-		if j.data.Template == "model" || j.data.Template == "auto" || j.data.Template == "" {
-			b, err := os.ReadFile(filepath.Join(j.model, "tokenizer_config.json"))
-			if err != nil && j.data.Template != "model" {
-				b = nil // auto without a tokenizer_config.json: the built-in template of the tokenizer's family
-			} else if err != nil {
-				return train, nil, nil, fmt.Errorf("data.template: model needs %s: %v", filepath.Join(j.model, "tokenizer_config.json"), err)
-			}
-			if b != nil {
-				if env.ChatTemplate, err = tokenizer.ParseChatTemplate(b); err != nil {
-					return train, nil, nil, err
-				}
-			}
+		if env.ChatTemplate, err = modelChatTemplate(j.model, j.data.Template); err != nil {
+			return train, nil, nil, err
 		}
 	}
 	train, eval, err = j.data.Options(env)

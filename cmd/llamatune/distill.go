@@ -43,50 +43,25 @@ func init() {
 	rootCmd.AddCommand(cmd)
 }
 
-// openTeacher makes the job's teacher and checks it shares the student's
-// vocabulary.
+// openTeacher opens the job's teacher on the student's device and checks it
+// shares the student's vocabulary.
 func openTeacher(job *configs.Job, s *session, log io.Writer) (distill.Teacher, error) {
-	d := job.Distill
 	studentHash, err := distill.VocabHash(job.Model)
 	if err != nil {
 		return nil, err
 	}
 	student := distill.Info{Name: job.Model, VocabSize: s.model.Config.VocabSize, VocabHash: studentHash}
-	var t distill.Teacher
-	switch {
-	case d.Teacher.Model != "":
-		dt := kernels.F32
-		if job.Precision.Weights == "bf16" {
-			dt = kernels.BF16
-		}
-		ip, err := distill.NewInProcess(d.Teacher.Model, s.model.Backend(), dt)
-		if err != nil {
-			return nil, err
-		}
-		if err := setCompute(job, ip.Model()); err != nil {
-			return nil, err
-		}
-		t = ip
-	case d.Teacher.URL != "":
-		hash := d.Teacher.VocabHash
-		if hash == "" {
-			hash = studentHash
-			fmt.Fprintf(log, "note: distill.teacher.vocab_hash is not set: assuming %s serves a model with the student's tokenizer (%s); set it to have the vocabulary checked\n", d.Teacher.Name, studentHash)
-		}
-		if t, err = distill.NewServer(distill.ServerOptions{BaseURL: d.Teacher.URL, Model: d.Teacher.Name,
-			APIKeyEnv: d.Teacher.APIKeyEnv, Concurrency: d.Teacher.Concurrency,
-			Timeout: time.Duration(d.Teacher.Timeout * float64(time.Second)), MaxRetries: d.Teacher.Retries,
-			Info: distill.Info{Name: d.Teacher.Name, VocabSize: s.model.Config.VocabSize, VocabHash: hash}}); err != nil {
-			return nil, err
-		}
-	default:
-		return nil, fmt.Errorf("distill.teacher.shards: opened by distillSetup")
-	}
-	if err := distill.CheckVocab(t.Info(), student); err != nil {
-		t.Close()
-		return nil, err
-	}
-	return t, nil
+	return distill.OpenTeacher(teacherOptions(job, job.Distill.Teacher, s.model.Backend(), student, log))
+}
+
+// teacherOptions are distill.OpenOptions for the teacher tc of job: an
+// in-process one on be with the job's precision, or its server settings.
+func teacherOptions(job *configs.Job, tc configs.Teacher, be kernels.Backend, student distill.Info, log io.Writer) distill.OpenOptions {
+	return distill.OpenOptions{Model: tc.Model, Backend: be, Weights: frozenDType(job), Compute: computeDType(job),
+		Server: distill.ServerOptions{BaseURL: tc.URL, Model: tc.Name, APIKeyEnv: tc.APIKeyEnv, Concurrency: tc.Concurrency,
+			Timeout: time.Duration(tc.Timeout * float64(time.Second)), MaxRetries: tc.Retries,
+			Info: distill.Info{Name: tc.Name, VocabHash: tc.VocabHash}},
+		Student: student, Log: log}
 }
 
 // distillSetup swaps the loss for the KD loss against the job's teacher.

@@ -18,8 +18,6 @@ import (
 	"github.com/llamatune/llamatune/data/chat"
 	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/distill"
-	"github.com/llamatune/llamatune/kernels"
-	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/model/llama"
 )
 
@@ -161,18 +159,16 @@ func runGenerate(ctx context.Context, jobPath string, setList []string, f genera
 	// The teacher.
 	var gen distill.Generator
 	if tc.Model != "" {
-		dt := kernels.F32
-		if job.Precision.Weights == "bf16" {
-			dt = kernels.BF16
-		}
-		fmt.Fprintf(stderr, "loading teacher %s\n", tc.Model)
-		m, err := llama.Load(tc.Model, cpu.New(), dt)
+		be, err := jobBackend(job)
 		if err != nil {
 			return err
 		}
-		if err := setCompute(job, m); err != nil {
+		fmt.Fprintf(stderr, "loading teacher %s\n", tc.Model)
+		m, err := llama.Load(tc.Model, be, frozenDType(job))
+		if err != nil {
 			return err
 		}
+		m.Compute = computeDType(job)
 		tok, err := tokenizer.Load(tc.Model)
 		if err != nil {
 			return err

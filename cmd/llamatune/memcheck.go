@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/llamatune/llamatune/internal/switches"
 	"io"
 	"os"
 	"runtime/debug"
@@ -13,7 +14,7 @@ import (
 )
 
 // noMemCheckEnv turns the refusal into a warning (the estimate can be wrong).
-const noMemCheckEnv = "LLAMATUNE_NO_MEMCHECK"
+const noMemCheckEnv = switches.NoMemCheck
 
 // memOptions maps a job onto the estimate's options.
 func memOptions(job *configs.Job, fileBF16 bool) memplan.Options {
@@ -73,7 +74,7 @@ func checkMemory(job *configs.Job, out io.Writer, prefix string) (avail int64, e
 	fmt.Fprintf(out, "%savailable     %10s  (MemAvailable)\n", prefix, memplan.GiB(avail))
 	e.Total = total
 	if err := e.Fit(avail, o, "this machine's MemAvailable"); err != nil {
-		if os.Getenv(noMemCheckEnv) == "1" {
+		if switches.On(noMemCheckEnv) {
 			fmt.Fprintf(out, "%swarning: %v (%s=1: going on)\n", prefix, err, noMemCheckEnv)
 			return avail, nil
 		}

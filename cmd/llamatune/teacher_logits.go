@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -18,8 +17,6 @@ import (
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/distill"
-	"github.com/llamatune/llamatune/kernels"
-	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/model/llama"
 )
 
@@ -104,45 +101,25 @@ func runTeacherLogits(ctx context.Context, jobPath string, setList []string, f t
 	}
 	student := distill.Info{Name: job.Model, VocabSize: cfg.VocabSize, VocabHash: distill.TokenizerHash(tok)}
 
-	var teacher distill.Teacher
-	if tc.Model != "" {
-		dt := kernels.F32
-		if job.Precision.Weights == "bf16" {
-			dt = kernels.BF16
-		}
-		fmt.Fprintf(stderr, "loading teacher %s\n", tc.Model)
-		ip, err := distill.NewInProcess(tc.Model, cpu.New(), dt)
-		if err != nil {
-			return err
-		}
-		if err := setCompute(job, ip.Model()); err != nil {
-			return err
-		}
-		teacher = ip
-	} else {
-		hash := tc.VocabHash
-		if hash == "" {
-			hash = student.VocabHash // the user asserts the served model shares the student's tokenizer
-		}
-		timeout := time.Duration(tc.Timeout * float64(time.Second))
-		retries := tc.Retries
-		if job.Distill == nil { // flags only: the config defaults were not filled in
-			timeout, retries = 300*time.Second, 5
-		}
-		if teacher, err = distill.NewServer(distill.ServerOptions{BaseURL: tc.URL, Model: tc.Name, APIKeyEnv: tc.APIKeyEnv,
-			Concurrency: tc.Concurrency, Timeout: timeout, MaxRetries: retries,
-			Info: distill.Info{Name: tc.Name, VocabSize: cfg.VocabSize, VocabHash: hash}}); err != nil {
-			return err
-		}
+	if job.Distill == nil { // flags only: the config defaults were not filled in
+		tc.Timeout, tc.Retries = 300, 5
 	}
-	defer teacher.Close()
-	if err := distill.CheckVocab(teacher.Info(), student); err != nil {
+	be, err := jobBackend(job)
+	if err != nil {
 		return err
 	}
+	if tc.Model != "" {
+		fmt.Fprintf(stderr, "loading teacher %s\n", tc.Model)
+	}
+	teacher, err := distill.OpenTeacher(teacherOptions(job, tc, be, student, stderr))
+	if err != nil {
+		return err
+	}
+	defer teacher.Close()
 
 	env := configs.DataEnv{Tokenizer: tok, VocabSize: cfg.VocabSize, BatchRows: job.Batch.MicroBatchSize}
-	if raw, err := os.ReadFile(filepath.Join(job.Model, "tokenizer_config.json")); err == nil {
-		env.ChatTemplate, _ = tokenizer.ParseChatTemplate(raw)
+	if env.ChatTemplate, err = modelChatTemplate(job.Model, job.Data.Template); err != nil {
+		return err
 	}
 	trainOpts, evalOpts, err := job.Data.Options(env)
 	if err != nil {

@@ -15,8 +15,6 @@ import (
 	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/export"
 	"github.com/llamatune/llamatune/kernels"
-	"github.com/llamatune/llamatune/kernels/cpu"
-	"github.com/llamatune/llamatune/kernels/cuda"
 	"github.com/llamatune/llamatune/lora"
 	"github.com/llamatune/llamatune/model/llama"
 	"github.com/llamatune/llamatune/optim"
@@ -25,9 +23,6 @@ import (
 )
 
 func init() {
-	// The CUDA backend is linked in; it reports a clear error at use where
-	// no GPU or driver is found.
-	configs.RegisterDevice("cuda")
 	var resume string
 	cmd := &cobra.Command{
 		Use:   "train JOB.yaml [--set k=v]... [--resume [DIR]]",
@@ -105,25 +100,19 @@ type session struct {
 }
 
 func openSession(job *configs.Job) (*session, error) {
-	var be kernels.Backend = cpu.New()
-	if job.Device == "cuda" {
-		b, err := cuda.New()
-		if err != nil {
-			return nil, fmt.Errorf("device: cuda: %w (device: cpu trains on the CPU)", err)
-		}
-		be = b
+	be, err := jobBackend(job)
+	if err != nil {
+		return nil, err
 	}
-	dt := kernels.F32
-	if job.Precision.Weights == "bf16" && job.Method != "full" {
-		dt = kernels.BF16 // frozen base weights only; adapters stay f32
+	dt := kernels.F32 // full fine-tuning: every weight trains, in f32
+	if job.Method != "full" {
+		dt = frozenDType(job) // the frozen base; adapters stay f32
 	}
 	m, err := llama.Load(job.Model, be, dt)
 	if err != nil {
 		return nil, err
 	}
-	if err := setCompute(job, m); err != nil {
-		return nil, err
-	}
+	m.Compute = computeDType(job)
 	m.Recompute = job.Precision.ActivationCheckpointing
 	tok, err := tokenizer.Load(job.Model)
 	if err != nil {
@@ -133,8 +122,8 @@ func openSession(job *configs.Job) (*session, error) {
 		return nil, fmt.Errorf("tokenizer of %s has %d ids but config.json vocab_size is %d: tokenizer and model do not match", job.Model, tok.VocabSize(), m.Config.VocabSize)
 	}
 	env := configs.DataEnv{Tokenizer: tok, VocabSize: m.Config.VocabSize, BatchRows: job.Batch.MicroBatchSize, TokenizerKind: tok.Kind()}
-	if raw, err := os.ReadFile(filepath.Join(job.Model, "tokenizer_config.json")); err == nil {
-		env.ChatTemplate, _ = tokenizer.ParseChatTemplate(raw)
+	if env.ChatTemplate, err = modelChatTemplate(job.Model, job.Data.Template); err != nil {
+		return nil, err
 	}
 	s := &session{job: job, model: m, runDir: job.OutputDir}
 	if s.trainData, s.evalData, err = job.Data.Options(env); err != nil {
@@ -175,27 +164,6 @@ func (s *session) makeTrainable() error {
 	}
 	s.lora, s.trainable = set, set.Params()
 	return nil
-}
-
-// setCompute applies the job's precision.compute to a model it loaded (the
-// student, an in-process teacher, a generator).
-func setCompute(job *configs.Job, m *llama.Model) error {
-	m.Compute = computeDType(job)
-	return nil
-}
-
-// computeDType resolves precision.compute: auto is bf16 on CUDA and on a CPU
-// with AVX512_BF16, else f32.
-func computeDType(job *configs.Job) kernels.DType {
-	switch job.Precision.Compute {
-	case "bf16":
-		return kernels.BF16
-	case "auto":
-		if job.Device == "cuda" || cpu.FastBF16() {
-			return kernels.BF16
-		}
-	}
-	return kernels.F32
 }
 
 func hasLayerPrefix(name string, layer int) bool {
@@ -393,9 +361,7 @@ func runEval(job *configs.Job, ckpt string, out io.Writer) error {
 		if s.model, _, err = export.Open(src); err != nil {
 			return err
 		}
-		if err := setCompute(job, s.model); err != nil {
-			return err
-		}
+		s.model.Compute = computeDType(job)
 	}
 	loss, err := train.Evaluate(s.model, s.openEval, job.Eval.Batches)
 	if err != nil {

@@ -8,10 +8,16 @@ import (
 	"path/filepath"
 )
 
+// ErrNoTemplate is wrapped by LoadTemplate's error for a model that has no chat template
+// (as opposed to one whose files cannot be read or parsed).
+var ErrNoTemplate = errors.New("no chat template")
+
 // LoadTemplate reads a model directory's chat template: chat_template.jinja when present
 // (newer transformers write it), else the chat_template of tokenizer_config.json (a string,
 // or a list of {name, template} of which "default" is taken). The returned options set
-// bos_token and eos_token from tokenizer_config.json; pass them to Render.
+// bos_token and eos_token from tokenizer_config.json; pass them to Render. It is the one
+// place llamatune resolves a model's own template (train, data commands, teacher-logits,
+// generate).
 func LoadTemplate(modelDir string) (string, []Option, error) {
 	var opts []Option
 	cfgPath := filepath.Join(modelDir, "tokenizer_config.json")
@@ -56,7 +62,7 @@ func LoadTemplate(modelDir string) (string, []Option, error) {
 			return list[0].Template, opts, nil
 		}
 	}
-	return "", nil, fmt.Errorf("chat: %s has no chat template (no chat_template.jinja, no chat_template in tokenizer_config.json); name a built-in template instead (llama3, llama2, chatml)", modelDir)
+	return "", nil, fmt.Errorf("chat: %s: %w (no chat_template.jinja, no chat_template in tokenizer_config.json); name a built-in template instead (llama3, llama2, chatml)", modelDir, ErrNoTemplate)
 }
 
 // tokenText accepts "text" or {"content": "text"}.

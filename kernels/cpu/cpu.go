@@ -35,6 +35,10 @@ type Backend struct{}
 // New returns the CPU backend.
 func New() *Backend { return &Backend{} }
 
+func init() {
+	kernels.Register("cpu", func() (kernels.Backend, error) { return New(), nil })
+}
+
 func (*Backend) Name() string { return "cpu" }
 
 // F32 returns the f32 storage of b (no copy). It panics for BF16 buffers.

@@ -12,7 +12,7 @@ package cuda
 
 import (
 	"fmt"
-	"os"
+	"github.com/llamatune/llamatune/internal/switches"
 	"runtime"
 	"sync"
 	"unsafe"
@@ -22,7 +22,7 @@ import (
 
 // EnvTF32 = "1" lets cuBLAS use TF32 tensor cores for F32 GEMMs (faster, ~1e-3
 // relative error; the conformance suite expects it off).
-const EnvTF32 = "LLAMATUNE_CUDA_TF32"
+const EnvTF32 = switches.CUDATF32
 
 // Buffer is device memory: Len elements of DType at Ptr.
 type Buffer struct {
@@ -97,6 +97,16 @@ func Available() (bool, string) {
 // New opens GPU 0 (see NewDevice).
 func New() (*Backend, error) { return NewDevice(0) }
 
+func init() {
+	kernels.Register("cuda", func() (kernels.Backend, error) {
+		b, err := New()
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return b, nil
+	})
+}
+
 // NewDevice opens the GPU with the given ordinal: its primary context, a
 // non-blocking stream, the default memory pool (kept, not trimmed, between
 // steps) and a cuBLAS handle. Kernels compile lazily.
@@ -106,7 +116,7 @@ func NewDevice(ordinal int) (*Backend, error) {
 		return nil, err
 	}
 	be := &Backend{l: l, modules: map[string]uintptr{}, funcs: map[string]uintptr{}, sharedSet: map[string]int{},
-		cache: cacheDir(os.Getenv)}
+		cache: cacheDir(switches.Value)}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	if err := l.cuErr("cuInit", ccall(l.cu.cuInit, 0)); err != nil {
@@ -160,7 +170,7 @@ func NewDevice(ordinal int) (*Backend, error) {
 	if err := cublasErr("cublasSetStream_v2", ccall(l.cublas.setStream, be.cublas, be.stream)); err != nil {
 		return nil, err
 	}
-	if os.Getenv(EnvTF32) == "1" {
+	if switches.On(EnvTF32) {
 		const tf32TensorOpMath = 3 // CUBLAS_TF32_TENSOR_OP_MATH
 		ccall(l.cublas.setMathMode, be.cublas, tf32TensorOpMath)
 	}

@@ -5,6 +5,7 @@ import (
 	"embed"
 	"encoding/hex"
 	"fmt"
+	"github.com/llamatune/llamatune/internal/switches"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -21,7 +22,7 @@ import (
 var srcFS embed.FS
 
 // EnvCacheDir overrides where compiled kernels are cached; "off" disables it.
-const EnvCacheDir = "LLAMATUNE_CUDA_CACHE"
+const EnvCacheDir = switches.CUDACache
 
 // families lists the kernel sources; each is one NVRTC program (common.cuh
 // is prepended to it).

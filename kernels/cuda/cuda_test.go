@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"errors"
+	"github.com/llamatune/llamatune/internal/switches"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -318,7 +319,7 @@ func TestRowMajorToCublas(t *testing.T) {
 // compiled through the same purego path the backend uses.
 func TestNVRTCCompile(t *testing.T) {
 	l := &libs{}
-	h, path, err := openLib(libNVRTC, searchDirs(os.Getenv), true)
+	h, path, err := openLib(libNVRTC, searchDirs(switches.Value), true)
 	if err != nil {
 		t.Skip("NVRTC not installed: " + err.Error())
 	}

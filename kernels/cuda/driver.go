@@ -2,7 +2,7 @@ package cuda
 
 import (
 	"fmt"
-	"os"
+	"github.com/llamatune/llamatune/internal/switches"
 	"sync"
 	"unsafe"
 )
@@ -78,7 +78,7 @@ var (
 
 // load opens libcuda, NVRTC and cuBLAS(Lt) once, searching searchDirs.
 func load() (*libs, error) {
-	loadOnce.Do(func() { loaded, loadErr = loadFrom(searchDirs(os.Getenv), true) })
+	loadOnce.Do(func() { loaded, loadErr = loadFrom(searchDirs(switches.Value), true) })
 	return loaded, loadErr
 }
 

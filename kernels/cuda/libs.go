@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"fmt"
+	"github.com/llamatune/llamatune/internal/switches"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -11,7 +12,7 @@ import (
 
 // EnvLibDir names the directories (separated by the OS list separator, ':'
 // on Linux) searched first for the CUDA libraries.
-const EnvLibDir = "LLAMATUNE_CUDA_LIB_DIR"
+const EnvLibDir = switches.CUDALibDir
 
 // libSpec is one shared library we load and the file names it goes by,
 // most preferred first. Globs (with '*') are expanded in each directory.

@@ -2,10 +2,10 @@ package llama
 
 import (
 	"fmt"
+	"github.com/llamatune/llamatune/internal/switches"
 	"io"
 	"math"
 	"math/rand/v2"
-	"os"
 
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/tensor"
@@ -60,6 +60,10 @@ type Model struct {
 	// Hidden sets it on the tape it is given, so the loss that follows on
 	// that tape (cross-entropy, KD) computes in it too.
 	Compute kernels.DType
+	// UnfusedLoss makes Loss compute the full [tokens × vocab] logits and
+	// then cross-entropy, instead of the fused chunked lm_head + loss: the
+	// unfused twin, to cross-check it. New sets it from LLAMATUNE_NO_FUSED.
+	UnfusedLoss bool
 
 	be      kernels.Backend
 	mapping io.Closer // the weight files BF16 tensors are used from in place (Load)
@@ -114,7 +118,7 @@ func New(c Config, be kernels.Backend, params map[string]*tensor.Tensor) (*Model
 		t.Name = n
 	}
 	m := &Model{Config: c, be: be, invFreq: c.InvFreq(), names: names, params: params,
-		Adapters: map[string]Adapter{}}
+		Adapters: map[string]Adapter{}, UnfusedLoss: switches.On(switches.NoFused)}
 	m.EmbedTokens = params["model.embed_tokens.weight"]
 	m.Norm = params["model.norm.weight"]
 	m.LMHead = params["lm_head.weight"]
@@ -341,7 +345,7 @@ func (m *Model) Loss(tp *tensor.Tape, in *Input, labels []int32, normalizer floa
 		return nil, 0, err
 	}
 	targets := ShiftLabels(labels, in.Rows, in.SeqLen, in.DocStart)
-	if os.Getenv("LLAMATUNE_NO_FUSED") == "1" {
+	if m.UnfusedLoss {
 		// Unfused twin: full [tokens × vocab] logits, then cross-entropy.
 		loss, n := tp.CrossEntropy(m.linear(tp, "lm_head", h, m.LMHead), targets, normalizer)
 		return loss, n, nil

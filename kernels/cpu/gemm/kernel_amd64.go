@@ -3,7 +3,7 @@
 package gemm
 
 import (
-	"os"
+	"github.com/llamatune/llamatune/internal/switches"
 
 	"golang.org/x/sys/cpu"
 )
@@ -48,7 +48,7 @@ func init() {
 	if cpu.X86.HasAVX2 && cpu.X86.HasFMA {
 		bestKernel = avx2Kernel
 	}
-	if cpu.X86.HasAVX512F && os.Getenv("LLAMATUNE_GEMM_NO_AVX512") == "" {
+	if cpu.X86.HasAVX512F && !switches.On(switches.GemmNoAVX512) {
 		bestKernel = avx512Kernel
 		if cpu.X86.HasAVX2 && cpu.X86.HasFMA {
 			narrowKernel = avx2Kernel
@@ -146,7 +146,7 @@ var bf16PairKernel = &kernelSpec{
 }
 
 func init() {
-	if cpu.X86.HasAVX512BF16 && os.Getenv("LLAMATUNE_GEMM_NO_AVX512") == "" && os.Getenv("LLAMATUNE_GEMM_NO_BF16") == "" {
+	if cpu.X86.HasAVX512BF16 && !switches.On(switches.GemmNoAVX512) && !switches.On(switches.GemmNoBF16) {
 		bf16Kernel = bf16PairKernel
 	}
 }

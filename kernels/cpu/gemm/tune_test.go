@@ -3,9 +3,9 @@
 package gemm
 
 import (
+	"github.com/llamatune/llamatune/internal/switches"
 	"math"
 	"math/rand"
-	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -20,7 +20,7 @@ import (
 //
 //	LLAMATUNE_GEMM_TUNE=1 go test -run TuneBlocking -v ./kernels/cpu/gemm/
 func TestTuneBlocking(t *testing.T) {
-	if os.Getenv("LLAMATUNE_GEMM_TUNE") == "" {
+	if !switches.On(switches.TestGemmTune) {
 		t.Skip("set LLAMATUNE_GEMM_TUNE=1 to run")
 	}
 	saved, savedNarrow := bestKernel, narrowKernel

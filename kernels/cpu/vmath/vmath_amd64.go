@@ -3,7 +3,7 @@
 package vmath
 
 import (
-	"os"
+	"github.com/llamatune/llamatune/internal/switches"
 
 	"golang.org/x/sys/cpu"
 )
@@ -29,7 +29,7 @@ func init() {
 	if hasAVX2FMA {
 		kernel = kernelAVX2
 	}
-	if cpu.X86.HasAVX512F && os.Getenv("LLAMATUNE_VMATH_NO_AVX512") == "" {
+	if cpu.X86.HasAVX512F && !switches.On(switches.VMathNoAVX512) {
 		kernel = kernelAVX512
 	}
 }
