@@ -1,0 +1,471 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// weights is a pseudo-random LFS file body of n bytes.
+func weights(n int) []byte {
+	b := make([]byte, n)
+	x := uint32(12345)
+	for i := range b {
+		x = x*1664525 + 1013904223
+		b[i] = byte(x >> 24)
+	}
+	return b
+}
+
+// modelRepo adds a small model repository: two regular files, LFS weights, and files the
+// defaults skip (original/, *.bin, README.md).
+func modelRepo(f *fakeHub) *fakeRepo {
+	return f.add(&fakeRepo{id: "meta-llama/Tiny-1B", files: map[string][]byte{
+		"config.json":                    []byte(`{"model_type":"llama"}`),
+		"tokenizer.json":                 []byte(`{"model":{}}`),
+		"model.safetensors":              weights(300_000),
+		"original/consolidated.00.pth":   weights(1000),
+		"pytorch_model.bin":              weights(500),
+		"README.md":                      []byte("# tiny"),
+		"original/params.json":           []byte("{}"),
+		"model.safetensors.index.json.x": []byte("not matched"),
+	}, lfs: map[string]bool{"model.safetensors": true, "original/consolidated.00.pth": true, "pytorch_model.bin": true}})
+}
+
+func listDir(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	sort.Strings(out)
+	return out
+}
+
+func readLink(t *testing.T, p string) string {
+	t.Helper()
+	l, err := os.Readlink(p)
+	if err != nil {
+		t.Fatalf("%s is not a symlink: %v", p, err)
+	}
+	return l
+}
+
+func TestSnapshotLayout(t *testing.T) {
+	f := newFakeHub(t)
+	repo := modelRepo(f)
+	cache := t.TempDir()
+	var log bytes.Buffer
+	c := f.client(cache)
+	c.Progress = &log
+	dir, err := c.Snapshot(context.Background(), Model, repo.id, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	storage := filepath.Join(cache, "models--meta-llama--Tiny-1B")
+	if want := filepath.Join(storage, "snapshots", repo.commit); dir != want {
+		t.Fatalf("dir %s, want %s", dir, want)
+	}
+	if got := listDir(t, dir); strings.Join(got, " ") != "config.json model.safetensors tokenizer.json" {
+		t.Fatalf("snapshot holds %v", got)
+	}
+	for name, etag := range map[string]string{
+		"config.json":       gitSHA1(repo.files["config.json"]),
+		"tokenizer.json":    gitSHA1(repo.files["tokenizer.json"]),
+		"model.safetensors": sha256Hex(repo.files["model.safetensors"]),
+	} {
+		if l := readLink(t, filepath.Join(dir, name)); l != "../../blobs/"+etag {
+			t.Errorf("%s -> %s, want ../../blobs/%s", name, l, etag)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil || !bytes.Equal(b, repo.files[name]) {
+			t.Errorf("%s: wrong content (%v)", name, err)
+		}
+	}
+	if got := len(listDir(t, filepath.Join(storage, "blobs"))); got != 3 {
+		t.Errorf("blobs/ holds %d files, want 3 (no .incomplete left)", got)
+	}
+	if b, err := os.ReadFile(filepath.Join(storage, "refs", "main")); err != nil || string(b) != repo.commit {
+		t.Errorf("refs/main = %q (%v), want %s", b, err, repo.commit)
+	}
+	if !strings.Contains(log.String(), "model.safetensors") {
+		t.Errorf("progress log: %q", log.String())
+	}
+
+	// Again: only the revision is asked for.
+	n := f.requests.Load()
+	if dir2, err := c.Snapshot(context.Background(), Model, repo.id, "main", nil); err != nil || dir2 != dir {
+		t.Fatalf("second Snapshot: %s, %v", dir2, err)
+	}
+	if got := f.requests.Load() - n; got != 1 {
+		t.Errorf("second Snapshot sent %d requests, want 1 (the file list)", got)
+	}
+	// Offline: none.
+	n = f.requests.Load()
+	c.Offline = true
+	if dir2, err := c.Snapshot(context.Background(), Model, repo.id, "main", nil); err != nil || dir2 != dir {
+		t.Fatalf("offline Snapshot: %s, %v", dir2, err)
+	}
+	if got := f.requests.Load() - n; got != 0 {
+		t.Errorf("offline Snapshot sent %d requests", got)
+	}
+	// By commit, and with --include of a sub-folder.
+	c.Offline = false
+	dir3, err := c.Snapshot(context.Background(), Model, repo.id, repo.commit, []string{"original/"})
+	if err != nil || dir3 != dir {
+		t.Fatalf("Snapshot by commit: %s, %v", dir3, err)
+	}
+	if l := readLink(t, filepath.Join(dir, "original", "params.json")); l != "../../../blobs/"+gitSHA1([]byte("{}")) {
+		t.Errorf("original/params.json -> %s", l)
+	}
+}
+
+func TestResumeAfterCut(t *testing.T) {
+	f := newFakeHub(t)
+	repo := modelRepo(f)
+	f.cutAfter, f.cuts = 100_000, 2
+	cache := t.TempDir()
+	dir, err := f.client(cache).Snapshot(context.Background(), Model, repo.id, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "model.safetensors"))
+	if err != nil || !bytes.Equal(b, repo.files["model.safetensors"]) {
+		t.Fatalf("resumed blob differs (%v)", err)
+	}
+	if want := []string{"", "bytes=100000-", "bytes=200000-"}; strings.Join(f.ranges, ",") != strings.Join(want, ",") {
+		t.Errorf("Range headers %q, want %q", f.ranges, want)
+	}
+}
+
+func TestResumeAcrossRuns(t *testing.T) {
+	f := newFakeHub(t)
+	repo := modelRepo(f)
+	f.cutAfter, f.cuts = 120_000, 1
+	cache := t.TempDir()
+	c := f.client(cache)
+	c.Retries = 1
+	_, err := c.Snapshot(context.Background(), Model, repo.id, "", nil)
+	if !errors.Is(err, ErrConnection) || !strings.Contains(err.Error(), "resumes") {
+		t.Fatalf("cut download: %v, want ErrConnection saying it resumes", err)
+	}
+	storage := filepath.Join(cache, "models--meta-llama--Tiny-1B")
+	sum := sha256Hex(repo.files["model.safetensors"])
+	if st, err := os.Stat(filepath.Join(storage, "blobs", sum+".incomplete")); err != nil || st.Size() != 120_000 {
+		t.Fatalf("the .incomplete blob: %v %v", st, err)
+	}
+	if _, err := os.Lstat(filepath.Join(storage, "snapshots", repo.commit, "model.safetensors")); err == nil {
+		t.Fatal("snapshots/ has the cut file")
+	}
+	// The next run resumes; the server ignoring the Range once starts over.
+	f.ranges = nil
+	dir, err := c.Snapshot(context.Background(), Model, repo.id, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "model.safetensors")); !bytes.Equal(b, repo.files["model.safetensors"]) {
+		t.Fatal("resumed blob differs")
+	}
+	if len(f.ranges) != 1 || f.ranges[0] != "bytes=120000-" {
+		t.Errorf("Range headers %q, want [bytes=120000-]", f.ranges)
+	}
+
+	// A server that ignores Range: the partial file is restarted, the result is right.
+	cache2 := t.TempDir()
+	f.cutAfter, f.cuts, f.ignoreRange = 50_000, 1, true
+	dir, err = f.client(cache2).Snapshot(context.Background(), Model, repo.id, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "model.safetensors")); !bytes.Equal(b, repo.files["model.safetensors"]) {
+		t.Fatal("restarted blob differs")
+	}
+}
+
+func TestChecksumMismatch(t *testing.T) {
+	f := newFakeHub(t)
+	repo := modelRepo(f)
+	f.corrupt = true
+	cache := t.TempDir()
+	_, err := f.client(cache).Snapshot(context.Background(), Model, repo.id, "", nil)
+	if !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), "model.safetensors") {
+		t.Fatalf("corrupt blob: %v, want ErrChecksum naming the file", err)
+	}
+	storage := filepath.Join(cache, "models--meta-llama--Tiny-1B")
+	if _, err := os.Lstat(filepath.Join(storage, "snapshots", repo.commit, "model.safetensors")); err == nil {
+		t.Error("snapshots/ has the corrupt file")
+	}
+	for _, name := range listDir(t, filepath.Join(storage, "blobs")) {
+		if strings.HasPrefix(name, sha256Hex(repo.files["model.safetensors"])) {
+			t.Errorf("blobs/ keeps %s", name)
+		}
+	}
+}
+
+type fullDisk struct {
+	w    io.Writer
+	room int
+}
+
+func (d *fullDisk) Write(p []byte) (int, error) {
+	if len(p) > d.room {
+		n, _ := d.w.Write(p[:d.room])
+		d.room = 0
+		return n, &os.PathError{Op: "write", Path: "x", Err: syscall.ENOSPC}
+	}
+	d.room -= len(p)
+	return d.w.Write(p)
+}
+
+func TestDiskFull(t *testing.T) {
+	f := newFakeHub(t)
+	repo := modelRepo(f)
+	cache := t.TempDir()
+	c := f.client(cache)
+	c.wrapWriter = func(w io.Writer) io.Writer { return &fullDisk{w: w, room: 1000} }
+	_, err := c.Snapshot(context.Background(), Model, repo.id, "", nil)
+	if !errors.Is(err, ErrDiskFull) || !strings.Contains(err.Error(), cache) || !strings.Contains(err.Error(), "HF_HUB_CACHE") {
+		t.Fatalf("full disk: %v, want ErrDiskFull naming the cache and HF_HUB_CACHE", err)
+	}
+	storage := filepath.Join(cache, "models--meta-llama--Tiny-1B")
+	if _, err := os.Lstat(filepath.Join(storage, "snapshots", repo.commit, "model.safetensors")); err == nil {
+		t.Error("snapshots/ has the half-written file")
+	}
+	// With room again, it resumes from what was kept.
+	c.wrapWriter = nil
+	f.ranges = nil
+	dir, err := c.Snapshot(context.Background(), Model, repo.id, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "model.safetensors")); !bytes.Equal(b, repo.files["model.safetensors"]) {
+		t.Fatal("blob differs after the disk-full resume")
+	}
+	if len(f.ranges) != 1 || !strings.HasPrefix(f.ranges[0], "bytes=") {
+		t.Errorf("Range headers %q, want one resume", f.ranges)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	f := newFakeHub(t)
+	modelRepo(f)
+	f.add(&fakeRepo{id: "meta-llama/Gated-8B", gated: true, files: map[string][]byte{"config.json": []byte("{}"), "model.safetensors": []byte("x")}})
+	f.add(&fakeRepo{id: "org/private", private: true, files: map[string][]byte{"config.json": []byte("{}"), "model.safetensors": []byte("x")}})
+	f.add(&fakeRepo{id: "org/vanishing", files: map[string][]byte{"config.json": []byte("{}"), "model.safetensors": []byte("x")}, vanish: map[string]bool{"model.safetensors": true}})
+	f.add(&fakeRepo{id: "org/bin-only", files: map[string][]byte{"config.json": []byte("{}"), "pytorch_model.bin": []byte("x")}})
+	for _, tc := range []struct {
+		name, repo, rev, token string
+		include                []string
+		kind                   error
+		want                   []string
+	}{
+		{"missing repo", "org/nope", "", "hf_good", nil, ErrRepoNotFound, []string{"model org/nope not found"}},
+		{"private without token", "org/private", "", "", nil, ErrRepoNotFound, []string{"set HF_TOKEN"}},
+		{"bad token", "meta-llama/Tiny-1B", "", "hf_bad", nil, ErrUnauthorized, []string{"bad or missing token", "HF_TOKEN", "huggingface-cli login"}},
+		{"gated", "meta-llama/Gated-8B", "", "hf_good", nil, ErrGated, []string{"gated", "/meta-llama/Gated-8B", "HF_TOKEN"}},
+		{"bad revision", "meta-llama/Tiny-1B", "v9", "hf_good", nil, ErrRevisionNotFound, []string{`revision "v9"`}},
+		{"entry vanished", "org/vanishing", "", "hf_good", nil, ErrEntryNotFound, []string{"model.safetensors"}},
+		{"include matches nothing", "meta-llama/Tiny-1B", "", "hf_good", []string{"*.gguf"}, nil, []string{"no file matches --include *.gguf"}},
+		{"no safetensors", "org/bin-only", "", "hf_good", nil, nil, []string{"no top-level *.safetensors"}},
+		{"bad repo id", "org/a--b", "", "hf_good", nil, nil, []string{"not a Hugging Face repository id"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cache := t.TempDir()
+			c := f.client(cache)
+			c.Token = tc.token
+			_, err := c.Snapshot(context.Background(), Model, tc.repo, tc.rev, tc.include)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if tc.kind != nil && !errors.Is(err, tc.kind) {
+				t.Errorf("error %v is not %v", err, tc.kind)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			filepath.WalkDir(cache, func(p string, d os.DirEntry, err error) error {
+				if err == nil && !d.IsDir() && strings.Contains(p, "snapshots") {
+					t.Errorf("a failed Snapshot left %s", p)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+func TestDataset(t *testing.T) {
+	f := newFakeHub(t)
+	repo := f.add(&fakeRepo{typ: Dataset, id: "org/chat-data", files: map[string][]byte{
+		"README.md":                          []byte("# data"),
+		"data/train-00000-of-00001.parquet":  weights(2000),
+		"data/train-00000-of-00001.jsonl.gz": weights(100),
+	}, lfs: map[string]bool{"data/train-00000-of-00001.parquet": true}})
+	cache := t.TempDir()
+	dir, err := f.client(cache).Snapshot(context.Background(), Dataset, repo.id, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(cache, "datasets--org--chat-data", "snapshots", repo.commit); dir != want {
+		t.Fatalf("dir %s, want %s", dir, want)
+	}
+	if l := readLink(t, filepath.Join(dir, "data", "train-00000-of-00001.parquet")); l != "../../../blobs/"+sha256Hex(repo.files["data/train-00000-of-00001.parquet"]) {
+		t.Errorf("parquet -> %s", l)
+	}
+	if got := listDir(t, filepath.Join(dir, "data")); len(got) != 2 {
+		t.Errorf("data/ holds %v", got)
+	}
+}
+
+// A cache written by huggingface_hub is used offline, and when the Hub is unreachable.
+func TestPrepopulatedCache(t *testing.T) {
+	cache := t.TempDir()
+	storage := filepath.Join(cache, "models--org--cached")
+	commit := strings.Repeat("ab", 20)
+	blob := filepath.Join(storage, "blobs", gitSHA1([]byte("{}")))
+	snap := filepath.Join(storage, "snapshots", commit)
+	for _, d := range []string{filepath.Dir(blob), snap, filepath.Join(storage, "refs")} {
+		os.MkdirAll(d, 0o755)
+	}
+	os.WriteFile(blob, []byte("{}"), 0o644)
+	os.Symlink("../../blobs/"+filepath.Base(blob), filepath.Join(snap, "config.json"))
+	os.WriteFile(filepath.Join(storage, "refs", "main"), []byte(commit), 0o644)
+
+	f := newFakeHub(t)
+	c := f.client(cache)
+	c.Offline = true
+	for _, rev := range []string{"", "main", commit} {
+		dir, err := c.Snapshot(context.Background(), Model, "org/cached", rev, nil)
+		if err != nil || dir != snap {
+			t.Fatalf("offline %q: %s, %v", rev, dir, err)
+		}
+	}
+	if n := f.requests.Load(); n != 0 {
+		t.Errorf("offline sent %d requests", n)
+	}
+	_, err := c.Snapshot(context.Background(), Model, "org/absent", "", nil)
+	if !errors.Is(err, ErrNotCached) || !strings.Contains(err.Error(), "HF_HUB_OFFLINE") {
+		t.Errorf("offline, not cached: %v", err)
+	}
+	_, err = c.Snapshot(context.Background(), Model, "org/cached", "v2", nil)
+	if !errors.Is(err, ErrNotCached) {
+		t.Errorf("offline, revision not cached: %v", err)
+	}
+
+	// Unreachable Hub: the cache answers.
+	f.hub.Close()
+	c.Offline = false
+	c.Retries = 1
+	dir, err := c.Snapshot(context.Background(), Model, "org/cached", "", nil)
+	if err != nil || dir != snap {
+		t.Fatalf("unreachable Hub: %s, %v", dir, err)
+	}
+	_, err = c.Snapshot(context.Background(), Model, "org/absent", "", nil)
+	if !errors.Is(err, ErrConnection) || !strings.Contains(err.Error(), "cannot reach the Hub") {
+		t.Errorf("unreachable Hub, not cached: %v", err)
+	}
+}
+
+func TestCancel(t *testing.T) {
+	f := newFakeHub(t)
+	repo := modelRepo(f)
+	f.block, f.started = make(chan struct{}), make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-f.started; cancel() }()
+	cache := t.TempDir()
+	_, err := f.client(cache).Snapshot(ctx, Model, repo.id, "", nil)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: %v", err)
+	}
+	sum := sha256Hex(repo.files["model.safetensors"])
+	st, err := os.Stat(filepath.Join(cache, "models--meta-llama--Tiny-1B", "blobs", sum+".incomplete"))
+	if err != nil || st.Size() > 150_000 { // what had arrived when ctx was cancelled
+		t.Errorf("the .incomplete blob: %v, %v", st, err)
+	}
+}
+
+func TestLooksLikeRepoID(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	os.MkdirAll("local/model", 0o755)
+	for s, want := range map[string]bool{
+		"meta-llama/Llama-3.1-8B-Instruct":      true,
+		"meta-llama/Llama-3.1-8B-Instruct@main": true,
+		"org/name@0123abcd":                     true,
+		"HuggingFaceH4/ultrachat_200k":          true,
+		"local/model":                           false, // exists here
+		"./org/name":                            false,
+		"/org/name":                             false,
+		"~/org/name":                            false,
+		"name":                                  false,
+		"a/b/c":                                 false,
+		"data/train.jsonl":                      false,
+		"models/x.gguf":                         false,
+		"org/name@":                             false,
+		"org/a--b":                              false,
+		"org/.hidden":                           false,
+		"":                                      false,
+	} {
+		if got := LooksLikeRepoID(s); got != want {
+			t.Errorf("LooksLikeRepoID(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+func TestMatch(t *testing.T) {
+	for _, tc := range []struct {
+		pat, name string
+		want      bool
+	}{
+		{"*.safetensors", "model-00001-of-00004.safetensors", true},
+		{"*.safetensors", "original/x.safetensors", true}, // fnmatch: * crosses /
+		{"original/", "original/params.json", true},
+		{"original/*", "model.safetensors", false},
+		{"tokenizer*.json", "tokenizer_config.json", true},
+		{"model-0000[12]-*", "model-00002-of-00004.safetensors", true},
+		{"model-0000[!12]-*", "model-00002-of-00004.safetensors", false},
+		{"config.json", "config.json", true},
+		{"config.json", "configXjson", false},
+	} {
+		if got := Match(tc.pat, tc.name); got != tc.want {
+			t.Errorf("Match(%q, %q) = %v", tc.pat, tc.name, got)
+		}
+	}
+	got := selectFiles([]string{"config.json", "model.safetensors", "original/consolidated.00.pth", "pytorch_model.bin", "tokenizer.model", "original/tokenizer.model"}, Model, nil)
+	if strings.Join(got, " ") != "config.json model.safetensors tokenizer.model" {
+		t.Errorf("default model files: %v", got)
+	}
+}
+
+func TestFromEnv(t *testing.T) {
+	home := t.TempDir()
+	for _, k := range []string{"HF_ENDPOINT", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "XDG_CACHE_HOME"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("HF_HOME", home)
+	os.WriteFile(filepath.Join(home, "token"), []byte("hf_fromfile\n"), 0o600)
+	c := FromEnv()
+	if c.Endpoint != DefaultEndpoint || c.CacheDir != filepath.Join(home, "hub") || c.Token != "hf_fromfile" || c.Offline {
+		t.Errorf("FromEnv = %+v", c)
+	}
+	t.Setenv("HF_ENDPOINT", "http://mirror.local/")
+	t.Setenv("HF_HUB_CACHE", "/elsewhere")
+	t.Setenv("HF_TOKEN", "hf_env")
+	t.Setenv("HF_HUB_OFFLINE", "1")
+	c = FromEnv()
+	if c.Endpoint != "http://mirror.local" || c.CacheDir != "/elsewhere" || c.Token != "hf_env" || !c.Offline {
+		t.Errorf("FromEnv = %+v", c)
+	}
+}
