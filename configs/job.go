@@ -28,7 +28,7 @@ import (
 // reported at once, each with its key path. Zero values and absent keys take the defaults
 // documented on each field; YAML returns the resolved job with every default filled in.
 type Job struct {
-	Model      string     `yaml:"model"`  // Hugging Face model directory (required)
+	Model      string     `yaml:"model"`  // Hugging Face model directory or Hub repo id org/name[@rev] (required)
 	Method     string     `yaml:"method"` // lora (default) | full
 	LoRA       LoRA       `yaml:"lora"`
 	Full       Full       `yaml:"full"`
@@ -239,6 +239,9 @@ func LoadBytes(src []byte, path string, sets []string) (*Job, error) {
 			j.Dir = filepath.Dir(path)
 		}
 	}
+	remoteErrs, remoteKeys := j.fetchRemote() // Hub repository ids (see Remote)
+	errs = append(errs, remoteErrs...)
+	dec.bad = append(dec.bad, remoteKeys...)
 	j.resolvePaths()
 	j.fillDefaults()
 	if err := j.Validate(); err != nil {
