@@ -93,6 +93,9 @@ func FromEnv() *Client {
 	if c.CacheDir == "" {
 		c.CacheDir = filepath.Join(home, "hub")
 	}
+	if abs, err := filepath.Abs(c.CacheDir); err == nil {
+		c.CacheDir = abs // snapshot paths go into jobs, resolved against other directories
+	}
 	if c.Token == "" {
 		path := os.Getenv("HF_TOKEN_PATH")
 		if path == "" {

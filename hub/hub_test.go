@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/llamatune/llamatune/hub/hubtest"
 )
 
 // weights is a pseudo-random LFS file body of n bytes.
@@ -26,8 +28,8 @@ func weights(n int) []byte {
 
 // modelRepo adds a small model repository: two regular files, LFS weights, and files the
 // defaults skip (original/, *.bin, README.md).
-func modelRepo(f *fakeHub) *fakeRepo {
-	return f.add(&fakeRepo{id: "meta-llama/Tiny-1B", files: map[string][]byte{
+func modelRepo(f *hubtest.Server) *hubtest.Repo {
+	return f.Add(&hubtest.Repo{ID: "meta-llama/Tiny-1B", Files: map[string][]byte{
 		"config.json":                    []byte(`{"model_type":"llama"}`),
 		"tokenizer.json":                 []byte(`{"model":{}}`),
 		"model.safetensors":              weights(300_000),
@@ -36,7 +38,12 @@ func modelRepo(f *fakeHub) *fakeRepo {
 		"README.md":                      []byte("# tiny"),
 		"original/params.json":           []byte("{}"),
 		"model.safetensors.index.json.x": []byte("not matched"),
-	}, lfs: map[string]bool{"model.safetensors": true, "original/consolidated.00.pth": true, "pytorch_model.bin": true}})
+	}, LFS: map[string]bool{"model.safetensors": true, "original/consolidated.00.pth": true, "pytorch_model.bin": true}})
+}
+
+// client is a Client of the fake Hub with no wait between retries.
+func client(f *hubtest.Server, cache string) *Client {
+	return &Client{Endpoint: f.Hub.URL, Token: f.Token, CacheDir: cache, HTTP: f.Hub.Client(), Retries: 3}
 }
 
 func listDir(t *testing.T, dir string) []string {
@@ -63,151 +70,151 @@ func readLink(t *testing.T, p string) string {
 }
 
 func TestSnapshotLayout(t *testing.T) {
-	f := newFakeHub(t)
+	f := hubtest.New(t)
 	repo := modelRepo(f)
 	cache := t.TempDir()
 	var log bytes.Buffer
-	c := f.client(cache)
+	c := client(f, cache)
 	c.Progress = &log
-	dir, err := c.Snapshot(context.Background(), Model, repo.id, "", nil)
+	dir, err := c.Snapshot(context.Background(), Model, repo.ID, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	storage := filepath.Join(cache, "models--meta-llama--Tiny-1B")
-	if want := filepath.Join(storage, "snapshots", repo.commit); dir != want {
+	if want := filepath.Join(storage, "snapshots", repo.Commit); dir != want {
 		t.Fatalf("dir %s, want %s", dir, want)
 	}
 	if got := listDir(t, dir); strings.Join(got, " ") != "config.json model.safetensors tokenizer.json" {
 		t.Fatalf("snapshot holds %v", got)
 	}
 	for name, etag := range map[string]string{
-		"config.json":       gitSHA1(repo.files["config.json"]),
-		"tokenizer.json":    gitSHA1(repo.files["tokenizer.json"]),
-		"model.safetensors": sha256Hex(repo.files["model.safetensors"]),
+		"config.json":       hubtest.GitSHA1(repo.Files["config.json"]),
+		"tokenizer.json":    hubtest.GitSHA1(repo.Files["tokenizer.json"]),
+		"model.safetensors": hubtest.SHA256Hex(repo.Files["model.safetensors"]),
 	} {
 		if l := readLink(t, filepath.Join(dir, name)); l != "../../blobs/"+etag {
 			t.Errorf("%s -> %s, want ../../blobs/%s", name, l, etag)
 		}
 		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil || !bytes.Equal(b, repo.files[name]) {
+		if err != nil || !bytes.Equal(b, repo.Files[name]) {
 			t.Errorf("%s: wrong content (%v)", name, err)
 		}
 	}
 	if got := len(listDir(t, filepath.Join(storage, "blobs"))); got != 3 {
 		t.Errorf("blobs/ holds %d files, want 3 (no .incomplete left)", got)
 	}
-	if b, err := os.ReadFile(filepath.Join(storage, "refs", "main")); err != nil || string(b) != repo.commit {
-		t.Errorf("refs/main = %q (%v), want %s", b, err, repo.commit)
+	if b, err := os.ReadFile(filepath.Join(storage, "refs", "main")); err != nil || string(b) != repo.Commit {
+		t.Errorf("refs/main = %q (%v), want %s", b, err, repo.Commit)
 	}
 	if !strings.Contains(log.String(), "model.safetensors") {
 		t.Errorf("progress log: %q", log.String())
 	}
 
 	// Again: only the revision is asked for.
-	n := f.requests.Load()
-	if dir2, err := c.Snapshot(context.Background(), Model, repo.id, "main", nil); err != nil || dir2 != dir {
+	n := f.Requests()
+	if dir2, err := c.Snapshot(context.Background(), Model, repo.ID, "main", nil); err != nil || dir2 != dir {
 		t.Fatalf("second Snapshot: %s, %v", dir2, err)
 	}
-	if got := f.requests.Load() - n; got != 1 {
+	if got := f.Requests() - n; got != 1 {
 		t.Errorf("second Snapshot sent %d requests, want 1 (the file list)", got)
 	}
 	// Offline: none.
-	n = f.requests.Load()
+	n = f.Requests()
 	c.Offline = true
-	if dir2, err := c.Snapshot(context.Background(), Model, repo.id, "main", nil); err != nil || dir2 != dir {
+	if dir2, err := c.Snapshot(context.Background(), Model, repo.ID, "main", nil); err != nil || dir2 != dir {
 		t.Fatalf("offline Snapshot: %s, %v", dir2, err)
 	}
-	if got := f.requests.Load() - n; got != 0 {
+	if got := f.Requests() - n; got != 0 {
 		t.Errorf("offline Snapshot sent %d requests", got)
 	}
 	// By commit, and with --include of a sub-folder.
 	c.Offline = false
-	dir3, err := c.Snapshot(context.Background(), Model, repo.id, repo.commit, []string{"original/"})
+	dir3, err := c.Snapshot(context.Background(), Model, repo.ID, repo.Commit, []string{"original/"})
 	if err != nil || dir3 != dir {
 		t.Fatalf("Snapshot by commit: %s, %v", dir3, err)
 	}
-	if l := readLink(t, filepath.Join(dir, "original", "params.json")); l != "../../../blobs/"+gitSHA1([]byte("{}")) {
+	if l := readLink(t, filepath.Join(dir, "original", "params.json")); l != "../../../blobs/"+hubtest.GitSHA1([]byte("{}")) {
 		t.Errorf("original/params.json -> %s", l)
 	}
 }
 
 func TestResumeAfterCut(t *testing.T) {
-	f := newFakeHub(t)
+	f := hubtest.New(t)
 	repo := modelRepo(f)
-	f.cutAfter, f.cuts = 100_000, 2
+	f.Set(func(s *hubtest.Server) { s.CutAfter, s.Cuts = 100_000, 2 })
 	cache := t.TempDir()
-	dir, err := f.client(cache).Snapshot(context.Background(), Model, repo.id, "", nil)
+	dir, err := client(f, cache).Snapshot(context.Background(), Model, repo.ID, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "model.safetensors"))
-	if err != nil || !bytes.Equal(b, repo.files["model.safetensors"]) {
+	if err != nil || !bytes.Equal(b, repo.Files["model.safetensors"]) {
 		t.Fatalf("resumed blob differs (%v)", err)
 	}
-	if want := []string{"", "bytes=100000-", "bytes=200000-"}; strings.Join(f.ranges, ",") != strings.Join(want, ",") {
-		t.Errorf("Range headers %q, want %q", f.ranges, want)
+	if want, got := []string{"", "bytes=100000-", "bytes=200000-"}, f.Ranges(); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("Range headers %q, want %q", got, want)
 	}
 }
 
 func TestResumeAcrossRuns(t *testing.T) {
-	f := newFakeHub(t)
+	f := hubtest.New(t)
 	repo := modelRepo(f)
-	f.cutAfter, f.cuts = 120_000, 1
+	f.Set(func(s *hubtest.Server) { s.CutAfter, s.Cuts = 120_000, 1 })
 	cache := t.TempDir()
-	c := f.client(cache)
+	c := client(f, cache)
 	c.Retries = 1
-	_, err := c.Snapshot(context.Background(), Model, repo.id, "", nil)
+	_, err := c.Snapshot(context.Background(), Model, repo.ID, "", nil)
 	if !errors.Is(err, ErrConnection) || !strings.Contains(err.Error(), "resumes") {
 		t.Fatalf("cut download: %v, want ErrConnection saying it resumes", err)
 	}
 	storage := filepath.Join(cache, "models--meta-llama--Tiny-1B")
-	sum := sha256Hex(repo.files["model.safetensors"])
+	sum := hubtest.SHA256Hex(repo.Files["model.safetensors"])
 	if st, err := os.Stat(filepath.Join(storage, "blobs", sum+".incomplete")); err != nil || st.Size() != 120_000 {
 		t.Fatalf("the .incomplete blob: %v %v", st, err)
 	}
-	if _, err := os.Lstat(filepath.Join(storage, "snapshots", repo.commit, "model.safetensors")); err == nil {
+	if _, err := os.Lstat(filepath.Join(storage, "snapshots", repo.Commit, "model.safetensors")); err == nil {
 		t.Fatal("snapshots/ has the cut file")
 	}
 	// The next run resumes; the server ignoring the Range once starts over.
-	f.ranges = nil
-	dir, err := c.Snapshot(context.Background(), Model, repo.id, "", nil)
+	f.Ranges()
+	dir, err := c.Snapshot(context.Background(), Model, repo.ID, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := os.ReadFile(filepath.Join(dir, "model.safetensors")); !bytes.Equal(b, repo.files["model.safetensors"]) {
+	if b, _ := os.ReadFile(filepath.Join(dir, "model.safetensors")); !bytes.Equal(b, repo.Files["model.safetensors"]) {
 		t.Fatal("resumed blob differs")
 	}
-	if len(f.ranges) != 1 || f.ranges[0] != "bytes=120000-" {
-		t.Errorf("Range headers %q, want [bytes=120000-]", f.ranges)
+	if got := f.Ranges(); len(got) != 1 || got[0] != "bytes=120000-" {
+		t.Errorf("Range headers %q, want [bytes=120000-]", got)
 	}
 
 	// A server that ignores Range: the partial file is restarted, the result is right.
 	cache2 := t.TempDir()
-	f.cutAfter, f.cuts, f.ignoreRange = 50_000, 1, true
-	dir, err = f.client(cache2).Snapshot(context.Background(), Model, repo.id, "", nil)
+	f.Set(func(s *hubtest.Server) { s.CutAfter, s.Cuts, s.IgnoreRange = 50_000, 1, true })
+	dir, err = client(f, cache2).Snapshot(context.Background(), Model, repo.ID, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := os.ReadFile(filepath.Join(dir, "model.safetensors")); !bytes.Equal(b, repo.files["model.safetensors"]) {
+	if b, _ := os.ReadFile(filepath.Join(dir, "model.safetensors")); !bytes.Equal(b, repo.Files["model.safetensors"]) {
 		t.Fatal("restarted blob differs")
 	}
 }
 
 func TestChecksumMismatch(t *testing.T) {
-	f := newFakeHub(t)
+	f := hubtest.New(t)
 	repo := modelRepo(f)
-	f.corrupt = true
+	f.Set(func(s *hubtest.Server) { s.Corrupt = true })
 	cache := t.TempDir()
-	_, err := f.client(cache).Snapshot(context.Background(), Model, repo.id, "", nil)
+	_, err := client(f, cache).Snapshot(context.Background(), Model, repo.ID, "", nil)
 	if !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), "model.safetensors") {
 		t.Fatalf("corrupt blob: %v, want ErrChecksum naming the file", err)
 	}
 	storage := filepath.Join(cache, "models--meta-llama--Tiny-1B")
-	if _, err := os.Lstat(filepath.Join(storage, "snapshots", repo.commit, "model.safetensors")); err == nil {
+	if _, err := os.Lstat(filepath.Join(storage, "snapshots", repo.Commit, "model.safetensors")); err == nil {
 		t.Error("snapshots/ has the corrupt file")
 	}
 	for _, name := range listDir(t, filepath.Join(storage, "blobs")) {
-		if strings.HasPrefix(name, sha256Hex(repo.files["model.safetensors"])) {
+		if strings.HasPrefix(name, hubtest.SHA256Hex(repo.Files["model.safetensors"])) {
 			t.Errorf("blobs/ keeps %s", name)
 		}
 	}
@@ -229,41 +236,41 @@ func (d *fullDisk) Write(p []byte) (int, error) {
 }
 
 func TestDiskFull(t *testing.T) {
-	f := newFakeHub(t)
+	f := hubtest.New(t)
 	repo := modelRepo(f)
 	cache := t.TempDir()
-	c := f.client(cache)
+	c := client(f, cache)
 	c.wrapWriter = func(w io.Writer) io.Writer { return &fullDisk{w: w, room: 1000} }
-	_, err := c.Snapshot(context.Background(), Model, repo.id, "", nil)
+	_, err := c.Snapshot(context.Background(), Model, repo.ID, "", nil)
 	if !errors.Is(err, ErrDiskFull) || !strings.Contains(err.Error(), cache) || !strings.Contains(err.Error(), "HF_HUB_CACHE") {
 		t.Fatalf("full disk: %v, want ErrDiskFull naming the cache and HF_HUB_CACHE", err)
 	}
 	storage := filepath.Join(cache, "models--meta-llama--Tiny-1B")
-	if _, err := os.Lstat(filepath.Join(storage, "snapshots", repo.commit, "model.safetensors")); err == nil {
+	if _, err := os.Lstat(filepath.Join(storage, "snapshots", repo.Commit, "model.safetensors")); err == nil {
 		t.Error("snapshots/ has the half-written file")
 	}
 	// With room again, it resumes from what was kept.
 	c.wrapWriter = nil
-	f.ranges = nil
-	dir, err := c.Snapshot(context.Background(), Model, repo.id, "", nil)
+	f.Ranges()
+	dir, err := c.Snapshot(context.Background(), Model, repo.ID, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := os.ReadFile(filepath.Join(dir, "model.safetensors")); !bytes.Equal(b, repo.files["model.safetensors"]) {
+	if b, _ := os.ReadFile(filepath.Join(dir, "model.safetensors")); !bytes.Equal(b, repo.Files["model.safetensors"]) {
 		t.Fatal("blob differs after the disk-full resume")
 	}
-	if len(f.ranges) != 1 || !strings.HasPrefix(f.ranges[0], "bytes=") {
-		t.Errorf("Range headers %q, want one resume", f.ranges)
+	if got := f.Ranges(); len(got) != 1 || !strings.HasPrefix(got[0], "bytes=") {
+		t.Errorf("Range headers %q, want one resume", got)
 	}
 }
 
 func TestErrors(t *testing.T) {
-	f := newFakeHub(t)
+	f := hubtest.New(t)
 	modelRepo(f)
-	f.add(&fakeRepo{id: "meta-llama/Gated-8B", gated: true, files: map[string][]byte{"config.json": []byte("{}"), "model.safetensors": []byte("x")}})
-	f.add(&fakeRepo{id: "org/private", private: true, files: map[string][]byte{"config.json": []byte("{}"), "model.safetensors": []byte("x")}})
-	f.add(&fakeRepo{id: "org/vanishing", files: map[string][]byte{"config.json": []byte("{}"), "model.safetensors": []byte("x")}, vanish: map[string]bool{"model.safetensors": true}})
-	f.add(&fakeRepo{id: "org/bin-only", files: map[string][]byte{"config.json": []byte("{}"), "pytorch_model.bin": []byte("x")}})
+	f.Add(&hubtest.Repo{ID: "meta-llama/Gated-8B", Gated: true, Files: map[string][]byte{"config.json": []byte("{}"), "model.safetensors": []byte("x")}})
+	f.Add(&hubtest.Repo{ID: "org/private", Private: true, Files: map[string][]byte{"config.json": []byte("{}"), "model.safetensors": []byte("x")}})
+	f.Add(&hubtest.Repo{ID: "org/vanishing", Files: map[string][]byte{"config.json": []byte("{}"), "model.safetensors": []byte("x")}, Vanish: map[string]bool{"model.safetensors": true}})
+	f.Add(&hubtest.Repo{ID: "org/bin-only", Files: map[string][]byte{"config.json": []byte("{}"), "pytorch_model.bin": []byte("x")}})
 	for _, tc := range []struct {
 		name, repo, rev, token string
 		include                []string
@@ -282,7 +289,7 @@ func TestErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cache := t.TempDir()
-			c := f.client(cache)
+			c := client(f, cache)
 			c.Token = tc.token
 			_, err := c.Snapshot(context.Background(), Model, tc.repo, tc.rev, tc.include)
 			if err == nil {
@@ -307,21 +314,21 @@ func TestErrors(t *testing.T) {
 }
 
 func TestDataset(t *testing.T) {
-	f := newFakeHub(t)
-	repo := f.add(&fakeRepo{typ: Dataset, id: "org/chat-data", files: map[string][]byte{
+	f := hubtest.New(t)
+	repo := f.Add(&hubtest.Repo{Type: Dataset, ID: "org/chat-data", Files: map[string][]byte{
 		"README.md":                          []byte("# data"),
 		"data/train-00000-of-00001.parquet":  weights(2000),
 		"data/train-00000-of-00001.jsonl.gz": weights(100),
-	}, lfs: map[string]bool{"data/train-00000-of-00001.parquet": true}})
+	}, LFS: map[string]bool{"data/train-00000-of-00001.parquet": true}})
 	cache := t.TempDir()
-	dir, err := f.client(cache).Snapshot(context.Background(), Dataset, repo.id, "", nil)
+	dir, err := client(f, cache).Snapshot(context.Background(), Dataset, repo.ID, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := filepath.Join(cache, "datasets--org--chat-data", "snapshots", repo.commit); dir != want {
+	if want := filepath.Join(cache, "datasets--org--chat-data", "snapshots", repo.Commit); dir != want {
 		t.Fatalf("dir %s, want %s", dir, want)
 	}
-	if l := readLink(t, filepath.Join(dir, "data", "train-00000-of-00001.parquet")); l != "../../../blobs/"+sha256Hex(repo.files["data/train-00000-of-00001.parquet"]) {
+	if l := readLink(t, filepath.Join(dir, "data", "train-00000-of-00001.parquet")); l != "../../../blobs/"+hubtest.SHA256Hex(repo.Files["data/train-00000-of-00001.parquet"]) {
 		t.Errorf("parquet -> %s", l)
 	}
 	if got := listDir(t, filepath.Join(dir, "data")); len(got) != 2 {
@@ -334,7 +341,7 @@ func TestPrepopulatedCache(t *testing.T) {
 	cache := t.TempDir()
 	storage := filepath.Join(cache, "models--org--cached")
 	commit := strings.Repeat("ab", 20)
-	blob := filepath.Join(storage, "blobs", gitSHA1([]byte("{}")))
+	blob := filepath.Join(storage, "blobs", hubtest.GitSHA1([]byte("{}")))
 	snap := filepath.Join(storage, "snapshots", commit)
 	for _, d := range []string{filepath.Dir(blob), snap, filepath.Join(storage, "refs")} {
 		os.MkdirAll(d, 0o755)
@@ -343,8 +350,8 @@ func TestPrepopulatedCache(t *testing.T) {
 	os.Symlink("../../blobs/"+filepath.Base(blob), filepath.Join(snap, "config.json"))
 	os.WriteFile(filepath.Join(storage, "refs", "main"), []byte(commit), 0o644)
 
-	f := newFakeHub(t)
-	c := f.client(cache)
+	f := hubtest.New(t)
+	c := client(f, cache)
 	c.Offline = true
 	for _, rev := range []string{"", "main", commit} {
 		dir, err := c.Snapshot(context.Background(), Model, "org/cached", rev, nil)
@@ -352,7 +359,7 @@ func TestPrepopulatedCache(t *testing.T) {
 			t.Fatalf("offline %q: %s, %v", rev, dir, err)
 		}
 	}
-	if n := f.requests.Load(); n != 0 {
+	if n := f.Requests(); n != 0 {
 		t.Errorf("offline sent %d requests", n)
 	}
 	_, err := c.Snapshot(context.Background(), Model, "org/absent", "", nil)
@@ -365,7 +372,7 @@ func TestPrepopulatedCache(t *testing.T) {
 	}
 
 	// Unreachable Hub: the cache answers.
-	f.hub.Close()
+	f.Hub.Close()
 	c.Offline = false
 	c.Retries = 1
 	dir, err := c.Snapshot(context.Background(), Model, "org/cached", "", nil)
@@ -379,17 +386,18 @@ func TestPrepopulatedCache(t *testing.T) {
 }
 
 func TestCancel(t *testing.T) {
-	f := newFakeHub(t)
+	f := hubtest.New(t)
 	repo := modelRepo(f)
-	f.block, f.started = make(chan struct{}), make(chan struct{})
+	started := make(chan struct{})
+	f.Set(func(s *hubtest.Server) { s.Block, s.Started = make(chan struct{}), started })
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() { <-f.started; cancel() }()
+	go func() { <-started; cancel() }()
 	cache := t.TempDir()
-	_, err := f.client(cache).Snapshot(ctx, Model, repo.id, "", nil)
+	_, err := client(f, cache).Snapshot(ctx, Model, repo.ID, "", nil)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled: %v", err)
 	}
-	sum := sha256Hex(repo.files["model.safetensors"])
+	sum := hubtest.SHA256Hex(repo.Files["model.safetensors"])
 	st, err := os.Stat(filepath.Join(cache, "models--meta-llama--Tiny-1B", "blobs", sum+".incomplete"))
 	if err != nil || st.Size() > 150_000 { // what had arrived when ctx was cancelled
 		t.Errorf("the .incomplete blob: %v, %v", st, err)
@@ -445,7 +453,7 @@ func TestMatch(t *testing.T) {
 	}
 	got := selectFiles([]string{"config.json", "model.safetensors", "original/consolidated.00.pth", "pytorch_model.bin", "tokenizer.model", "original/tokenizer.model"}, Model, nil)
 	if strings.Join(got, " ") != "config.json model.safetensors tokenizer.model" {
-		t.Errorf("default model files: %v", got)
+		t.Errorf("default model Files: %v", got)
 	}
 }
 

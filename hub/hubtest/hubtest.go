@@ -1,4 +1,9 @@
-package hub
+// Package hubtest is a fake Hugging Face Hub for tests: the revision API, resolve with a
+// relative redirect (regular files) or an absolute one to a second "CDN" server (LFS files),
+// the ETag / X-Linked-Etag / X-Linked-Size / X-Repo-Commit headers, Range requests, 401 / 403
+// (GatedRepo) / 404 (RepoNotFound, RevisionNotFound, EntryNotFound) and bodies cut mid-way.
+// It never reaches the network.
+package hubtest
 
 import (
 	"crypto/sha1"
@@ -15,93 +20,113 @@ import (
 	"testing"
 )
 
-// fakeRepo is one repository of the fake Hub.
-type fakeRepo struct {
-	typ, id string
-	commit  string
-	files   map[string][]byte
-	lfs     map[string]bool // served from the CDN, etag = sha256
-	gated   bool
-	private bool            // needs the valid token
-	vanish  map[string]bool // listed, but resolve answers 404 EntryNotFound
+// Repo is one repository of the fake Hub.
+type Repo struct {
+	Type    string // "model" (default) or "dataset"
+	ID      string // org/name
+	Commit  string // default: a sha1 of the ID
+	Files   map[string][]byte
+	LFS     map[string]bool // served from the CDN, etag = sha256
+	Gated   bool            // resolve answers 403 GatedRepo
+	Private bool            // needs a token
+	Vanish  map[string]bool // listed, but resolve answers 404 EntryNotFound
 }
 
-// fakeHub is a local Hugging Face Hub: the revision API, resolve with a relative redirect
+// Server is a local Hugging Face Hub: the revision API, resolve with a relative redirect
 // (regular files, to /api/resolve-cache/...) or an absolute one to a second "CDN" server
 // (LFS files), the ETag / X-Linked-* / X-Repo-Commit headers, Range requests, 401 / 403 /
 // 404 with X-Error-Code, and bodies cut mid-way.
-type fakeHub struct {
-	t     *testing.T
-	hub   *httptest.Server
-	cdn   *httptest.Server
-	token string // the valid token
+type Server struct {
+	Hub   *httptest.Server // the Hub (HF_ENDPOINT)
+	CDN   *httptest.Server // where LFS files are redirected
+	Token string           // the valid token (default hf_good)
+
+	t testing.TB
 
 	mu    sync.Mutex
-	repos map[string]*fakeRepo
-	// CDN behaviour.
-	cutAfter    int64 // > 0: a body is cut (connection closed) after this many bytes ...
-	cuts        int   // ... for this many responses (-1: all)
-	ignoreRange bool  // answer a Range request with the whole file (200)
-	corrupt     bool  // serve wrong bytes
-	block       chan struct{}
-	started     chan struct{} // with block: closed when a blocked body has started
+	repos map[string]*Repo
+	// CDN behaviour; change it with Set.
+	CutAfter    int64         // > 0: a body is cut (connection closed) after this many bytes ...
+	Cuts        int           // ... for this many responses (-1: all)
+	IgnoreRange bool          // answer a Range request with the whole file (200)
+	Corrupt     bool          // serve wrong bytes
+	Block       chan struct{} // non-nil: send half a body, then wait for the client to go
+	Started     chan struct{} // with Block: closed when the half body was sent
 	ranges      []string      // Range headers the CDN received
 
 	requests atomic.Int64 // to either server
 }
 
-func newFakeHub(t *testing.T) *fakeHub {
-	f := &fakeHub{t: t, repos: map[string]*fakeRepo{}, token: "hf_good"}
-	f.cdn = httptest.NewServer(f.count(http.HandlerFunc(f.serveCDN)))
-	f.hub = httptest.NewServer(f.count(http.HandlerFunc(f.serveHub)))
-	t.Cleanup(func() { f.hub.Close(); f.cdn.Close() })
+// New starts a fake Hub and its CDN; t.Cleanup stops them.
+func New(t testing.TB) *Server {
+	f := &Server{t: t, repos: map[string]*Repo{}, Token: "hf_good"}
+	f.CDN = httptest.NewServer(f.count(http.HandlerFunc(f.serveCDN)))
+	f.Hub = httptest.NewServer(f.count(http.HandlerFunc(f.serveHub)))
+	t.Cleanup(func() { f.Hub.Close(); f.CDN.Close() })
 	return f
 }
 
-func (f *fakeHub) count(h http.Handler) http.Handler {
+func (f *Server) count(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.requests.Add(1)
 		h.ServeHTTP(w, r)
 	})
 }
 
-func sha256Hex(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+// SHA256Hex is the sha256 of b in hex: the ETag of an LFS file.
+func SHA256Hex(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
 
-// gitSHA1 is the git blob id of content: the ETag of a regular file.
-func gitSHA1(b []byte) string {
+// GitSHA1 is the git blob id of content: the ETag of a regular file.
+func GitSHA1(b []byte) string {
 	h := sha1.New()
 	fmt.Fprintf(h, "blob %d\x00", len(b))
 	h.Write(b)
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-func (f *fakeHub) add(r *fakeRepo) *fakeRepo {
-	if r.typ == "" {
-		r.typ = Model
+// Add serves a repository (filling in Type, Commit and LFS) and returns it.
+func (f *Server) Add(r *Repo) *Repo {
+	if r.Type == "" {
+		r.Type = "model"
 	}
-	if r.commit == "" {
-		r.commit = gitSHA1([]byte(r.id))
+	if r.Commit == "" {
+		r.Commit = GitSHA1([]byte(r.ID))
 	}
-	if r.lfs == nil {
-		r.lfs = map[string]bool{}
+	if r.LFS == nil {
+		r.LFS = map[string]bool{}
 	}
 	f.mu.Lock()
-	f.repos[r.typ+":"+r.id] = r
+	f.repos[r.Type+":"+r.ID] = r
 	f.mu.Unlock()
 	return r
 }
 
-func (f *fakeHub) client(cache string) *Client {
-	return &Client{Endpoint: f.hub.URL, Token: f.token, CacheDir: cache, HTTP: f.hub.Client(), Retries: 3}
+// Set changes the server's behaviour (fields below mu) between requests.
+func (f *Server) Set(change func(s *Server)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	change(f)
 }
 
+// Ranges returns the Range headers the CDN received ("" for none) and forgets them.
+func (f *Server) Ranges() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.ranges
+	f.ranges = nil
+	return r
+}
+
+// Requests is the number of requests either server received.
+func (f *Server) Requests() int64 { return f.requests.Load() }
+
 // authOK: no token, or the valid one; bad: a token that is not.
-func (f *fakeHub) auth(r *http.Request) (has, ok bool) {
+func (f *Server) auth(r *http.Request) (has, ok bool) {
 	a := r.Header.Get("Authorization")
 	if a == "" {
 		return false, true
 	}
-	return true, a == "Bearer "+f.token
+	return true, a == "Bearer "+f.Token
 }
 
 func writeHubError(w http.ResponseWriter, status int, code, msg string) {
@@ -113,7 +138,7 @@ func writeHubError(w http.ResponseWriter, status int, code, msg string) {
 }
 
 // repoOf finds the repository for the path parts after the type prefix.
-func (f *fakeHub) repoOf(typ string, parts []string) (*fakeRepo, []string) {
+func (f *Server) repoOf(typ string, parts []string) (*Repo, []string) {
 	if len(parts) < 2 {
 		return nil, nil
 	}
@@ -122,7 +147,7 @@ func (f *fakeHub) repoOf(typ string, parts []string) (*fakeRepo, []string) {
 	return f.repos[typ+":"+parts[0]+"/"+parts[1]], parts[2:]
 }
 
-func (f *fakeHub) serveHub(w http.ResponseWriter, r *http.Request) {
+func (f *Server) serveHub(w http.ResponseWriter, r *http.Request) {
 	has, ok := f.auth(r)
 	if has && !ok {
 		writeHubError(w, http.StatusUnauthorized, "", "Invalid credentials in Authorization header")
@@ -137,15 +162,15 @@ func (f *fakeHub) serveHub(w http.ResponseWriter, r *http.Request) {
 	case len(parts) > 1 && parts[0] == "api":
 		f.serveAPI(w, r, strings.TrimSuffix(parts[1], "s"), parts[2:])
 	case len(parts) > 0 && parts[0] == "datasets":
-		f.serveResolve(w, r, Dataset, parts[1:])
+		f.serveResolve(w, r, "dataset", parts[1:])
 	default:
-		f.serveResolve(w, r, Model, parts)
+		f.serveResolve(w, r, "model", parts)
 	}
 }
 
-func (f *fakeHub) access(w http.ResponseWriter, r *http.Request, repo *fakeRepo) bool {
+func (f *Server) access(w http.ResponseWriter, r *http.Request, repo *Repo) bool {
 	has, _ := f.auth(r)
-	if repo == nil || (repo.private && !has) {
+	if repo == nil || (repo.Private && !has) {
 		writeHubError(w, http.StatusUnauthorized, "RepoNotFound", "Repository Not Found")
 		return false
 	}
@@ -153,7 +178,7 @@ func (f *fakeHub) access(w http.ResponseWriter, r *http.Request, repo *fakeRepo)
 }
 
 // serveAPI: GET /api/{type}s/org/name/revision/{rev}.
-func (f *fakeHub) serveAPI(w http.ResponseWriter, r *http.Request, typ string, parts []string) {
+func (f *Server) serveAPI(w http.ResponseWriter, r *http.Request, typ string, parts []string) {
 	repo, rest := f.repoOf(typ, parts)
 	if !f.access(w, r, repo) {
 		return
@@ -162,7 +187,7 @@ func (f *fakeHub) serveAPI(w http.ResponseWriter, r *http.Request, typ string, p
 		writeHubError(w, http.StatusNotFound, "", "bad API path")
 		return
 	}
-	if rev := unescape(rest[1]); rev != "main" && rev != repo.commit {
+	if rev := unescape(rest[1]); rev != "main" && rev != repo.Commit {
 		writeHubError(w, http.StatusNotFound, "RevisionNotFound", "Invalid rev id: "+rev)
 		return
 	}
@@ -173,8 +198,8 @@ func (f *fakeHub) serveAPI(w http.ResponseWriter, r *http.Request, typ string, p
 		ID       string `json:"id"`
 		Sha      string `json:"sha"`
 		Siblings []sib  `json:"siblings"`
-	}{ID: repo.id, Sha: repo.commit}
-	for name := range repo.files {
+	}{ID: repo.ID, Sha: repo.Commit}
+	for name := range repo.Files {
 		out.Siblings = append(out.Siblings, sib{name})
 	}
 	json.NewEncoder(w).Encode(out)
@@ -189,7 +214,7 @@ func unescape(s string) string {
 }
 
 // serveResolve: HEAD/GET org/name/resolve/{rev}/file...
-func (f *fakeHub) serveResolve(w http.ResponseWriter, r *http.Request, typ string, parts []string) {
+func (f *Server) serveResolve(w http.ResponseWriter, r *http.Request, typ string, parts []string) {
 	repo, rest := f.repoOf(typ, parts)
 	if !f.access(w, r, repo) {
 		return
@@ -198,60 +223,60 @@ func (f *fakeHub) serveResolve(w http.ResponseWriter, r *http.Request, typ strin
 		writeHubError(w, http.StatusNotFound, "", "bad path")
 		return
 	}
-	if rev := unescape(rest[1]); rev != "main" && rev != repo.commit {
+	if rev := unescape(rest[1]); rev != "main" && rev != repo.Commit {
 		writeHubError(w, http.StatusNotFound, "RevisionNotFound", "Invalid rev id: "+rev)
 		return
 	}
-	if repo.gated {
-		writeHubError(w, http.StatusForbidden, "GatedRepo", "Access to model "+repo.id+" is restricted. You must have access to it and be authenticated to access it.")
+	if repo.Gated {
+		writeHubError(w, http.StatusForbidden, "GatedRepo", "Access to model "+repo.ID+" is restricted. You must have access to it and be authenticated to access it.")
 		return
 	}
 	name := unescape(strings.Join(rest[2:], "/"))
-	body, found := repo.files[name]
-	w.Header().Set("X-Repo-Commit", repo.commit)
-	if !found || repo.vanish[name] {
+	body, found := repo.Files[name]
+	w.Header().Set("X-Repo-Commit", repo.Commit)
+	if !found || repo.Vanish[name] {
 		writeHubError(w, http.StatusNotFound, "EntryNotFound", name+" does not exist on \"main\"")
 		return
 	}
-	if repo.lfs[name] {
-		sum := sha256Hex(body)
-		w.Header().Set("ETag", `"`+gitSHA1([]byte("version https://git-lfs.github.com/spec/v1\noid sha256:"+sum))+`"`)
+	if repo.LFS[name] {
+		sum := SHA256Hex(body)
+		w.Header().Set("ETag", `"`+GitSHA1([]byte("version https://git-lfs.github.com/spec/v1\noid sha256:"+sum))+`"`)
 		w.Header().Set("X-Linked-Etag", `"`+sum+`"`)
 		w.Header().Set("X-Linked-Size", strconv.Itoa(len(body)))
-		w.Header().Set("Location", f.cdn.URL+"/blobs/"+sum+"?signature=abc")
+		w.Header().Set("Location", f.CDN.URL+"/blobs/"+sum+"?signature=abc")
 		w.WriteHeader(http.StatusFound)
 		return
 	}
-	w.Header().Set("Location", "/api/resolve-cache/"+typ+"s/"+repo.id+"/"+repo.commit+"/"+strings.Join(rest[2:], "/"))
+	w.Header().Set("Location", "/api/resolve-cache/"+typ+"s/"+repo.ID+"/"+repo.Commit+"/"+strings.Join(rest[2:], "/"))
 	w.WriteHeader(http.StatusTemporaryRedirect)
 }
 
 // serveRegular: the file itself, with its git sha1 ETag.
-func (f *fakeHub) serveRegular(w http.ResponseWriter, r *http.Request, typ string, parts []string) {
+func (f *Server) serveRegular(w http.ResponseWriter, r *http.Request, typ string, parts []string) {
 	repo, rest := f.repoOf(typ, parts)
 	if !f.access(w, r, repo) || len(rest) < 2 {
 		return
 	}
 	name := unescape(strings.Join(rest[1:], "/"))
-	body, found := repo.files[name]
+	body, found := repo.Files[name]
 	if !found {
 		writeHubError(w, http.StatusNotFound, "EntryNotFound", name)
 		return
 	}
-	w.Header().Set("X-Repo-Commit", repo.commit)
-	w.Header().Set("ETag", `"`+gitSHA1(body)+`"`)
+	w.Header().Set("X-Repo-Commit", repo.Commit)
+	w.Header().Set("ETag", `"`+GitSHA1(body)+`"`)
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	if r.Method == http.MethodGet {
 		w.Write(body)
 	}
 }
 
-func (f *fakeHub) blob(sum string) []byte {
+func (f *Server) blob(sum string) []byte {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, repo := range f.repos {
-		for name, b := range repo.files {
-			if repo.lfs[name] && sha256Hex(b) == sum {
+		for name, b := range repo.Files {
+			if repo.LFS[name] && SHA256Hex(b) == sum {
 				return b
 			}
 		}
@@ -260,7 +285,7 @@ func (f *fakeHub) blob(sum string) []byte {
 }
 
 // serveCDN: GET /blobs/{sha256} with Range support, cuts and corruption.
-func (f *fakeHub) serveCDN(w http.ResponseWriter, r *http.Request) {
+func (f *Server) serveCDN(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Authorization") != "" {
 		f.t.Errorf("the CDN received the token (Authorization: %s)", r.Header.Get("Authorization"))
 	}
@@ -272,11 +297,11 @@ func (f *fakeHub) serveCDN(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	rng := r.Header.Get("Range")
 	f.ranges = append(f.ranges, rng)
-	cut := f.cutAfter > 0 && f.cuts != 0
-	if cut && f.cuts > 0 {
-		f.cuts--
+	cut := f.CutAfter > 0 && f.Cuts != 0
+	if cut && f.Cuts > 0 {
+		f.Cuts--
 	}
-	cutAfter, ignore, corrupt, block, started := f.cutAfter, f.ignoreRange, f.corrupt, f.block, f.started
+	cutAfter, ignore, corrupt, block, started := f.CutAfter, f.IgnoreRange, f.Corrupt, f.Block, f.Started
 	f.mu.Unlock()
 	if corrupt {
 		body = append([]byte(nil), body...)
