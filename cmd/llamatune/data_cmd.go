@@ -81,6 +81,9 @@ func loadDataJob(path string, sets []string) (*dataJob, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	j.data = d
+	if err := j.fetchHubRefs(); err != nil { // model: / path: naming a Hub repository
+		return nil, err
+	}
 	if j.model != "" && !filepath.IsAbs(j.model) {
 		j.model = filepath.Join(j.dir, j.model) // as the full job loader: relative to the job file
 	}

@@ -31,7 +31,9 @@ the model's max_position_embeddings. LLAMATUNE_NO_MEMCHECK=1 turns the memory re
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
+			hubMetadataOnly = true // a Hub model: config and tokenizer only (see download.go)
 			job, err := configs.Load(args[0], *sets)
+			hubMetadataOnly = false
 			if err != nil {
 				return reportProblems(err, stderr)
 			}

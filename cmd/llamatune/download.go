@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/llamatune/llamatune/configs"
+	"github.com/llamatune/llamatune/hub"
+)
+
+// Jobs may name a model or dataset by Hugging Face Hub repository id ("org/name" or
+// "org/name@revision") where a local path is expected: configs.Load hands such a value to
+// fetchJobRef, which downloads it into the huggingface_hub cache (or finds it there) and
+// puts the snapshot directory in its place. `llamatune validate` fetches only a model's
+// configuration and tokenizer files (its checks and memory estimate need nothing more;
+// train, distill and eval fetch the weights), as do the data commands, which only
+// tokenize. HF_HUB_OFFLINE=1 uses the cache alone.
+func init() {
+	configs.Remote = fetchJobRef
+
+	var revision, repoType string
+	var include []string
+	cmd := &cobra.Command{
+		Use:   "download REPO_ID[@REVISION] [--revision R] [--include GLOB]... [--repo-type model|dataset]",
+		Short: "Fetch a model or dataset from the Hugging Face Hub into the shared cache and print its directory",
+		Long: `Downloads a repository from the Hugging Face Hub into the cache huggingface_hub uses
+($HF_HUB_CACHE, default $HF_HOME/hub = ~/.cache/huggingface/hub), so that what Python tools
+downloaded is found here with no copy and the other way round, and prints the snapshot
+directory (usable as model: in a job). Files already in the cache are not fetched again; a cut
+download resumes where it stopped; LFS files are checked against their sha256.
+
+Without --include a model brings config.json, generation_config.json, the tokenizer files and
+the top-level *.safetensors (not *.bin, *.pth or original/), and a dataset everything.
+--include takes fnmatch patterns as huggingface-cli does ('*' crosses '/', "dir/" is a folder).
+
+Environment: HF_TOKEN (or the token file of huggingface-cli login) for gated and private
+repositories, HF_ENDPOINT for a mirror, HF_HOME / HF_HUB_CACHE for the cache, HF_HUB_OFFLINE=1
+for the cache alone.
+
+A job may write model: org/name[@revision] (or distill.teacher.model:, or a dataset's path:)
+directly: train, distill, eval, validate and the data commands fetch it first.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, rev := hub.ParseRef(args[0])
+			if cmd.Flags().Changed("revision") {
+				if rev != "" && rev != revision {
+					return fmt.Errorf("%s and --revision %s disagree; give the revision once", args[0], revision)
+				}
+				rev = revision
+			}
+			if repoType != hub.Model && repoType != hub.Dataset {
+				return fmt.Errorf("--repo-type %q: use model or dataset", repoType)
+			}
+			c := hubClient(cmd.ErrOrStderr())
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			dir, err := c.Snapshot(ctx, repoType, id, rev, include)
+			if err != nil {
+				return interruptedDownload(ctx, err)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), dir)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&revision, "revision", "", "branch, tag or commit (default main)")
+	cmd.Flags().StringArrayVar(&include, "include", nil, "fetch only files matching this fnmatch pattern (repeatable)")
+	cmd.Flags().StringVar(&repoType, "repo-type", hub.Model, "model or dataset")
+	rootCmd.AddCommand(cmd)
+}
+
+// hubClient is the Hub client of the environment, reporting progress to w. newHubClient
+// is replaced in tests.
+var newHubClient = hub.FromEnv
+
+func hubClient(w io.Writer) *hub.Client {
+	c := newHubClient()
+	c.Progress = w
+	return c
+}
+
+// hubMetadataOnly makes job-time resolution fetch a model's configuration and tokenizer
+// files only (validate and the data commands set it).
+var hubMetadataOnly bool
+
+// fetchJobRef is configs.Remote: a value that looks like a Hub repository id is fetched
+// (Ctrl-C stops it; what was received is kept for the next run).
+func fetchJobRef(kind, ref string) (string, error) {
+	if !hub.LooksLikeRepoID(ref) {
+		return "", nil
+	}
+	id, rev := hub.ParseRef(ref)
+	var include []string
+	if kind == hub.Model && hubMetadataOnly {
+		include = hub.MetadataModelFiles
+	}
+	c := hubClient(os.Stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	dir, err := c.Snapshot(ctx, kind, id, rev, include)
+	if err != nil {
+		return "", interruptedDownload(ctx, err)
+	}
+	return dir, nil
+}
+
+// interruptedDownload words the error of a download a signal stopped.
+func interruptedDownload(ctx context.Context, err error) error {
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return errors.New("download interrupted: what was received is kept in the cache and the next run resumes it")
+	}
+	return err
+}
+
+// fetchHubRefs resolves the model (configuration and tokenizer only) and dataset paths of a
+// data job that name Hub repositories, as configs.Load does for a full job.
+func (j *dataJob) fetchHubRefs() error {
+	if configs.SkipFileChecks {
+		return nil
+	}
+	local := func(p string) bool {
+		if filepath.IsAbs(p) {
+			return true
+		}
+		_, err := os.Lstat(filepath.Join(j.dir, p))
+		return err == nil
+	}
+	hubMetadataOnly = true
+	defer func() { hubMetadataOnly = false }()
+	if j.model != "" && !local(j.model) {
+		dir, err := fetchJobRef(hub.Model, j.model)
+		if err != nil {
+			return fmt.Errorf("%s: model: %s: %w", j.path, j.model, err)
+		}
+		if dir != "" {
+			j.model = dir
+		}
+	}
+	fetch := func(key string, ds []configs.Dataset) error {
+		for i := range ds {
+			if ds[i].Path == "" || local(ds[i].Path) {
+				continue
+			}
+			dir, err := fetchJobRef(hub.Dataset, ds[i].Path)
+			if err != nil {
+				return fmt.Errorf("%s: %s[%d].path: %s: %w", j.path, key, i, ds[i].Path, err)
+			}
+			if dir != "" {
+				if ds[i].Name == "" {
+					ds[i].Name = ds[i].Path
+				}
+				ds[i].Path = dir
+			}
+		}
+		return nil
+	}
+	if err := fetch("data.datasets", j.data.Datasets); err != nil {
+		return err
+	}
+	if j.data.Eval != nil {
+		return fetch("data.eval.datasets", j.data.Eval.Datasets)
+	}
+	return nil
+}
