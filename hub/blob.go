@@ -135,7 +135,23 @@ func (c *Client) fetchBlob(ctx context.Context, blobs string, m fileMeta, p *pro
 // the whole file (the file and hash were reset first). A write failure comes back as
 // errWrite; an HTTP error that retrying cannot fix as a *hubError.
 func (c *Client) getRange(ctx context.Context, m fileMeta, f *os.File, w io.Writer, h hash.Hash, have int64, p *progress) (n int64, restarted bool, err error) {
-	req, err := c.newRequest(ctx, http.MethodGet, m.location, m.auth)
+	// A watchdog cuts an attempt that receives nothing for Timeout (it is then resumed).
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var watchdog *time.Timer
+	if c.Timeout > 0 {
+		watchdog = time.AfterFunc(c.Timeout, func() {
+			cancel(fmt.Errorf("no data for %s (HF_HUB_DOWNLOAD_TIMEOUT)", c.Timeout))
+		})
+		defer watchdog.Stop()
+	}
+	stalled := func(err error) error {
+		if ctx.Err() == nil && actx.Err() != nil {
+			return context.Cause(actx)
+		}
+		return err
+	}
+	req, err := c.newRequest(actx, http.MethodGet, m.location, m.auth)
 	if err != nil {
 		return 0, false, err
 	}
@@ -145,7 +161,7 @@ func (c *Client) getRange(ctx context.Context, m fileMeta, f *os.File, w io.Writ
 	}
 	resp, err := c.httpClient().Do(req)
 	if err != nil {
-		return 0, false, err
+		return 0, false, stalled(err)
 	}
 	defer resp.Body.Close()
 	switch {
@@ -172,6 +188,9 @@ func (c *Client) getRange(ctx context.Context, m fileMeta, f *os.File, w io.Writ
 	buf := make([]byte, 1<<20)
 	for {
 		k, rerr := resp.Body.Read(buf)
+		if watchdog != nil {
+			watchdog.Reset(c.Timeout)
+		}
 		if k > 0 {
 			if _, werr := w.Write(buf[:k]); werr != nil {
 				return n, restarted, errWrite{werr}
@@ -186,7 +205,7 @@ func (c *Client) getRange(ctx context.Context, m fileMeta, f *os.File, w io.Writ
 			return n, restarted, nil
 		}
 		if rerr != nil {
-			return n, restarted, rerr
+			return n, restarted, stalled(rerr)
 		}
 	}
 }

@@ -19,7 +19,7 @@
 //   - snapshots/{commit}/{file} → ../../blobs/{etag} (a relative symlink) and
 //     refs/{revision} holding the commit.
 //
-// Environment: HF_ENDPOINT (default https://huggingface.co), HF_HOME (default
+// Environment: HF_HUB_DOWNLOAD_TIMEOUT and HF_HUB_ETAG_TIMEOUT (seconds, default 10), HF_ENDPOINT (default https://huggingface.co), HF_HOME (default
 // $XDG_CACHE_HOME/huggingface or ~/.cache/huggingface), HF_HUB_CACHE (default $HF_HOME/hub),
 // HF_TOKEN or the token file $HF_TOKEN_PATH (default $HF_HOME/token, what
 // `huggingface-cli login` writes), HF_HUB_OFFLINE=1 (the cache only, no request).
@@ -32,6 +32,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -56,6 +57,7 @@ type Client struct {
 	HTTP     *http.Client // nil = http.DefaultClient
 	Progress io.Writer    // progress bar on a terminal, a line per file otherwise; nil = silent
 
+	Timeout   time.Duration // a download that receives nothing for this long is cut (and resumed); 0 = never
 	Workers   int           // files downloaded at once (0 = 4)
 	Retries   int           // attempts in a row without new bytes before a cut download fails (0 = 5)
 	RetryWait time.Duration // wait before attempt n is n*RetryWait
@@ -86,6 +88,15 @@ func FromEnv() *Client {
 		Token:     firstEnv("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"),
 		Offline:   isTrue(os.Getenv("HF_HUB_OFFLINE")) || isTrue(os.Getenv("TRANSFORMERS_OFFLINE")),
 		RetryWait: time.Second,
+		Timeout:   envSeconds("HF_HUB_DOWNLOAD_TIMEOUT", 10*time.Second),
+		HTTP: &http.Client{Transport: &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			ResponseHeaderTimeout: envSeconds("HF_HUB_ETAG_TIMEOUT", 10*time.Second),
+			TLSHandshakeTimeout:   10 * time.Second,
+			IdleConnTimeout:       90 * time.Second,
+			MaxIdleConnsPerHost:   8,
+			ForceAttemptHTTP2:     true,
+		}},
 	}
 	if c.Endpoint == "" {
 		c.Endpoint = DefaultEndpoint
@@ -106,6 +117,14 @@ func FromEnv() *Client {
 		}
 	}
 	return c
+}
+
+// envSeconds reads a whole number of seconds (huggingface_hub's HF_HUB_*_TIMEOUT).
+func envSeconds(name string, def time.Duration) time.Duration {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return time.Duration(n) * time.Second
+	}
+	return def
 }
 
 func firstEnv(names ...string) string {

@@ -53,6 +53,7 @@ type Server struct {
 	Block       chan struct{} // non-nil: send half a body, then wait for the client to go
 	Started     chan struct{} // with Block: closed when the half body was sent
 	ranges      []string      // Range headers the CDN received
+	startOnce   sync.Once
 
 	requests atomic.Int64 // to either server
 }
@@ -324,7 +325,7 @@ func (f *Server) serveCDN(w http.ResponseWriter, r *http.Request) {
 	if block != nil {
 		w.Write(rest[:len(rest)/2])
 		w.(http.Flusher).Flush()
-		close(started)
+		f.startOnce.Do(func() { close(started) })
 		<-r.Context().Done()
 		return
 	}
