@@ -27,7 +27,10 @@ It also estimates, from the model's config.json, the memory the job needs (base 
 adapters, gradients, AdamW state, activations with and without activation_checkpointing, the
 buffers of one step), printed as # comments, and refuses a job that cannot fit in this machine's
 MemAvailable (device cpu), a lora.r above a targeted layer's min(in, out), or a data.seq_len over
-the model's max_position_embeddings. LLAMATUNE_NO_MEMCHECK=1 turns the memory refusal into a warning.`,
+the model's max_position_embeddings. LLAMATUNE_NO_MEMCHECK=1 turns the memory refusal into a warning.
+
+A model named by Hugging Face Hub repository id (model: org/name) is fetched without its weights
+(config and tokenizer only: enough for these checks); train, distill and eval fetch the rest.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
