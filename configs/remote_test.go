@@ -13,7 +13,8 @@ import (
 func TestHubRemote(t *testing.T) {
 	cache := t.TempDir()
 	var asked []string
-	Remote = func(kind, ref string) (string, error) {
+	Remote = func(r RemoteRef) (string, error) {
+		kind, ref := r.Kind, r.Ref
 		asked = append(asked, kind+" "+ref)
 		switch {
 		case ref == "meta-llama/Gated-8B":

@@ -92,21 +92,27 @@ var hubMetadataOnly bool
 
 // fetchJobRef is configs.Remote: a value that looks like a Hub repository id is fetched
 // (Ctrl-C stops it; what was received is kept for the next run).
-func fetchJobRef(kind, ref string) (string, error) {
-	if !hub.LooksLikeRepoID(ref) {
+// A dataset resolves to the files of its split (hub.SplitPath).
+func fetchJobRef(r configs.RemoteRef) (string, error) {
+	if !hub.LooksLikeRepoID(r.Ref) {
 		return "", nil
 	}
-	id, rev := hub.ParseRef(ref)
+	id, rev := hub.ParseRef(r.Ref)
 	var include []string
-	if kind == hub.Model && hubMetadataOnly {
+	if r.Kind == hub.Model && hubMetadataOnly {
 		include = hub.MetadataModelFiles
 	}
 	c := hubClient(os.Stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	dir, err := c.Snapshot(ctx, kind, id, rev, include)
-	if err != nil {
+	dir, err := c.Snapshot(ctx, r.Kind, id, rev, include)
+	switch {
+	case errors.Is(err, hub.ErrRepoNotFound) || errors.Is(err, hub.ErrNotCached):
+		return "", fmt.Errorf("%w (it is not a local path either; relative paths are resolved against the job file's directory)", err)
+	case err != nil:
 		return "", interruptedDownload(ctx, err)
+	case r.Kind == hub.Dataset:
+		return hub.SplitPath(dir, r.Split)
 	}
 	return dir, nil
 }
@@ -135,7 +141,7 @@ func (j *dataJob) fetchHubRefs() error {
 	hubMetadataOnly = true
 	defer func() { hubMetadataOnly = false }()
 	if j.model != "" && !local(j.model) {
-		dir, err := fetchJobRef(hub.Model, j.model)
+		dir, err := fetchJobRef(configs.RemoteRef{Kind: hub.Model, Ref: j.model})
 		if err != nil {
 			return fmt.Errorf("%s: model: %s: %w", j.path, j.model, err)
 		}
@@ -148,7 +154,7 @@ func (j *dataJob) fetchHubRefs() error {
 			if ds[i].Path == "" || local(ds[i].Path) {
 				continue
 			}
-			dir, err := fetchJobRef(hub.Dataset, ds[i].Path)
+			dir, err := fetchJobRef(configs.RemoteRef{Kind: hub.Dataset, Ref: ds[i].Path, Split: ds[i].Split})
 			if err != nil {
 				return fmt.Errorf("%s: %s[%d].path: %s: %w", j.path, key, i, ds[i].Path, err)
 			}

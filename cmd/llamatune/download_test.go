@@ -41,8 +41,9 @@ func hubRepos(t *testing.T) (*hubtest.Server, *hubtest.Repo) {
 	model.Files["original/consolidated.00.pth"] = []byte("not fetched by default")
 	f.Add(model)
 	f.Add(&hubtest.Repo{Type: "dataset", ID: "org/chat", Files: map[string][]byte{
-		"README.md":        []byte("# chat"),
-		"data/train.jsonl": []byte(`{"text": "hello world"}` + "\n" + `{"text": "good morning"}` + "\n"),
+		"README.md":                       []byte("# chat"),
+		"data/train-00000-of-00001.jsonl": []byte(`{"text": "hello world"}` + "\n" + `{"text": "good morning"}` + "\n"),
+		"data/test-00000-of-00001.jsonl":  []byte(`{"text": "held out"}` + "\n"),
 	}})
 	return f, model
 }
@@ -110,11 +111,18 @@ func TestHubJobResolution(t *testing.T) {
 	if j.Model != snap {
 		t.Errorf("model = %s, want %s", j.Model, snap)
 	}
-	if d := j.Data.Datasets[0]; d.Name != "org/chat" || !strings.HasPrefix(d.Path, filepath.Join(home, "hub", "datasets--org--chat", "snapshots")) {
-		t.Errorf("dataset = %+v", d)
+	dsnap := filepath.Join(home, "hub", "datasets--org--chat", "snapshots", hubtest.GitSHA1([]byte("org/chat")))
+	if d := j.Data.Datasets[0]; d.Name != "org/chat" || d.Path != filepath.Join(dsnap, "data", "train-00000-of-00001.jsonl*") {
+		t.Errorf("dataset = %+v, want the train split of %s", d, dsnap)
 	}
 	if _, err := os.Stat(filepath.Join(snap, "model.safetensors")); err != nil {
 		t.Errorf("Load did not fetch the weights: %v", err)
+	}
+
+	// The data commands: the tokenizer from the snapshot, the train split only.
+	out, err = runCLI(t, "data", "inspect", job, "-n", "5", "--color", "never")
+	if err != nil || !strings.Contains(out, "hello world") || strings.Contains(out, "held out") {
+		t.Errorf("data inspect: %v\n%s", err, out)
 	}
 
 	// Offline: the same job resolves from the cache, no request.
