@@ -44,6 +44,15 @@ func (c *Client) diskErr(err error, what string) error {
 func (c *Client) fetchBlob(ctx context.Context, blobs string, m fileMeta, p *progress) error {
 	final := filepath.Join(blobs, m.etag)
 	inc := final + ".incomplete"
+	unlock, err := c.lockBlob(ctx, filepath.Dir(blobs), m)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := os.Stat(final); err == nil { // another process fetched it meanwhile
+		p.add(m.size)
+		return nil
+	}
 	f, err := os.OpenFile(inc, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return c.diskErr(err, m.name)
@@ -128,6 +137,37 @@ func (c *Client) fetchBlob(ctx context.Context, blobs string, m fileMeta, p *pro
 	}
 	p.done(m)
 	return nil
+}
+
+// lockBlob takes .locks/{repo folder}/{etag}.lock in the cache, the lock huggingface_hub
+// takes for the same blob, waiting (until ctx ends) while another process holds it. Where
+// the file system has no locks it goes on without one.
+func (c *Client) lockBlob(ctx context.Context, storage string, m fileMeta) (unlock func(), err error) {
+	path := filepath.Join(c.CacheDir, ".locks", filepath.Base(storage), m.etag+".lock")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, c.diskErr(err, path)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, c.diskErr(err, path)
+	}
+	for waited := false; ; waited = true {
+		ok, err := tryLock(f)
+		if err != nil || ok {
+			return func() { f.Close() }, nil // closing releases the lock
+		}
+		if !waited {
+			c.logf("hub: %s is being downloaded by another process (%s holds the lock); waiting\n", m.name, path)
+		}
+		t := time.NewTimer(200 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			f.Close()
+			return nil, context.Cause(ctx)
+		case <-t.C:
+		}
+	}
 }
 
 // getRange GETs m.location from byte offset have onward and appends it to w (and h). It

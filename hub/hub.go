@@ -64,6 +64,8 @@ type Client struct {
 
 	// wrapWriter, in tests, wraps the writer of an .incomplete file (to simulate a full disk).
 	wrapWriter func(io.Writer) io.Writer
+	// freeBytes, in tests, replaces the free space of the cache's disk.
+	freeBytes func(dir string) int64
 }
 
 // FromEnv is a Client configured from HF_ENDPOINT, HF_HOME, HF_HUB_CACHE, HF_TOKEN /

@@ -250,8 +250,17 @@ func TestDiskFull(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(storage, "snapshots", repo.Commit, "model.safetensors")); err == nil {
 		t.Error("snapshots/ has the half-written file")
 	}
-	// With room again, it resumes from what was kept.
+	// Too little room for the rest: refused before any request for data.
 	c.wrapWriter = nil
+	c.freeBytes = func(string) int64 { return 1000 }
+	f.Ranges()
+	_, err = c.Snapshot(context.Background(), Model, repo.ID, "", nil)
+	if !errors.Is(err, ErrDiskFull) || !strings.Contains(err.Error(), "GB free") || len(f.Ranges()) != 0 {
+		t.Fatalf("no room: %v, want ErrDiskFull before any download", err)
+	}
+	c.freeBytes = nil
+
+	// With room again, it resumes from what was kept.
 	f.Ranges()
 	dir, err := c.Snapshot(context.Background(), Model, repo.ID, "", nil)
 	if err != nil {
@@ -496,5 +505,49 @@ func TestStall(t *testing.T) {
 	// resets the count of failures; the last byte never comes.
 	if got := f.Ranges(); len(got) < 3 || got[0] != "" || got[1] != "bytes=150000-" || got[len(got)-1] != "bytes=299999-" {
 		t.Errorf("Range headers %q, want resumes from what was received", got)
+	}
+}
+
+// A blob another process is downloading (its huggingface_hub lock held) is waited for;
+// cancelling the wait returns promptly.
+func TestBlobLock(t *testing.T) {
+	f := hubtest.New(t)
+	repo := modelRepo(f)
+	cache := t.TempDir()
+	sum := hubtest.SHA256Hex(repo.Files["model.safetensors"])
+	lock := filepath.Join(cache, ".locks", "models--meta-llama--Tiny-1B", sum+".lock")
+	os.MkdirAll(filepath.Dir(lock), 0o755)
+	held, err := os.OpenFile(lock, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := tryLock(held); !ok || err != nil {
+		t.Skipf("no file locks here: %v", err)
+	}
+	c := client(f, cache)
+	pr, pw := io.Pipe()
+	c.Progress = pw
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := pr.Read(buf)
+			if err != nil {
+				return
+			}
+			if strings.Contains(string(buf[:n]), "another process") {
+				cancel() // seen waiting: give up
+			}
+		}
+	}()
+	_, err = c.Snapshot(ctx, Model, repo.ID, "", nil)
+	pw.Close()
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("waiting on a held lock: %v", err)
+	}
+	held.Close() // released: the download goes through
+	c.Progress = nil
+	if _, err := c.Snapshot(context.Background(), Model, repo.ID, "", nil); err != nil {
+		t.Fatal(err)
 	}
 }

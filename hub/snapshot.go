@@ -506,6 +506,20 @@ func (c *Client) fetchAll(ctx context.Context, storage, repoType, repoID, revisi
 	if len(todo) == 0 {
 		return nil
 	}
+	need := total
+	for _, m := range todo {
+		if st, err := os.Stat(filepath.Join(blobs, m.etag+".incomplete")); err == nil {
+			need -= min(st.Size(), m.size)
+		}
+	}
+	free := freeBytes(blobs)
+	if c.freeBytes != nil {
+		free = c.freeBytes(blobs)
+	}
+	if free >= 0 && free < need {
+		return newErr(ErrDiskFull, "%s@%s needs %.2f GB more in the Hugging Face cache %s but its disk has %.2f GB free: free space there or point HF_HUB_CACHE (or HF_HOME) at a larger disk",
+			repoID, revision, float64(need)/1e9, c.CacheDir, float64(free)/1e9)
+	}
 	sort.SliceStable(todo, func(a, b int) bool { return todo[a].size > todo[b].size }) // big ones first
 	p := c.newProgress(fmt.Sprintf("%s@%s", repoID, revision), len(todo), total)
 	err := c.parallel(ctx, len(todo), func(ctx context.Context, i int) error {
