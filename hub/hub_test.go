@@ -358,6 +358,7 @@ func TestPrepopulatedCache(t *testing.T) {
 	}
 	os.WriteFile(blob, []byte("{}"), 0o644)
 	os.Symlink("../../blobs/"+filepath.Base(blob), filepath.Join(snap, "config.json"))
+	os.Symlink("../../blobs/"+filepath.Base(blob), filepath.Join(snap, "model.safetensors"))
 	os.WriteFile(filepath.Join(storage, "refs", "main"), []byte(commit), 0o644)
 
 	f := hubtest.New(t)
@@ -380,6 +381,15 @@ func TestPrepopulatedCache(t *testing.T) {
 	if !errors.Is(err, ErrNotCached) {
 		t.Errorf("offline, revision not cached: %v", err)
 	}
+	// Weights missing (fetched by validate, say): the metadata is there, the model is not.
+	os.Remove(filepath.Join(snap, "model.safetensors"))
+	if _, err := c.Snapshot(context.Background(), Model, "org/cached", "", nil); !errors.Is(err, ErrNotCached) || !strings.Contains(err.Error(), "lacks *.safetensors") {
+		t.Errorf("offline, no weights: %v", err)
+	}
+	if dir, err := c.Snapshot(context.Background(), Model, "org/cached", "", MetadataModelFiles); err != nil || dir != snap {
+		t.Errorf("offline, metadata only: %s, %v", dir, err)
+	}
+	os.Symlink("../../blobs/"+filepath.Base(blob), filepath.Join(snap, "model.safetensors"))
 
 	// Unreachable Hub: the cache answers.
 	f.Hub.Close()

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -168,23 +169,39 @@ func (c *Client) cached(storage, repoType, repoID, revision string, include []st
 	if st, err := os.Stat(snap); err != nil || !st.IsDir() {
 		return fail("%s %s@%s is not in the cache %s (no snapshots/%s)", repoType, repoID, revision, c.CacheDir, commit)
 	}
-	var need []string
-	switch {
-	case include != nil:
-		for _, p := range include {
-			if !strings.ContainsAny(p, "*?[") && !strings.HasSuffix(p, "/") {
-				need = append(need, p)
-			}
+	if repoType == Model && (include == nil || slices.Equal(include, MetadataModelFiles)) {
+		if _, err := os.Stat(filepath.Join(snap, "config.json")); err != nil {
+			return fail("%s %s@%s: the cached snapshot %s has no config.json", repoType, repoID, revision, snap)
 		}
-	case repoType == Model:
-		need = []string{"config.json"}
 	}
-	for _, f := range need {
-		if _, err := os.Stat(filepath.Join(snap, filepath.FromSlash(f))); err != nil {
-			return fail("%s %s@%s: the cached snapshot %s has no %s", repoType, repoID, revision, snap, f)
+	if repoType == Model && include == nil {
+		if missing := missingWeights(snap); missing != "" {
+			return fail("%s %s@%s: the cached snapshot %s lacks %s (fetched without its weights, or cut)", repoType, repoID, revision, snap, missing)
 		}
 	}
 	return snap, nil
+}
+
+// missingWeights names a safetensors file a cached model snapshot lacks: a shard its
+// index lists, or any weights at all ("" when complete).
+func missingWeights(snap string) string {
+	if b, err := os.ReadFile(filepath.Join(snap, "model.safetensors.index.json")); err == nil {
+		var idx struct {
+			WeightMap map[string]string `json:"weight_map"`
+		}
+		if json.Unmarshal(b, &idx) == nil && len(idx.WeightMap) > 0 {
+			for _, f := range idx.WeightMap {
+				if _, err := os.Stat(filepath.Join(snap, filepath.FromSlash(f))); err != nil {
+					return f
+				}
+			}
+			return ""
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(snap, "*.safetensors")); len(m) == 0 {
+		return "*.safetensors"
+	}
+	return ""
 }
 
 // writeRef records refs/REVISION = commit (atomically), unless revision is the commit.
