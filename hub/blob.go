@@ -199,7 +199,17 @@ func (c *Client) getRange(ctx context.Context, m fileMeta, f *os.File, w io.Writ
 	if have > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(have, 10)+"-")
 	}
-	resp, err := c.httpClient().Do(req)
+	hc := *c.httpClient()
+	hc.CheckRedirect = func(r *http.Request, via []*http.Request) error {
+		if len(via) >= 10 {
+			return errors.New("too many redirects")
+		}
+		if r.URL.Host != via[0].URL.Host {
+			r.Header.Del("Authorization") // the token goes to the Hub only, not to a CDN (even a subdomain)
+		}
+		return nil
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return 0, false, stalled(err)
 	}

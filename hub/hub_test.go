@@ -139,6 +139,20 @@ func TestSnapshotLayout(t *testing.T) {
 	}
 }
 
+// The token follows no redirect of a download to another host.
+func TestNoTokenToCDN(t *testing.T) {
+	f := hubtest.New(t)
+	repo := modelRepo(f)
+	f.Set(func(s *hubtest.Server) { s.RegularViaCDN = true }) // the CDN fails the test on a token
+	dir, err := client(f, t.TempDir()).Snapshot(context.Background(), Model, repo.ID, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "config.json")); !bytes.Equal(b, repo.Files["config.json"]) {
+		t.Errorf("config.json via the CDN: %q", b)
+	}
+}
+
 func TestResumeAfterCut(t *testing.T) {
 	f := hubtest.New(t)
 	repo := modelRepo(f)

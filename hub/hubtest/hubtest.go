@@ -54,6 +54,9 @@ type Server struct {
 	Started     chan struct{} // with Block: closed when the half body was sent
 	ranges      []string      // Range headers the CDN received
 	startOnce   sync.Once
+	// RegularViaCDN: a GET of a regular file on the Hub redirects to the CDN (which must not
+	// receive the token).
+	RegularViaCDN bool
 
 	requests atomic.Int64 // to either server
 }
@@ -267,6 +270,14 @@ func (f *Server) serveRegular(w http.ResponseWriter, r *http.Request, typ string
 	w.Header().Set("X-Repo-Commit", repo.Commit)
 	w.Header().Set("ETag", `"`+GitSHA1(body)+`"`)
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	f.mu.Lock()
+	viaCDN := f.RegularViaCDN
+	f.mu.Unlock()
+	if r.Method == http.MethodGet && viaCDN {
+		w.Header().Del("Content-Length")
+		http.Redirect(w, r, f.CDN.URL+"/raw/"+GitSHA1(body), http.StatusFound)
+		return
+	}
 	if r.Method == http.MethodGet {
 		w.Write(body)
 	}
@@ -277,7 +288,7 @@ func (f *Server) blob(sum string) []byte {
 	defer f.mu.Unlock()
 	for _, repo := range f.repos {
 		for name, b := range repo.Files {
-			if repo.LFS[name] && SHA256Hex(b) == sum {
+			if repo.LFS[name] && SHA256Hex(b) == sum || strings.TrimPrefix(sum, "raw/") == GitSHA1(b) {
 				return b
 			}
 		}
@@ -290,7 +301,7 @@ func (f *Server) serveCDN(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Authorization") != "" {
 		f.t.Errorf("the CDN received the token (Authorization: %s)", r.Header.Get("Authorization"))
 	}
-	body := f.blob(strings.TrimPrefix(r.URL.Path, "/blobs/"))
+	body := f.blob(strings.TrimPrefix(strings.TrimPrefix(r.URL.Path, "/blobs/"), "/"))
 	if body == nil {
 		http.NotFound(w, r)
 		return
