@@ -175,3 +175,18 @@ func (j *dataJob) fetchHubRefs() error {
 	}
 	return nil
 }
+
+// hubModelArg is a --model flag's directory: the value itself, or for a Hub repository id
+// that is not a local path, its cached snapshot with the configuration and tokenizer files.
+func hubModelArg(model string) (string, error) {
+	hubMetadataOnly = true
+	defer func() { hubMetadataOnly = false }()
+	dir, err := fetchJobRef(configs.RemoteRef{Kind: hub.Model, Ref: model})
+	if err != nil {
+		return "", fmt.Errorf("--model %s: %w", model, err)
+	}
+	if dir == "" {
+		return model, nil
+	}
+	return dir, nil
+}

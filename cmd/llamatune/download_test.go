@@ -69,6 +69,10 @@ func TestDownloadCommand(t *testing.T) {
 	if err != nil || !strings.Contains(out, filepath.Join(home, "hub", "datasets--org--chat", "snapshots")) {
 		t.Fatalf("dataset: %v\n%s", err, out)
 	}
+	out, err = runCLI(t, "tokenize", "--model", "org/tiny", "--text", "hello")
+	if err != nil || len(strings.Fields(out)) == 0 {
+		t.Errorf("tokenize --model org/tiny: %v\n%s", err, out)
+	}
 	_, err = runCLI(t, "download", "org/nope", "--repo-type", "model")
 	if err == nil || !strings.Contains(err.Error(), "model org/nope not found") {
 		t.Errorf("missing repo: %v", err)

@@ -20,7 +20,7 @@ func init() {
 		decode  bool
 	)
 	cmd := &cobra.Command{
-		Use:   "tokenize --model DIR [--text S] [--special]",
+		Use:   "tokenize --model DIR|ORG/NAME [--text S] [--special]",
 		Short: "Print token ids, space-separated, one line per input line (stdin or --text)",
 		Long: `Tokenize text with the tokenizer of a model directory (tokenizer.json or tokenizer.model).
 Each input line (from --text, or stdin when --text is not given) gives one output line of
@@ -32,7 +32,11 @@ With --decode, each input line is a list of ids and the decoded text is printed.
 			if model == "" {
 				return fmt.Errorf("tokenize: --model DIR is required (a directory with tokenizer.json or tokenizer.model)")
 			}
-			tok, err := tokenizer.Load(model)
+			dir, err := hubModelArg(model) // --model org/name: the tokenizer from the Hub
+			if err != nil {
+				return err
+			}
+			tok, err := tokenizer.Load(dir)
 			if err != nil {
 				return err
 			}
