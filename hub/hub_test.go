@@ -512,23 +512,21 @@ func TestFromEnv(t *testing.T) {
 	}
 }
 
-// A transfer that stalls is cut after Timeout, resumed, and fails clearly when it keeps
-// stalling.
+// A transfer that stalls is cut after Timeout (and, Retries spent, fails clearly; the
+// resume after a cut is TestResumeAfterCut's).
 func TestStall(t *testing.T) {
 	f := hubtest.New(t)
 	repo := modelRepo(f)
 	f.Set(func(s *hubtest.Server) { s.Block, s.Started = make(chan struct{}), make(chan struct{}) })
 	cache := t.TempDir()
 	c := client(f, cache)
-	c.Timeout, c.Retries = 20*time.Millisecond, 2
+	c.Timeout, c.Retries = 50*time.Millisecond, 1
 	_, err := c.Snapshot(context.Background(), Model, repo.ID, "", nil)
-	if !errors.Is(err, ErrConnection) || !strings.Contains(err.Error(), "HF_HUB_DOWNLOAD_TIMEOUT") {
+	if !errors.Is(err, ErrConnection) || !strings.Contains(err.Error(), "HF_HUB_DOWNLOAD_TIMEOUT") || !strings.Contains(err.Error(), "resumes") {
 		t.Fatalf("stalled download: %v", err)
 	}
-	// The fake sends half of what is asked each time: every attempt that brings bytes
-	// resets the count of failures; the last byte never comes.
-	if got := f.Ranges(); len(got) < 3 || got[0] != "" || got[1] != "bytes=150000-" || got[len(got)-1] != "bytes=299999-" {
-		t.Errorf("Range headers %q, want resumes from what was received", got)
+	if got := f.Ranges(); len(got) != 1 {
+		t.Errorf("Range headers %q, want one attempt", got)
 	}
 }
 

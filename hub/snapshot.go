@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -321,6 +322,10 @@ func (c *Client) do(ctx context.Context, hc *http.Client, what string, mk func()
 				return nil, context.Cause(ctx)
 			}
 			lastErr = err
+			var op *net.OpError
+			if errors.As(err, &op) && op.Op == "dial" {
+				break // no route, refused, unknown host: retrying will not help (the cache may)
+			}
 			continue
 		}
 		if transient(resp.StatusCode) && attempt+1 < c.retries() {
