@@ -239,17 +239,19 @@ func LoadBytes(src []byte, path string, sets []string) (*Job, error) {
 			j.Dir = filepath.Dir(path)
 		}
 	}
-	remoteErrs, remoteKeys := j.fetchRemote() // Hub repository ids (see Remote)
-	errs = append(errs, remoteErrs...)
-	dec.bad = append(dec.bad, remoteKeys...)
+	remote := j.pendingRemote() // values that may name Hub repositories (see Remote)
 	j.resolvePaths()
+	remote.restore()
 	j.fillDefaults()
 	if err := j.Validate(); err != nil {
 		for _, e := range unjoin(err) {
-			if !dec.covers(e.Error()) {
+			if !dec.covers(e.Error()) && !remote.covers(e) {
 				errs = append(errs, e)
 			}
 		}
+	}
+	if len(errs) == 0 {
+		errs = remote.fetch() // last: a job with other problems downloads nothing
 	}
 	if len(errs) > 0 {
 		return nil, fail(errs...)

@@ -68,6 +68,21 @@ data:
 		t.Errorf("the model's problem is reported twice: %v", err)
 	}
 
+	// A job with another problem downloads nothing.
+	asked = nil
+	path = tinyJob(t, `
+model: meta-llama/Tiny-1B
+method: lora-typo
+data:
+  datasets: [{path: org/chat-data}]
+  seq_len: 64
+`)
+	_, err = Load(path, nil)
+	mustContain(t, err, "method")
+	if len(asked) != 0 || strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("a job with a problem: Remote asked %q; %v", asked, err)
+	}
+
 	// A local directory of that name wins.
 	asked = nil
 	path = tinyJob(t, minimalJob)
