@@ -153,6 +153,30 @@ func TestNoTokenToCDN(t *testing.T) {
 	}
 }
 
+// A revision with slashes (a pull request's ref) is escaped in URLs and nests under refs/.
+func TestRevisionWithSlash(t *testing.T) {
+	f := hubtest.New(t)
+	repo := modelRepo(f)
+	repo.Revisions = map[string]bool{"refs/pr/1": true}
+	cache := t.TempDir()
+	dir, err := client(f, cache).Snapshot(context.Background(), Model, repo.ID, "refs/pr/1", []string{"config.json"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storage := filepath.Join(cache, "models--meta-llama--Tiny-1B")
+	if dir != filepath.Join(storage, "snapshots", repo.Commit) {
+		t.Errorf("dir %s", dir)
+	}
+	if b, err := os.ReadFile(filepath.Join(storage, "refs", "refs", "pr", "1")); err != nil || string(b) != repo.Commit {
+		t.Errorf("refs/refs/pr/1 = %q, %v", b, err)
+	}
+	c := client(f, cache)
+	c.Offline = true
+	if d, err := c.Snapshot(context.Background(), Model, repo.ID, "refs/pr/1", []string{"config.json"}); err != nil || d != dir {
+		t.Errorf("offline refs/pr/1: %s, %v", d, err)
+	}
+}
+
 func TestResumeAfterCut(t *testing.T) {
 	f := hubtest.New(t)
 	repo := modelRepo(f)

@@ -30,6 +30,8 @@ type Repo struct {
 	Gated   bool            // resolve answers 403 GatedRepo
 	Private bool            // needs a token
 	Vanish  map[string]bool // listed, but resolve answers 404 EntryNotFound
+	// Revisions are branch or tag names besides main (e.g. refs/pr/1) that resolve to Commit.
+	Revisions map[string]bool
 }
 
 // Server is a local Hugging Face Hub: the revision API, resolve with a relative redirect
@@ -191,7 +193,7 @@ func (f *Server) serveAPI(w http.ResponseWriter, r *http.Request, typ string, pa
 		writeHubError(w, http.StatusNotFound, "", "bad API path")
 		return
 	}
-	if rev := unescape(rest[1]); rev != "main" && rev != repo.Commit {
+	if rev := unescape(rest[1]); rev != "main" && rev != repo.Commit && !repo.Revisions[rev] {
 		writeHubError(w, http.StatusNotFound, "RevisionNotFound", "Invalid rev id: "+rev)
 		return
 	}
@@ -227,7 +229,7 @@ func (f *Server) serveResolve(w http.ResponseWriter, r *http.Request, typ string
 		writeHubError(w, http.StatusNotFound, "", "bad path")
 		return
 	}
-	if rev := unescape(rest[1]); rev != "main" && rev != repo.Commit {
+	if rev := unescape(rest[1]); rev != "main" && rev != repo.Commit && !repo.Revisions[rev] {
 		writeHubError(w, http.StatusNotFound, "RevisionNotFound", "Invalid rev id: "+rev)
 		return
 	}
