@@ -49,8 +49,11 @@ A job may write model: org/name[@revision] (or distill.teacher.model:, or a data
 directly: train, distill, eval, validate and the data commands fetch it first.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			defer func() { // a second run in one process (tests) starts from the defaults
+				revision, include, repoType = "", nil, hub.Model
+			}()
 			id, rev := hub.ParseRef(args[0])
-			if cmd.Flags().Changed("revision") {
+			if revision != "" {
 				if rev != "" && rev != revision {
 					return fmt.Errorf("%s and --revision %s disagree; give the revision once", args[0], revision)
 				}
