@@ -66,9 +66,12 @@ func (c *Client) fetchBlob(ctx context.Context, blobs string, m fileMeta, p *pro
 	if sha256RE.MatchString(m.etag) {
 		h = sha256.New()
 	}
-	if have > m.size {
+	if have > m.size { // not this file's: start over
 		have = 0
 		if err := f.Truncate(0); err != nil {
+			return c.diskErr(err, m.name)
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
 			return c.diskErr(err, m.name)
 		}
 	}

@@ -239,6 +239,24 @@ func TestResumeAcrossRuns(t *testing.T) {
 	}
 }
 
+// An .incomplete blob longer than the file (not this file's bytes) is started over.
+func TestOversizedIncomplete(t *testing.T) {
+	f := hubtest.New(t)
+	repo := modelRepo(f)
+	cache := t.TempDir()
+	blobs := filepath.Join(cache, "models--meta-llama--Tiny-1B", "blobs")
+	os.MkdirAll(blobs, 0o755)
+	sum := hubtest.SHA256Hex(repo.Files["model.safetensors"])
+	os.WriteFile(filepath.Join(blobs, sum+".incomplete"), weights(400_000), 0o644)
+	dir, err := client(f, cache).Snapshot(context.Background(), Model, repo.ID, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "model.safetensors")); !bytes.Equal(b, repo.Files["model.safetensors"]) {
+		t.Fatal("blob differs")
+	}
+}
+
 func TestChecksumMismatch(t *testing.T) {
 	f := hubtest.New(t)
 	repo := modelRepo(f)
