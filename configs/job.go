@@ -206,6 +206,32 @@ func Load(path string, sets []string) (*Job, error) {
 // LoadBytes is Load of a job whose text is already in memory; path names it in errors, sets
 // the default output_dir, and its directory is where relative paths are resolved.
 func LoadBytes(src []byte, path string, sets []string) (*Job, error) {
+	return load(src, path, sets, (*Job).Validate)
+}
+
+// LoadData reads a job file as Load does (the same strict parsing of every section, the
+// LLAMATUNE_* and --set overrides, defaults, Hub resolution) but checks only what the data
+// commands (data inspect, data prepare) use: the data section, and the files it and model
+// name. model may be left out: the tokenizer and chat template then come from nowhere, and
+// only data that is already tokenized (input_ids) can be read.
+func LoadData(path string, sets []string) (*Job, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read job: %v", err)
+	}
+	return load(src, path, sets, (*Job).validateData)
+}
+
+// validateData is Validate for LoadData.
+func (j *Job) validateData() error {
+	errs := j.Data.Validate("data")
+	if !SkipFileChecks {
+		errs = append(errs, j.checkFiles()...)
+	}
+	return errors.Join(errs...)
+}
+
+func load(src []byte, path string, sets []string, validate func(*Job) error) (*Job, error) {
 	fail := func(errs ...error) error { return &Error{File: path, Problems: errs} }
 	var doc yaml.Node
 	if err := yaml.Unmarshal(src, &doc); err != nil {
@@ -243,7 +269,7 @@ func LoadBytes(src []byte, path string, sets []string) (*Job, error) {
 	j.resolvePaths()
 	remote.restore()
 	j.fillDefaults()
-	if err := j.Validate(); err != nil {
+	if err := validate(j); err != nil {
 		for _, e := range unjoin(err) {
 			if !dec.covers(e.Error()) && !remote.covers(e) {
 				errs = append(errs, e)
@@ -709,108 +735,134 @@ func (d *Data) fillDefaults(seed uint64) {
 // (Load does). Unless SkipFileChecks is set it also checks, with os.Stat only, that the model
 // directory has a config.json and that the data paths exist.
 func (j *Job) Validate() error {
-	var errs []error
-	add := func(err error) {
-		if err != nil {
-			errs = append(errs, err)
-		}
+	p := &problems{}
+	j.validateModel(p)
+	p.errs = append(p.errs, j.Data.Validate("data")...)
+	j.validateOptimizer(p)
+	j.validateSteps(p)
+	j.validatePrecision(p)
+	j.validateRun(p)
+	j.validateExport(p)
+	if j.Distill != nil {
+		p.errs = append(p.errs, j.Distill.validate()...)
 	}
-	addf := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if !SkipFileChecks {
+		p.errs = append(p.errs, j.checkFiles()...)
+	}
+	return errors.Join(p.errs...)
+}
 
-	if j.Model == "" {
-		addf("model: missing; set it to a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)")
+// problems collects Validate's findings, every one of them.
+type problems struct{ errs []error }
+
+func (p *problems) add(err error) {
+	if err != nil {
+		p.errs = append(p.errs, err)
 	}
-	add(oneOfRequired("method", j.Method, "lora", "full"))
+}
+
+func (p *problems) addf(format string, args ...any) {
+	p.errs = append(p.errs, fmt.Errorf(format, args...))
+}
+
+// validateModel checks model, method and the method's section (lora, full).
+func (j *Job) validateModel(p *problems) {
+	if j.Model == "" {
+		p.addf("model: missing; set it to a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)")
+	}
+	p.add(oneOfRequired("method", j.Method, "lora", "full"))
 
 	// lora
 	if j.Method == "lora" || j.Method == "" {
 		l := j.LoRA
 		if l.R < 1 {
-			addf("lora.r: must be >= 1, got %d; 8, 16 or 64 are usual", l.R)
+			p.addf("lora.r: must be >= 1, got %d; 8, 16 or 64 are usual", l.R)
 		}
 		if !(l.Alpha > 0) {
-			addf("lora.alpha: must be > 0, got %v; 2·r is usual", l.Alpha)
+			p.addf("lora.alpha: must be > 0, got %v; 2·r is usual", l.Alpha)
 		}
 		if l.Dropout < 0 || l.Dropout >= 1 {
-			addf("lora.dropout: must be in [0, 1), got %v", l.Dropout)
+			p.addf("lora.dropout: must be in [0, 1), got %v", l.Dropout)
 		}
 		if l.TargetModules != nil && len(l.TargetModules) == 0 {
-			addf("lora.target_modules: empty; list modules (%s, lm_head) or all-linear", strings.Join(DefaultTargetModules, ", "))
+			p.addf("lora.target_modules: empty; list modules (%s, lm_head) or all-linear", strings.Join(DefaultTargetModules, ", "))
 		}
 		seen := map[string]bool{}
 		for i, m := range l.TargetModules {
-			p := fmt.Sprintf("lora.target_modules[%d]", i)
-			if err := oneOfRequired(p, m, append(append([]string(nil), DefaultTargetModules...), "lm_head", "all-linear")...); err != nil {
-				add(err)
+			key := fmt.Sprintf("lora.target_modules[%d]", i)
+			if err := oneOfRequired(key, m, append(append([]string(nil), DefaultTargetModules...), "lm_head", "all-linear")...); err != nil {
+				p.add(err)
 				continue
 			}
 			if seen[m] {
-				addf("%s: %s is listed twice", p, m)
+				p.addf("%s: %s is listed twice", key, m)
 			}
 			seen[m] = true
 		}
-		add(layerList("lora.layers", l.Layers))
+		p.add(layerList("lora.layers", l.Layers))
 	}
 	if j.Method == "full" {
-		add(layerList("full.freeze_layers", j.Full.FreezeLayers))
+		p.add(layerList("full.freeze_layers", j.Full.FreezeLayers))
 	}
+}
 
-	if err := j.Data.Validate("data"); len(err) > 0 {
-		errs = append(errs, err...)
-	}
-
+// validateOptimizer checks the optimizer and schedule sections.
+func (j *Job) validateOptimizer(p *problems) {
 	// optimizer
 	o := j.Optimizer
-	add(oneOfRequired("optimizer.name", o.Name, "adamw"))
+	p.add(oneOfRequired("optimizer.name", o.Name, "adamw"))
 	if !(o.LR > 0) {
-		addf("optimizer.lr: must be > 0, got %v", o.LR)
+		p.addf("optimizer.lr: must be > 0, got %v", o.LR)
 	}
 	if len(o.Betas) != 2 {
-		addf("optimizer.betas: want exactly 2 values like [0.9, 0.999], got %d", len(o.Betas))
+		p.addf("optimizer.betas: want exactly 2 values like [0.9, 0.999], got %d", len(o.Betas))
 	}
 	for i, b := range o.Betas {
 		if !(b > 0 && b < 1) {
-			addf("optimizer.betas[%d]: must be in (0, 1), got %v", i, b)
+			p.addf("optimizer.betas[%d]: must be in (0, 1), got %v", i, b)
 		}
 	}
 	if !(o.Eps > 0) {
-		addf("optimizer.eps: must be > 0, got %v", o.Eps)
+		p.addf("optimizer.eps: must be > 0, got %v", o.Eps)
 	}
 	if !(o.WeightDecay >= 0) {
-		addf("optimizer.weight_decay: must be >= 0, got %v", o.WeightDecay)
+		p.addf("optimizer.weight_decay: must be >= 0, got %v", o.WeightDecay)
 	}
 	if !(o.MaxGradNorm >= 0) {
-		addf("optimizer.max_grad_norm: must be >= 0 (0 = no clipping), got %v", o.MaxGradNorm)
+		p.addf("optimizer.max_grad_norm: must be >= 0 (0 = no clipping), got %v", o.MaxGradNorm)
 	}
 
 	// schedule
 	s := j.Schedule
-	add(oneOfRequired("schedule.type", s.Type, "cosine", "linear", "constant"))
+	p.add(oneOfRequired("schedule.type", s.Type, "cosine", "linear", "constant"))
 	if s.WarmupSteps < 0 {
-		addf("schedule.warmup_steps: must be >= 0, got %d", s.WarmupSteps)
+		p.addf("schedule.warmup_steps: must be >= 0, got %d", s.WarmupSteps)
 	}
 	if !(s.WarmupRatio >= 0 && s.WarmupRatio < 1) {
-		addf("schedule.warmup_ratio: must be in [0, 1), got %v", s.WarmupRatio)
+		p.addf("schedule.warmup_ratio: must be in [0, 1), got %v", s.WarmupRatio)
 	}
 	if s.WarmupSteps > 0 && s.WarmupRatio > 0 {
-		addf("schedule: set warmup_steps (%d) or warmup_ratio (%v), not both", s.WarmupSteps, s.WarmupRatio)
+		p.addf("schedule: set warmup_steps (%d) or warmup_ratio (%v), not both", s.WarmupSteps, s.WarmupRatio)
 	}
 	if j.MaxSteps > 0 && s.WarmupSteps >= j.MaxSteps {
-		addf("schedule.warmup_steps: %d leaves no steps after warm-up (max_steps is %d)", s.WarmupSteps, j.MaxSteps)
+		p.addf("schedule.warmup_steps: %d leaves no steps after warm-up (max_steps is %d)", s.WarmupSteps, j.MaxSteps)
 	}
 	if !(s.MinLRRatio >= 0 && s.MinLRRatio <= 1) {
-		addf("schedule.min_lr_ratio: must be in [0, 1], got %v", s.MinLRRatio)
+		p.addf("schedule.min_lr_ratio: must be in [0, 1], got %v", s.MinLRRatio)
 	}
+}
 
+// validateSteps checks batch sizes and max_steps.
+func (j *Job) validateSteps(p *problems) {
 	// batch and length
 	if j.Batch.MicroBatchSize < 1 {
-		addf("batch.micro_batch_size: must be >= 1, got %d", j.Batch.MicroBatchSize)
+		p.addf("batch.micro_batch_size: must be >= 1, got %d", j.Batch.MicroBatchSize)
 	}
 	if j.Batch.GradAccum < 1 {
-		addf("batch.grad_accum: must be >= 1, got %d", j.Batch.GradAccum)
+		p.addf("batch.grad_accum: must be >= 1, got %d", j.Batch.GradAccum)
 	}
 	if j.MaxSteps < 0 {
-		addf("max_steps: must be >= 0 (0 = until the data ends), got %d", j.MaxSteps)
+		p.addf("max_steps: must be >= 0 (0 = until the data ends), got %d", j.MaxSteps)
 	}
 	if j.MaxSteps == 0 {
 		forever := j.Data.Epochs < 0
@@ -820,67 +872,70 @@ func (j *Job) Validate() error {
 			}
 		}
 		if forever {
-			addf("max_steps: 0 means until the data ends, but data repeats forever (epochs: -1); set max_steps")
+			p.addf("max_steps: 0 means until the data ends, but data repeats forever (epochs: -1); set max_steps")
 		}
 	}
+}
 
-	add(oneOfRequired("precision.weights", j.Precision.Weights, "f32", "bf16"))
-	add(oneOfRequired("precision.compute", j.Precision.Compute, "auto", "bf16", "f32"))
+// validatePrecision checks precision and device.
+func (j *Job) validatePrecision(p *problems) {
+	p.add(oneOfRequired("precision.weights", j.Precision.Weights, "f32", "bf16"))
+	p.add(oneOfRequired("precision.compute", j.Precision.Compute, "auto", "bf16", "f32"))
 	if !kernels.Registered(j.Device) { // backends register by name when linked in
-		addf("device: %q is not a backend of this binary; use one of: %s", j.Device, strings.Join(kernels.Names(), ", "))
+		p.addf("device: %q is not a backend of this binary; use one of: %s", j.Device, strings.Join(kernels.Names(), ", "))
 	}
 
+	if j.Method == "full" && j.Precision.Weights == "bf16" {
+		p.addf("precision.weights: bf16 stores frozen base weights; full fine-tuning trains every weight in f32 (master weights), so use f32 or method: lora")
+	}
+}
+
+// validateRun checks checkpointing, evaluation, logging, output_dir and on_nan.
+func (j *Job) validateRun(p *problems) {
 	if j.Checkpoint.Every < 0 {
-		addf("checkpoint.every: must be >= 0 (0 = only at the end), got %d", j.Checkpoint.Every)
+		p.addf("checkpoint.every: must be >= 0 (0 = only at the end), got %d", j.Checkpoint.Every)
 	}
 	if j.Checkpoint.KeepLast < 0 {
-		addf("checkpoint.keep_last: must be >= 0 (0 = keep all), got %d", j.Checkpoint.KeepLast)
+		p.addf("checkpoint.keep_last: must be >= 0 (0 = keep all), got %d", j.Checkpoint.KeepLast)
 	}
 	if j.Eval.Every < 0 {
-		addf("eval.every: must be >= 0 (0 = only at the end), got %d", j.Eval.Every)
+		p.addf("eval.every: must be >= 0 (0 = only at the end), got %d", j.Eval.Every)
 	}
 	if j.Eval.Batches < 0 {
-		addf("eval.batches: must be >= 0 (0 = all), got %d", j.Eval.Batches)
+		p.addf("eval.batches: must be >= 0 (0 = all), got %d", j.Eval.Batches)
 	}
 	if j.Eval.Every > 0 && (j.Data.Eval == nil || (j.Data.Eval.Fraction == 0 && len(j.Data.Eval.Datasets) == 0)) {
-		addf("eval.every: %d, but there is no eval data; add data.eval: {fraction: 0.01} or data.eval.datasets", j.Eval.Every)
+		p.addf("eval.every: %d, but there is no eval data; add data.eval: {fraction: 0.01} or data.eval.datasets", j.Eval.Every)
 	}
 	if j.Logging.Every < 1 {
-		addf("logging.every: must be >= 1, got %d", j.Logging.Every)
+		p.addf("logging.every: must be >= 1, got %d", j.Logging.Every)
 	}
 
+	if j.OutputDir == "" {
+		p.addf("output_dir: missing")
+	}
+	p.add(oneOfRequired("on_nan", j.OnNaN, "stop", "skip"))
+}
+
+// validateExport checks the export section.
+func (j *Job) validateExport(p *problems) {
 	seen := map[string]bool{}
 	for i, f := range j.Export.Formats {
-		p := fmt.Sprintf("export.formats[%d]", i)
-		if err := oneOfRequired(p, f, "hf", "peft", "gguf"); err != nil {
-			add(err)
+		key := fmt.Sprintf("export.formats[%d]", i)
+		if err := oneOfRequired(key, f, "hf", "peft", "gguf"); err != nil {
+			p.add(err)
 			continue
 		}
 		if seen[f] {
-			addf("%s: %s is listed twice", p, f)
+			p.addf("%s: %s is listed twice", key, f)
 		}
 		seen[f] = true
 		if f == "peft" && j.Method != "lora" {
-			addf("%s: peft exports a LoRA adapter, but method is %s; use hf or gguf", p, j.Method)
+			p.addf("%s: peft exports a LoRA adapter, but method is %s; use hf or gguf", key, j.Method)
 		}
 	}
-	add(oneOfRequired("export.dtype", j.Export.DType, "F32", "BF16", "F16"))
-	add(oneOfRequired("export.gguf_type", j.Export.GGUFType, "F32", "F16", "BF16", "Q8_0"))
-	if j.OutputDir == "" {
-		addf("output_dir: missing")
-	}
-	add(oneOfRequired("on_nan", j.OnNaN, "stop", "skip"))
-	if j.Method == "full" && j.Precision.Weights == "bf16" {
-		addf("precision.weights: bf16 stores frozen base weights; full fine-tuning trains every weight in f32 (master weights), so use f32 or method: lora")
-	}
-	if j.Distill != nil {
-		errs = append(errs, j.Distill.validate()...)
-	}
-
-	if !SkipFileChecks {
-		errs = append(errs, j.checkFiles()...)
-	}
-	return errors.Join(errs...)
+	p.add(oneOfRequired("export.dtype", j.Export.DType, "F32", "BF16", "F16"))
+	p.add(oneOfRequired("export.gguf_type", j.Export.GGUFType, "F32", "F16", "BF16", "Q8_0"))
 }
 
 // oneOfRequired is oneOf for a value that must be set (defaults are filled in by then).

@@ -30,7 +30,7 @@ data:
   seq_len: 16
   shuffle_buffer: 0
   bad_rows: skip
-train: {ignored: by the data commands}
+optimizer: {lr: 1e-4}   # parsed like every section, checked only by train
 `), 0o644)
 	out, err := runCLI(t, "data", "inspect", filepath.Join(dir, "job.yaml"), "-n", "2", "--color", "never")
 	if err != nil {
@@ -65,5 +65,11 @@ train: {ignored: by the data commands}
 	_, err = runCLI(t, "data", "inspect", filepath.Join(dir, "bad.yaml"))
 	if err == nil || !strings.Contains(err.Error(), `data.pakcing (line 4): unknown key; did you mean "packing"?`) {
 		t.Fatalf("strict: %v", err)
+	}
+	// One job loader: what validate refuses, the data commands refuse too.
+	os.WriteFile(filepath.Join(dir, "model-map.yaml"), []byte("model: {path: m}\ndata:\n  datasets: [{path: tok.jsonl}]\n  seq_len: 16\noptimzer: {lr: 1}\n"), 0o644)
+	_, err = runCLI(t, "data", "inspect", filepath.Join(dir, "model-map.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "model (line 1)") || !strings.Contains(err.Error(), `did you mean "optimizer"`) {
+		t.Fatalf("model: {path: m} and a typo outside data: should be refused as validate does: %v", err)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -126,57 +125,6 @@ func interruptedDownload(ctx context.Context, err error) error {
 		return errors.New("download interrupted: what was received is kept in the cache and the next run resumes it")
 	}
 	return err
-}
-
-// fetchHubRefs resolves the model (configuration and tokenizer only) and dataset paths of a
-// data job that name Hub repositories, as configs.Load does for a full job.
-func (j *dataJob) fetchHubRefs() error {
-	if configs.SkipFileChecks {
-		return nil
-	}
-	local := func(p string) bool {
-		if filepath.IsAbs(p) {
-			return true
-		}
-		_, err := os.Lstat(filepath.Join(j.dir, p))
-		return err == nil
-	}
-	hubMetadataOnly = true
-	defer func() { hubMetadataOnly = false }()
-	if j.model != "" && !local(j.model) {
-		dir, err := fetchJobRef(configs.RemoteRef{Kind: hub.Model, Ref: j.model})
-		if err != nil {
-			return fmt.Errorf("%s: model: %s: %w", j.path, j.model, err)
-		}
-		if dir != "" {
-			j.model = dir
-		}
-	}
-	fetch := func(key string, ds []configs.Dataset) error {
-		for i := range ds {
-			if ds[i].Path == "" || local(ds[i].Path) {
-				continue
-			}
-			dir, err := fetchJobRef(configs.RemoteRef{Kind: hub.Dataset, Ref: ds[i].Path, Split: ds[i].Split})
-			if err != nil {
-				return fmt.Errorf("%s: %s[%d].path: %s: %w", j.path, key, i, ds[i].Path, err)
-			}
-			if dir != "" {
-				if ds[i].Name == "" {
-					ds[i].Name = ds[i].Path
-				}
-				ds[i].Path = dir
-			}
-		}
-		return nil
-	}
-	if err := fetch("data.datasets", j.data.Datasets); err != nil {
-		return err
-	}
-	if j.data.Eval != nil {
-		return fetch("data.eval.datasets", j.data.Eval.Datasets)
-	}
-	return nil
 }
 
 // hubModelArg is a --model flag's directory: the value itself, or for a Hub repository id
