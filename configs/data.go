@@ -1,4 +1,5 @@
-// Package configs holds the job schema. This file is the data section.
+// The data section of the job schema.
+
 package configs
 
 import (
