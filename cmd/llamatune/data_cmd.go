@@ -77,3 +77,16 @@ func onePass(o *data.Options, stderr io.Writer) {
 		}
 	}
 }
+
+// split is the data options of the training split, or of the eval split
+// when eval is set (an error when the job has none), with the tokenizer.
+func (j *dataJob) split(eval bool) (data.Options, tokenizer.Tokenizer, error) {
+	train, evalOpts, tok, err := j.options(1)
+	if err != nil || !eval {
+		return train, tok, err
+	}
+	if evalOpts == nil {
+		return train, nil, fmt.Errorf("%s: no eval data (set data.eval.fraction or data.eval.datasets)", j.path)
+	}
+	return *evalOpts, tok, nil
+}

@@ -34,16 +34,9 @@ packing efficiency (non-pad tokens / all tokens).`,
 			if err != nil {
 				return err
 			}
-			train, evalOpts, tok, err := job.options(1)
+			o, tok, err := job.split(eval)
 			if err != nil {
 				return err
-			}
-			o := train
-			if eval {
-				if evalOpts == nil {
-					return fmt.Errorf("%s: no eval data (set data.eval.fraction or data.eval.datasets)", args[0])
-				}
-				o = *evalOpts
 			}
 			out := bufio.NewWriter(cmd.OutOrStdout())
 			defer out.Flush()

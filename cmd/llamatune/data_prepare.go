@@ -53,16 +53,9 @@ pass: the rows are split back into their documents and packed again. One pass is
 // (Ctrl-C) or anything fails, the shards written so far are removed: out
 // holds either a whole dataset with its manifest or nothing of this run.
 func runPrepare(ctx context.Context, job *dataJob, jobFile, out string, eval bool, stdout, stderr io.Writer) (err error) {
-	train, evalOpts, tok, err := job.options(1)
+	o, tok, err := job.split(eval)
 	if err != nil {
 		return err
-	}
-	o := train
-	if eval {
-		if evalOpts == nil {
-			return fmt.Errorf("%s: no eval data (set data.eval.fraction or data.eval.datasets)", jobFile)
-		}
-		o = *evalOpts
 	}
 	onePass(&o, stderr)
 	p, err := data.New(o, nil)
@@ -117,18 +110,27 @@ func runPrepare(ctx context.Context, job *dataJob, jobFile, out string, eval boo
 	return nil
 }
 
+// countBar is a progress bar counting units on a terminal, nil when w is
+// not one (the callers then print a plain line now and then).
+func countBar(w io.Writer, desc, units string) *progressbar.ProgressBar {
+	f, ok := w.(*os.File)
+	if !ok || !isTerminal(f) {
+		return nil
+	}
+	return progressbar.NewOptions64(-1,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription(desc),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetItsString(units),
+		progressbar.OptionShowIts(),
+		progressbar.OptionThrottle(200*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+	)
+}
+
 // newProgress returns a reporter: a progress bar on a terminal, a plain line every 5 s otherwise.
 func newProgress(w io.Writer) func(s data.Stats, final bool) {
-	if f, ok := w.(*os.File); ok && isTerminal(f) {
-		bar := progressbar.NewOptions64(-1,
-			progressbar.OptionSetWriter(w),
-			progressbar.OptionSetDescription("preparing"),
-			progressbar.OptionShowCount(),
-			progressbar.OptionSetItsString("rows"),
-			progressbar.OptionShowIts(),
-			progressbar.OptionThrottle(200*time.Millisecond),
-			progressbar.OptionClearOnFinish(),
-		)
+	if bar := countBar(w, "preparing", "rows"); bar != nil {
 		var last int64
 		return func(s data.Stats, final bool) {
 			bar.Add64(s.Rows - last)

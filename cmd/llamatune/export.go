@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -77,25 +78,11 @@ Formats:
 					return err
 				}
 			case "gguf":
-				if dtype == "" {
-					dtype = "F16"
-				}
-				dtype = strings.ToUpper(dtype)
-				if st, err := os.Stat(out); err == nil && st.IsDir() {
-					out = filepath.Join(out, "model-"+strings.ToLower(dtype)+".gguf")
-				}
-				if err := export.GGUF(src, out, dtype); err != nil {
+				if err := export.GGUF(src, ggufOut(out, "model", &dtype, "F16"), dtype); err != nil {
 					return err
 				}
 			case "gguf-lora":
-				if dtype == "" {
-					dtype = "F32"
-				}
-				dtype = strings.ToUpper(dtype)
-				if st, err := os.Stat(out); err == nil && st.IsDir() {
-					out = filepath.Join(out, "adapter-"+strings.ToLower(dtype)+".gguf")
-				}
-				if err := export.GGUFLoRA(src, out, dtype); err != nil {
+				if err := export.GGUFLoRA(src, ggufOut(out, "adapter", &dtype, "F32"), dtype); err != nil {
 					return err
 				}
 			default:
@@ -147,4 +134,14 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("export: --max-shard-size %q is not a size like 5GB, 500MB or 2GiB", s)
 	}
 	return int64(v * float64(mult)), nil
+}
+
+// ggufOut settles a GGUF export's dtype (upper case, def when unset) and
+// its file: out, or NAME-DTYPE.gguf inside out when out is a directory.
+func ggufOut(out, name string, dtype *string, def string) string {
+	*dtype = strings.ToUpper(cmp.Or(*dtype, def))
+	if st, err := os.Stat(out); err == nil && st.IsDir() {
+		return filepath.Join(out, name+"-"+strings.ToLower(*dtype)+".gguf")
+	}
+	return out
 }

@@ -16,6 +16,19 @@ import (
 	"github.com/llamatune/llamatune/train"
 )
 
+// quickstartData is the data section of both quickstart jobs: the built-in
+// text and conversations, a tenth held out.
+const quickstartData = `data:
+  datasets:
+    - {path: data/text.jsonl, type: text}
+    - {path: data/chat.jsonl, type: messages}
+  seq_len: 128
+  packing: true
+  template: llama3
+  epochs: 3
+  eval: {fraction: 0.1}
+`
+
 // quickstartJob is the job the quickstart writes next to its model and data;
 // `llamatune train DIR/job.yaml` runs it again.
 const quickstartJob = `# Written by llamatune quickstart: LoRA on a tiny random Llama 3, on CPU.
@@ -26,16 +39,7 @@ lora:
   alpha: 32
   dropout: 0.0
   target_modules: [all-linear, lm_head]
-data:
-  datasets:
-    - {path: data/text.jsonl, type: text}
-    - {path: data/chat.jsonl, type: messages}
-  seq_len: 128
-  packing: true
-  template: llama3
-  epochs: 3
-  eval: {fraction: 0.1}
-optimizer: {lr: 0.01, weight_decay: 0.0}
+` + quickstartData + `optimizer: {lr: 0.01, weight_decay: 0.0}
 schedule: {type: cosine, warmup_steps: 5}
 batch: {micro_batch_size: 4, grad_accum: 1}
 max_steps: 60
@@ -51,16 +55,7 @@ export: {formats: [hf, peft, gguf], dtype: BF16, gguf_type: Q8_0}
 const quickstartDistillJob = `# Written by llamatune quickstart: distil the fine-tuned tiny model into a smaller one.
 model: student
 method: full
-data:
-  datasets:
-    - {path: data/text.jsonl, type: text}
-    - {path: data/chat.jsonl, type: messages}
-  seq_len: 128
-  packing: true
-  template: llama3
-  epochs: 3
-  eval: {fraction: 0.1}
-distill:
+` + quickstartData + `distill:
   teacher: {model: run/export/hf}
   loss: forward_kl
   temperature: 1.0

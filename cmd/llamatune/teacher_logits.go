@@ -10,7 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/llamatune/llamatune/configs"
@@ -179,16 +178,7 @@ func runTeacherLogits(ctx context.Context, jobPath string, setList []string, f t
 // newShardProgress is a progress bar of tokens on a terminal, a line every
 // 10 s otherwise.
 func newShardProgress(w io.Writer) func(p distill.ShardProgress, final bool) {
-	if f, ok := w.(*os.File); ok && isTerminal(f) {
-		bar := progressbar.NewOptions64(-1,
-			progressbar.OptionSetWriter(w),
-			progressbar.OptionSetDescription("teacher logits"),
-			progressbar.OptionShowCount(),
-			progressbar.OptionSetItsString("tokens"),
-			progressbar.OptionShowIts(),
-			progressbar.OptionThrottle(200*time.Millisecond),
-			progressbar.OptionClearOnFinish(),
-		)
+	if bar := countBar(w, "teacher logits", "tokens"); bar != nil {
 		var last int64 = -1
 		return func(p distill.ShardProgress, final bool) {
 			if last < 0 {
