@@ -41,8 +41,8 @@ type AdapterConfig struct {
 	LoraDropout         float64
 	TargetModules       []string // PEFT module names: q_proj, k_proj, …
 	UseRSLoRA           bool     // scaling alpha/sqrt(r) instead of alpha/r
-	UseDoRA             bool
-	Bias                string // "none"
+	UseDoRA             bool     // DoRA: a lora_magnitude_vector [out] per module next to lora_A/lora_B
+	Bias                string   // "none"
 	FanInFanOut         bool
 	InferenceMode       bool
 	InitLoraWeights     bool
@@ -93,9 +93,6 @@ func (c AdapterConfig) Validate() error {
 	}
 	if len(c.TargetModules) == 0 {
 		errs = append(errs, "target_modules is empty")
-	}
-	if c.UseDoRA {
-		errs = append(errs, "use_dora is true; DoRA adapters are not supported (merge them with PEFT's merge_and_unload first)")
 	}
 	if c.Bias != "" && c.Bias != "none" {
 		errs = append(errs, fmt.Sprintf("bias is %q; only \"none\" is supported (Llama linear layers have no bias)", c.Bias))
@@ -368,6 +365,20 @@ func ParseAdapterConfig(data []byte, file string) (AdapterConfig, error) {
 // model, and is accepted on read).
 var peftKeyRE = regexp.MustCompile(`^base_model\.model\.(.+)\.lora_([AB])(?:\.default)?\.weight$`)
 
+// peftMagnitudeRE matches the key PEFT saves for a DoRA magnitude vector
+// (PEFT strips the ".weight" its live module has; both are accepted).
+var peftMagnitudeRE = regexp.MustCompile(`^base_model\.model\.(.+)\.lora_magnitude_vector(?:\.default)?(?:\.weight)?$`)
+
+// ParsePEFTMagnitudeKey returns the module of a DoRA magnitude key such as
+// base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector.
+func ParsePEFTMagnitudeKey(key string) (module string, ok bool) {
+	m := peftMagnitudeRE.FindStringSubmatch(key)
+	if m == nil {
+		return "", false
+	}
+	return m[1], true
+}
+
 // ParsePEFTKey splits a PEFT LoRA key such as
 // base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight into the
 // module (model.layers.0.self_attn.q_proj) and "A" or "B".
@@ -383,13 +394,14 @@ func ParsePEFTKey(key string) (module, ab string, ok bool) {
 type PEFTPair struct {
 	Module     string // HF module name, e.g. model.layers.0.self_attn.q_proj
 	AKey, BKey string
-	Rank       int // rows of A
-	In, Out    int // A is [Rank, In], B is [Out, Rank]
+	MKey       string // DoRA magnitude vector [Out]; "" for plain LoRA
+	Rank       int    // rows of A
+	In, Out    int    // A is [Rank, In], B is [Out, Rank]
 }
 
 // PEFTPairs checks that shapes (key → shape) hold only LoRA A/B pairs of
-// matching rank, and returns them sorted by module name. where prefixes
-// errors (a file name).
+// matching rank, each with at most one DoRA magnitude vector [out], and
+// returns them sorted by module name. where prefixes errors (a file name).
 func PEFTPairs(where string, shapes map[string][]int) ([]PEFTPair, error) {
 	byModule := map[string]*PEFTPair{}
 	keys := make([]string, 0, len(shapes))
@@ -398,11 +410,23 @@ func PEFTPairs(where string, shapes map[string][]int) ([]PEFTPair, error) {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
+		if mod, ok := ParsePEFTMagnitudeKey(k); ok {
+			p := byModule[mod]
+			if p == nil {
+				p = &PEFTPair{Module: mod}
+				byModule[mod] = p
+			}
+			if p.MKey != "" {
+				return nil, fmt.Errorf("%s: module %s has two DoRA magnitude vectors (%q and %q)", where, mod, p.MKey, k)
+			}
+			if s := shapes[k]; len(s) != 1 {
+				return nil, fmt.Errorf("%s: tensor %q has shape %v; a DoRA magnitude vector is 1-D ([out])", where, k, s)
+			}
+			p.MKey = k
+			continue
+		}
 		mod, ab, ok := ParsePEFTKey(k)
 		if !ok {
-			if strings.Contains(k, "lora_magnitude_vector") {
-				return nil, fmt.Errorf("%s: tensor %q is a DoRA magnitude vector; DoRA adapters are not supported", where, k)
-			}
 			return nil, fmt.Errorf("%s: tensor %q is not a LoRA weight; keys must look like base_model.model.<module>.lora_A.weight or .lora_B.weight (modules_to_save and bias tensors are not supported)", where, k)
 		}
 		s := shapes[k]
@@ -429,6 +453,9 @@ func PEFTPairs(where string, shapes map[string][]int) ([]PEFTPair, error) {
 	out := make([]PEFTPair, 0, len(byModule))
 	for _, mod := range sortedKeys(byModule) {
 		p := byModule[mod]
+		if p.AKey == "" && p.BKey == "" {
+			return nil, fmt.Errorf("%s: DoRA magnitude vector %q has no lora_A and lora_B tensors for module %s", where, p.MKey, mod)
+		}
 		if p.AKey == "" {
 			return nil, fmt.Errorf("%s: %q has no matching lora_A tensor (expected %s)", where, p.BKey, strings.Replace(p.BKey, "lora_B", "lora_A", 1))
 		}
@@ -443,6 +470,9 @@ func PEFTPairs(where string, shapes map[string][]int) ([]PEFTPair, error) {
 			return nil, fmt.Errorf("%s: %q has rank 0", where, p.AKey)
 		}
 		p.Rank, p.In, p.Out = a[0], a[1], b[0]
+		if p.MKey != "" && shapes[p.MKey][0] != p.Out {
+			return nil, fmt.Errorf("%s: DoRA magnitude vector %q has shape %v but %q has %d output rows; they must match", where, p.MKey, shapes[p.MKey], p.BKey, p.Out)
+		}
 		out = append(out, *p)
 	}
 	if len(out) == 0 {
@@ -460,8 +490,18 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// checkRanks verifies every pair has rank r unless rank_pattern gives per-module ranks.
+// checkRanks verifies every pair has rank r unless rank_pattern gives
+// per-module ranks, and that every pair has a DoRA magnitude vector exactly
+// when use_dora is true.
 func checkRanks(where string, cfg AdapterConfig, pairs []PEFTPair) error {
+	for _, p := range pairs {
+		if cfg.UseDoRA && p.MKey == "" {
+			return fmt.Errorf("%s: adapter_config.json has use_dora true but module %s has no DoRA magnitude vector (expected %s)", where, p.Module, "base_model.model."+p.Module+".lora_magnitude_vector")
+		}
+		if !cfg.UseDoRA && p.MKey != "" {
+			return fmt.Errorf("%s: tensor %q is a DoRA magnitude vector but adapter_config.json has use_dora false; set \"use_dora\": true there if this is a DoRA adapter", where, p.MKey)
+		}
+	}
 	if len(cfg.RankPattern) > 0 {
 		return nil
 	}
@@ -477,7 +517,8 @@ func checkRanks(where string, cfg AdapterConfig, pairs []PEFTPair) error {
 // does: dir/adapter_model.safetensors (metadata {"format": "pt"}) and
 // dir/adapter_config.json, each atomically, the weights first. Every tensor
 // must be a lora_A/lora_B key (see lora.PEFTKey) with matching ranks equal to
-// cfg.R. dir is created if needed.
+// cfg.R, plus with cfg.UseDoRA one lora_magnitude_vector [out] per module
+// (lora.MagnitudeKey). dir is created if needed.
 func WritePEFT(dir string, cfg AdapterConfig, tensors []WriteTensor) error {
 	if cfg.PeftType == "" {
 		cfg.PeftType = "LORA"
@@ -525,9 +566,10 @@ func WritePEFT(dir string, cfg AdapterConfig, tensors []WriteTensor) error {
 
 // ReadPEFT opens a PEFT LoRA adapter directory: it parses and validates
 // adapter_config.json, opens adapter_model.safetensors, and checks that every
-// tensor is a lora_A/lora_B weight, that each module has both, and that their
-// shapes agree ([r, in] and [out, r], r as in the config). The caller closes
-// the Reader.
+// tensor is a lora_A/lora_B weight (or, with use_dora, a magnitude vector),
+// that each module has both (and its magnitude vector [out] with use_dora),
+// and that their shapes agree ([r, in] and [out, r], r as in the config). The
+// caller closes the Reader.
 func ReadPEFT(dir string) (AdapterConfig, *Reader, error) {
 	cfgPath := filepath.Join(dir, PEFTConfigFile)
 	data, err := os.ReadFile(cfgPath)

@@ -197,11 +197,36 @@ func TestPEFTErrors(t *testing.T) {
 		err := WritePEFT(t.TempDir(), good(), loraTensors(4, 8, 8, q)[:1])
 		wantErr(t, err, "lora_A.weight", "no matching lora_B")
 	})
-	t.Run("dora", func(t *testing.T) {
+	t.Run("dora without magnitude", func(t *testing.T) {
 		c := good()
 		c.UseDoRA = true
 		err := WritePEFT(t.TempDir(), c, loraTensors(4, 8, 8, q))
-		wantErr(t, err, "use_dora")
+		wantErr(t, err, "use_dora true", q, "lora_magnitude_vector")
+	})
+	t.Run("magnitude without use_dora", func(t *testing.T) {
+		dir := t.TempDir()
+		ts := doraTensors(4, 8, 8, q)
+		writeBytes(t, dir, PEFTConfigFile, good().ToJSON())
+		if err := WriteFile(filepath.Join(dir, PEFTWeightsFile), ts, nil); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := ReadPEFT(dir)
+		wantErr(t, err, q+".lora_magnitude_vector", "use_dora false")
+	})
+	t.Run("magnitude shape", func(t *testing.T) {
+		c := good()
+		c.UseDoRA = true
+		ts := doraTensors(4, 8, 8, q)
+		ts[2].Shape, ts[2].Data = []int{7}, make([]byte, 7*4)
+		wantErr(t, WritePEFT(t.TempDir(), c, ts), "lora_magnitude_vector", "[7]", "8 output rows")
+		ts[2].Shape, ts[2].Data = []int{8, 1}, make([]byte, 8*4)
+		wantErr(t, WritePEFT(t.TempDir(), c, ts), "lora_magnitude_vector", "1-D")
+	})
+	t.Run("magnitude alone", func(t *testing.T) {
+		c := good()
+		c.UseDoRA = true
+		ts := doraTensors(4, 8, 8, q)[2:]
+		wantErr(t, WritePEFT(t.TempDir(), c, ts), "lora_magnitude_vector", "no lora_A and lora_B")
 	})
 	t.Run("bad json", func(t *testing.T) {
 		dir := t.TempDir()
@@ -215,4 +240,73 @@ func TestPEFTErrors(t *testing.T) {
 		_, _, err := ReadPEFT(dir)
 		wantErr(t, err, "PREFIX_TUNING", "only LORA")
 	})
+}
+
+// doraTensors is loraTensors with PEFT's DoRA magnitude vector [out] after
+// each module's A and B.
+func doraTensors(r, in, out int, modules ...string) []WriteTensor {
+	var ts []WriteTensor
+	for _, m := range modules {
+		mag := make([]float32, out)
+		for i := range mag {
+			mag[i] = 1 + float32(i)*0.5
+		}
+		ts = append(ts, loraTensors(r, in, out, m)...)
+		ts = append(ts, WriteTensor{Name: "base_model.model." + m + ".lora_magnitude_vector", DType: F32, Shape: []int{out}, Data: EncodeF32(mag)})
+	}
+	return ts
+}
+
+// A DoRA adapter is written with use_dora true and one
+// base_model.model.<module>.lora_magnitude_vector [out] per module, exactly
+// PEFT's keys, and reads back with its pairs and magnitudes.
+func TestPEFTDoRARoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	q, v := "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"
+	cfg := NewAdapterConfig("/models/base", 4, 8, 0, []string{"q_proj", "v_proj"}, false)
+	cfg.UseDoRA = true
+	if err := WritePEFT(dir, cfg, doraTensors(4, 8, 16, q, v)); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, PEFTConfigFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(raw), `"use_dora": true`) {
+		t.Errorf("adapter_config.json lacks \"use_dora\": true:\n%s", raw)
+	}
+	got, r, err := ReadPEFT(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if !got.UseDoRA {
+		t.Error("use_dora read back false")
+	}
+	for _, m := range []string{q, v} {
+		key := "base_model.model." + m + ".lora_magnitude_vector"
+		if err := r.Expect(key, []int{16}); err != nil {
+			t.Error(err)
+		}
+		mag, err := r.F32(key)
+		if err != nil || mag[3] != 2.5 {
+			t.Errorf("%s: %v, %v", key, mag, err)
+		}
+	}
+	shapes := map[string][]int{}
+	for _, k := range r.Keys() {
+		info, _ := r.Info(k)
+		shapes[k] = info.Shape
+	}
+	pairs, err := PEFTPairs(r.Path(), shapes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pairs) != 2 || pairs[0].MKey != "base_model.model."+q+".lora_magnitude_vector" || pairs[0].Out != 16 {
+		t.Errorf("pairs %+v", pairs)
+	}
+	// A live model's state-dict spelling is accepted too.
+	if mod, ok := ParsePEFTMagnitudeKey("base_model.model." + q + ".lora_magnitude_vector.default.weight"); !ok || mod != q {
+		t.Errorf("ParsePEFTMagnitudeKey: %q %v", mod, ok)
+	}
 }

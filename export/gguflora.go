@@ -64,6 +64,9 @@ func GGUFLoRA(src Source, outPath string, typ string) error {
 	}
 	defer w.Close()
 	cfg := *w.dirs.Adapter
+	if cfg.UseDoRA {
+		return fmt.Errorf("export: %s is a DoRA adapter (use_dora true); llama.cpp's LoRA adapters have no DoRA magnitude, so it cannot be written as gguf-lora: export the merged model with --format gguf (or hf) instead", src.AdapterDir)
+	}
 	var tensors []checkpoint.GGUFTensor
 	for _, name := range w.names {
 		s := w.srcs[name]

@@ -156,8 +156,9 @@ func copyFile(from, to string) error {
 
 // PEFT writes the LoRA adapter of src to outDir exactly as PEFT's
 // save_pretrained does (adapter_model.safetensors with lora_A [r, in] and
-// lora_B [out, r] under base_model.model.<module> keys, and
-// adapter_config.json with inference_mode true). The tensors keep their
+// lora_B [out, r] under base_model.model.<module> keys, for DoRA also
+// lora_magnitude_vector [out], and adapter_config.json with inference_mode
+// true). The tensors keep their
 // dtype. base_model_name_or_path keeps the adapter's value, or is set to the
 // base directory when the adapter has none. Each A/B pair is checked against
 // the base model's shapes first.
@@ -212,13 +213,17 @@ func PEFT(src Source, outDir string) error {
 		if w[0] != p.Out || w[1] != p.In {
 			return fmt.Errorf("export: %s: %q/%q give a [%d, %d] update but the base weight %s is %v; the adapter does not match the base model in %s", r.Path(), p.AKey, p.BKey, p.Out, p.In, p.Module+".weight", w, src.BaseDir)
 		}
-		for _, ab := range []struct{ key, name string }{{p.AKey, "A"}, {p.BKey, "B"}} {
+		parts := []struct{ key, name string }{{p.AKey, "lora_A.weight"}, {p.BKey, "lora_B.weight"}}
+		if p.MKey != "" {
+			parts = append(parts, struct{ key, name string }{p.MKey, "lora_magnitude_vector"})
+		}
+		for _, ab := range parts {
 			info, _ := r.Info(ab.key)
 			data, err := r.Raw(ab.key)
 			if err != nil {
 				return err
 			}
-			name := "base_model.model." + p.Module + ".lora_" + ab.name + ".weight"
+			name := "base_model.model." + p.Module + "." + ab.name
 			tensors = append(tensors, checkpoint.WriteTensor{
 				Name: name, DType: info.DType, Shape: info.Shape,
 				Encode: func() ([]byte, error) { return data, checkFailHook(name) },

@@ -20,7 +20,8 @@ import (
 // held whole: each tensor comes from the memory-mapped base model (or full
 // fine-tuned weights), is replaced by its trained value from a
 // trainable.safetensors overlay, or gets its LoRA update (W += scaling·B·A,
-// through lora.AddLowRank as lora.Set.Merge does) when it is encoded. The
+// through lora.AddLowRank as lora.Set.Merge does; for DoRA then each row
+// scaled to its magnitude, lora.ScaleRows) when it is encoded. The
 // values are exactly those Open loads into memory.
 //
 // A weights is not safe for concurrent use; the writers encode one tensor
@@ -53,6 +54,7 @@ type tensorSrc struct {
 type loraUpdate struct {
 	r          *checkpoint.Reader // nil: a module adapted by pattern without tensors in the file (B = 0, as PEFT)
 	aKey, bKey string
+	mKey       string // DoRA magnitude vector [out]; "" for LoRA
 	rank       int
 	scaling    float32
 }
@@ -248,7 +250,10 @@ func (w *weights) addAdapter(dir string) (checkpoint.AdapterConfig, error) {
 		if shape[0] != p.Out || shape[1] != p.In {
 			return cfg, fmt.Errorf("export: %s: %q is [%d, %d] and %q is [%d, %d], but the base weight %s is %v ([out, in]); the adapter does not match this base model", r.Path(), p.AKey, p.Rank, p.In, p.BKey, p.Out, p.Rank, p.Module+".weight", shape)
 		}
-		for _, k := range []string{p.AKey, p.BKey} {
+		for _, k := range []string{p.AKey, p.BKey, p.MKey} {
+			if k == "" {
+				continue
+			}
 			if err := floatTensor(r, k); err != nil {
 				return cfg, fmt.Errorf("export: %w", err)
 			}
@@ -274,7 +279,7 @@ func (w *weights) addAdapter(dir string) (checkpoint.AdapterConfig, error) {
 		}
 		u := &loraUpdate{rank: cfg.R, scaling: float32(lc.Scaling())}
 		if p, ok := byModule[module]; ok {
-			u.r, u.aKey, u.bKey = r, p.AKey, p.BKey
+			u.r, u.aKey, u.bKey, u.mKey = r, p.AKey, p.BKey, p.MKey
 			used++
 		}
 		s := w.srcs[name]
@@ -306,7 +311,10 @@ func (w *weights) F32(name string) ([]float32, error) {
 	return v, nil
 }
 
-// f32Into widens the whole tensor name into v and applies its LoRA update.
+// f32Into widens the whole tensor name into v and applies its LoRA update
+// (DoRA: W' = m/‖W + s·B·A‖_row ⊙ (W + s·B·A), the norm taken row by row of
+// the merged values; a DoRA module adapted by pattern without tensors keeps
+// W, as PEFT's B = 0 and m = ‖W‖_row do).
 func (w *weights) f32Into(name string, v []float32) error {
 	s := w.srcs[name]
 	if err := s.r.F32Into(s.key, v); err != nil {
@@ -333,6 +341,13 @@ func (w *weights) f32Into(name string, v []float32) error {
 	}
 	w.delta = resize(w.delta, out*in)
 	lora.AddLowRank(w.be, cpu.WrapF32(v), cpu.WrapF32(a), cpu.WrapF32(b), cpu.WrapF32(w.delta), out, in, u.rank, u.scaling)
+	if u.mKey != "" {
+		mag, err := u.r.F32(u.mKey)
+		if err != nil {
+			return err
+		}
+		lora.ScaleRows(v, mag, out, in)
+	}
 	return nil
 }
 
