@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -65,6 +66,7 @@ type LoRA struct {
 	Dropout       float64  `yaml:"dropout"`        // on the adapter input (default 0.05)
 	TargetModules []string `yaml:"target_modules"` // default: every projection of attention and MLP
 	RSLoRA        bool     `yaml:"rslora"`         // scale = alpha/sqrt(r)
+	UseDoRA       bool     `yaml:"use_dora"`       // DoRA: a trained magnitude per output row (PEFT use_dora)
 	Layers        []int    `yaml:"layers"`         // decoder layers to adapt (default all)
 }
 
@@ -800,9 +802,15 @@ func (j *Job) validateModel(p *problems) {
 			seen[m] = true
 		}
 		p.add(layerList("lora.layers", l.Layers))
+		if l.UseDoRA && slices.Contains(l.TargetModules, "lm_head") {
+			p.addf("lora.use_dora: DoRA does not support lm_head; drop lm_head from lora.target_modules or set use_dora: false")
+		}
 	}
 	if j.Method == "full" {
 		p.add(layerList("full.freeze_layers", j.Full.FreezeLayers))
+		if j.LoRA.UseDoRA {
+			p.addf("lora.use_dora: true only applies to method lora (method is full); remove it or set method: lora")
+		}
 	}
 }
 

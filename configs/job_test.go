@@ -510,3 +510,17 @@ checkpoint: {every: 1e2}
 		t.Errorf("whole numbers written as floats: %+v %+v", j.Batch, j.LoRA)
 	}
 }
+
+func TestUseDoRA(t *testing.T) {
+	j, err := Load(tinyJob(t, minimalJob+"lora: {use_dora: true}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !j.LoRA.UseDoRA {
+		t.Error("lora.use_dora: true read as false")
+	}
+	_, err = Load(tinyJob(t, minimalJob+"lora: {use_dora: true, target_modules: [q_proj, lm_head]}\n"), nil)
+	mustContain(t, err, "lora.use_dora: DoRA does not support lm_head")
+	_, err = Load(tinyJob(t, minimalJob+"method: full\nlora: {use_dora: true}\n"), nil)
+	mustContain(t, err, "lora.use_dora: true only applies to method lora")
+}

@@ -2,8 +2,8 @@ package train
 
 import "github.com/llamatune/llamatune/checkpoint"
 
-// writeAdapter writes the LoRA adapter as PEFT does (adapter_model.safetensors
-// + adapter_config.json).
+// writeAdapter writes the LoRA (or DoRA) adapter as PEFT does
+// (adapter_model.safetensors + adapter_config.json).
 func writeAdapter(dir string, o Options) error {
 	var ts []checkpoint.WriteTensor
 	for _, p := range o.LoRA.Params() {
@@ -11,5 +11,6 @@ func writeAdapter(dir string, o Options) error {
 	}
 	c := o.LoRA.Config
 	cfg := checkpoint.NewAdapterConfig(o.Meta.BaseModel, c.R, c.Alpha, c.Dropout, o.LoRA.ModuleNames(), c.RSLoRA)
+	cfg.UseDoRA = c.UseDoRA // the magnitude vectors are among Params, under PEFT's keys
 	return checkpoint.WritePEFT(dir, cfg, ts)
 }

@@ -20,7 +20,7 @@ const noMemCheckEnv = switches.NoMemCheck
 func memOptions(job *configs.Job, fileBF16 bool) memplan.Options {
 	return memplan.Options{
 		Method: job.Method, WeightsBF16: job.Precision.Weights == "bf16", FileBF16: fileBF16,
-		R: job.LoRA.R, Dropout: job.LoRA.Dropout, TargetModules: job.LoRA.TargetModules, Layers: job.LoRA.Layers,
+		R: job.LoRA.R, Dropout: job.LoRA.Dropout, TargetModules: job.LoRA.TargetModules, Layers: job.LoRA.Layers, UseDoRA: job.LoRA.UseDoRA,
 		FreezeLayers: job.Full.FreezeLayers, FreezeEmbeddings: job.Full.FreezeEmbeddings,
 		SeqLen: job.Data.SeqLen, MicroBatch: job.Batch.MicroBatchSize, Recompute: job.Precision.ActivationCheckpointing,
 		ComputeBF16: computeDType(job) == kernels.BF16,

@@ -158,7 +158,7 @@ func (s *session) makeTrainable() error {
 		return nil
 	}
 	set, err := lora.Attach(s.model, lora.Config{R: j.LoRA.R, Alpha: j.LoRA.Alpha, Dropout: j.LoRA.Dropout,
-		TargetModules: j.LoRA.TargetModules, RSLoRA: j.LoRA.RSLoRA, Layers: j.LoRA.Layers}, j.Seed)
+		TargetModules: j.LoRA.TargetModules, RSLoRA: j.LoRA.RSLoRA, UseDoRA: j.LoRA.UseDoRA, Layers: j.LoRA.Layers}, j.Seed)
 	if err != nil {
 		return err
 	}

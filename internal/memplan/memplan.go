@@ -32,6 +32,7 @@ type Options struct {
 	Dropout       float64
 	TargetModules []string // short names (q_proj, ..., lm_head) or all-linear
 	Layers        []int    // adapted decoder layers (empty: all)
+	UseDoRA       bool     // DoRA: a magnitude [out] per adapted module, and its scaled outputs
 	// Full fine-tuning (method full).
 	FreezeLayers     []int
 	FreezeEmbeddings bool
@@ -193,6 +194,9 @@ func Compute(c llama.Config, o Options) Estimate {
 			for _, m := range layerModules(c) {
 				if slices.Contains(targets, m.name) {
 					e.TrainableParams += r * (m.in + m.out)
+					if o.UseDoRA {
+						e.TrainableParams += m.out
+					}
 				}
 			}
 		}
@@ -302,6 +306,13 @@ func LayerActivations(c llama.Config, o Options, adapted bool) int64 {
 		for _, m := range layerModules(c) {
 			if slices.Contains(targets, m.name) {
 				n += adapterInputCost(T, m.in, o.Dropout) + T*int64(o.R) + 3*T*m.out
+				if o.UseDoRA {
+					// The scaled output; with dropout also d·Wᵀ, its negation and a sum.
+					n += T * m.out
+					if o.Dropout > 0 {
+						n += 3 * T * m.out
+					}
+				}
 			}
 		}
 	}

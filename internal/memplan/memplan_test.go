@@ -139,3 +139,21 @@ func TestCheckRankAndContext(t *testing.T) {
 		t.Fatalf("want the context refused: %v", errs)
 	}
 }
+
+// DoRA adds a magnitude [out] per adapted module to the trainable
+// parameters: for Llama 3.2 1B r16 on every projection, PEFT's
+// 11,272,192 + 16 layers × (Q + KV + KV + H + I + I + H).
+func TestEstimateDoRA(t *testing.T) {
+	c, _ := testutil.ShapeConfig("llama3.2-1b")
+	o := memplan.Options{Method: "lora", R: 16, Dropout: 0.05, TargetModules: allLinear, SeqLen: 512, MicroBatch: 1}
+	lora := memplan.Compute(c, o)
+	o.UseDoRA = true
+	dora := memplan.Compute(c, o)
+	const H, I, Q, KV, L = 2048, 8192, 2048, 512, 16
+	if got, want := dora.TrainableParams-lora.TrainableParams, int64(L*(Q+KV+KV+H+I+I+H)); got != want {
+		t.Errorf("DoRA adds %d trainable parameters, want %d", got, want)
+	}
+	if dora.Activations <= lora.Activations {
+		t.Errorf("DoRA activations %d not above LoRA's %d", dora.Activations, lora.Activations)
+	}
+}
