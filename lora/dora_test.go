@@ -369,3 +369,43 @@ func TestDoRARefusesLMHead(t *testing.T) {
 		t.Fatal("DoRA on lm_head accepted")
 	}
 }
+
+// DoRA under activation recomputation (each layer re-run in backward, the
+// row norms with it) gives the same gradients, with dropout, and in bf16
+// compute the model still trains every DoRA tensor.
+func TestDoRAWithRecomputeAndBF16(t *testing.T) {
+	grads := func(recompute bool, compute kernels.DType) [][]float32 {
+		m, s, in, labels := setup(t, doraConfig(0.3), kernels.BF16)
+		m.Recompute, m.Compute = recompute, compute
+		trainDoRA(m.Backend(), s, 8)
+		s.SetStep(5)
+		tp := tensor.NewTape(m.Backend())
+		loss, _, err := m.Loss(tp, in, labels, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tp.Backward(loss)
+		var out [][]float32
+		for _, p := range s.Params() {
+			out = append(out, p.GradF32())
+		}
+		return out
+	}
+	a, b := grads(false, kernels.F32), grads(true, kernels.F32)
+	for i := range a {
+		for j := range a[i] {
+			if math.Abs(float64(a[i][j]-b[i][j])) > 1e-5 {
+				t.Fatalf("param %d elem %d: %v vs %v", i, j, a[i][j], b[i][j])
+			}
+		}
+	}
+	for i, g := range grads(false, kernels.BF16) {
+		var n float64
+		for _, v := range g {
+			n += float64(v) * float64(v)
+		}
+		if !(n > 0) || math.IsInf(n, 0) {
+			t.Fatalf("bf16 compute: param %d gradient norm² %v", i, n)
+		}
+	}
+}

@@ -1119,3 +1119,38 @@ func TestGorgoniaRecompute(t *testing.T) {
 		checkClose(t, "frozen-input recomputed d"+s.name, pf[s.name].GradF32(), grads[i])
 	}
 }
+
+// A DoRA layer with its row norm detached, as lora builds it:
+// y = DoRAScale(x·Wᵀ + s·(x·Aᵀ)·Bᵀ, m, n) with n a constant. The oracle
+// multiplies by ones[N,1]·(m ⊙ 1/n) — n enters as a constant matrix.
+func TestGorgoniaDoRAScale(t *testing.T) {
+	r := newRand(11)
+	const N, In, Out, R, s = 4, 6, 5, 2, float32(1.5)
+	xv, wv, av, bv, cv := randVals(r, N*In, 1), randVals(r, Out*In, 1), randVals(r, R*In, 1), randVals(r, Out*R, 1), randVals(r, N*Out, 1)
+	mv, norm := randVals(r, Out, 1), randVals(r, Out, 1)
+	inv := make([]float32, Out)
+	for j := range norm {
+		norm[j] = 1 + float32(math.Abs(float64(norm[j])))
+		inv[j] = 1 / norm[j]
+	}
+
+	be := cpu.New()
+	tp := tensor.NewTape(be)
+	x, w, a, b, m := param(be, xv, N, In), frozen(be, wv, Out, In), param(be, av, R, In), param(be, bv, Out, R), param(be, mv, Out)
+	y := tp.DoRAScale(tp.AddLinear(tp.Linear(x, w), tp.Linear(x, a), b, s), m, norm)
+	loss := dotLoss(tp, y, cv)
+	tp.Backward(loss)
+
+	o := newOracle(t)
+	gx, gw, ga, gb, gm := o.mat(xv, N, In), o.mat(wv, Out, In), o.mat(av, R, In), o.mat(bv, Out, R), o.mat(mv, 1, Out)
+	z := o.add(o.linear(gx, gw), o.scale(o.linear(o.linear(gx, ga), gb), float64(s)))
+	gy := o.had(z, o.brow(o.had(gm, o.mat(inv, 1, Out)), N))
+	cost, grads := o.run(o.dot(gy, cv), gx, ga, gb, gm)
+	checkClose(t, "out", y.F32(), o.values(gy))
+	checkScalar(t, "loss", loss.Item(), cost)
+	checkClose(t, "dx", x.GradF32(), grads[0])
+	checkClose(t, "dA", a.GradF32(), grads[1])
+	checkClose(t, "dB", b.GradF32(), grads[2])
+	checkClose(t, "dm", m.GradF32(), grads[3])
+	tp.Release()
+}
