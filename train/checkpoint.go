@@ -285,6 +285,10 @@ func loadCheckpoint(dir string, o Options, opt interface {
 	check("base model", st.BaseModel, o.Meta.BaseModel)
 	check("model (config.json and weights index)", st.ModelHash, o.Meta.ModelHash)
 	check("data section", st.DataHash, o.Meta.DataHash)
+	if st.LoRA != nil && o.Meta.LoRA != nil {
+		// DoRA and LoRA adapters have different tensors (the magnitudes).
+		check("lora.use_dora", fmt.Sprint(st.LoRA.UseDoRA), fmt.Sprint(o.Meta.LoRA.UseDoRA))
+	}
 	if len(diffs) > 0 {
 		if old, err := os.ReadFile(filepath.Join(dir, "job.yaml")); err == nil && o.Meta.JobYAML != "" {
 			if keys := changedKeys(old, []byte(o.Meta.JobYAML)); len(keys) > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/llamatune/llamatune/checkpoint"
@@ -88,6 +89,14 @@ func TestDoRATrainResumeExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameLosses(t, append(first.Losses, rest.Losses...), want.Losses)
+
+	// The same run resumed as plain LoRA is refused, naming the key.
+	c := newSetup(t, modelDir, dataPath, out, "lora", data.SplitTrain)
+	c.opts.Meta.LoRA = &c.lora.Config
+	c.opts.MaxSteps, c.opts.OpenEval, c.opts.Resume = 6, nil, "latest"
+	if _, err := train.Run(context.Background(), c.opts); err == nil || !strings.Contains(err.Error(), "lora.use_dora") {
+		t.Fatalf("resuming a DoRA run without DoRA: %v", err)
+	}
 
 	ckpt, err := train.LatestCheckpoint(out)
 	if err != nil {
