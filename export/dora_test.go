@@ -85,6 +85,10 @@ func TestDoRAExport(t *testing.T) {
 		t.Errorf("merged logits differ from base + DoRA by %g (scale %g)", diff, scale)
 	}
 
+	if err := GGUF(src, filepath.Join(t.TempDir(), "m.gguf"), "F32"); err != nil {
+		t.Fatal(err)
+	}
+
 	peft := filepath.Join(t.TempDir(), "peft")
 	if err := PEFT(src, peft); err != nil {
 		t.Fatal(err)

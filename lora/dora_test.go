@@ -319,6 +319,12 @@ func TestDoRAMerge(t *testing.T) {
 			ref := &doraRef{w: f64(l.W.F32()), a: f64(l.A.F32()), b: f64(l.B.F32()), m: f64(l.M.F32()),
 				out: l.W.Shape[0], in: l.W.Shape[1], r: 4, s: float64(l.Scaling)}
 			v, n := ref.v(), ref.norms()
+			// The forward pass's norms (‖W‖² cached, W·Aᵀ over W as stored).
+			for j, got := range l.RowNorms() {
+				if math.Abs(float64(got)-n[j]) > 1e-5*n[j] {
+					t.Fatalf("%v: %s: row norm %d = %v, definition %v", dt, l.Module, j, got, n[j])
+				}
+			}
 			for j := 0; j < ref.out; j++ {
 				for i := 0; i < ref.in; i++ {
 					v[j*ref.in+i] *= ref.m[j] / n[j]
