@@ -103,6 +103,7 @@ model): every weight trainable in f32. --recompute defaults to true with --model
 	step.Flags().StringVar(&o.ModelDir, "model", "", "an HF model directory (e.g. one init-tiny --shape wrote)")
 	step.Flags().StringVar(&o.Method, "method", "", "lora or full (default lora with --shape/--model, full for the random model)")
 	step.Flags().Float64Var(&o.LoRADropout, "lora-dropout", configs.DefaultLoRADropout, "LoRA dropout (the job default)")
+	step.Flags().BoolVar(&o.DoRA, "dora", false, "DoRA adapters (lora.use_dora: true) instead of LoRA")
 	step.Flags().StringVar(&compute, "compute", "f32", "compute precision: bf16, f32, or both (alternating steps, side by side)")
 	step.Flags().IntVar(&o.Layers, "layers", 4, "decoder layers (random model)")
 	step.Flags().IntVar(&o.Hidden, "hidden", 256, "hidden size (random model)")

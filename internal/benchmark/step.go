@@ -45,6 +45,7 @@ type StepOptions struct {
 	// directory or shape, full for the random model.
 	Method      string
 	LoRADropout float64
+	DoRA        bool          // method lora: DoRA adapters (lora.use_dora)
 	Compute     kernels.DType // GEMM precision (llama.Model.Compute)
 	// SideBySide times f32 and bf16 compute in the same run, alternating
 	// step by step (Steps of each after one warm-up of each), so that a
@@ -159,8 +160,8 @@ func (r StepResult) String() string {
 	fmt.Fprintf(&b, "train step: %s — %d layers, hidden %d, %d heads (%d kv), intermediate %d, vocab %d, %d parameters\n",
 		r.Name, c.NumHiddenLayers, c.HiddenSize, c.NumAttentionHeads, c.NumKeyValueHeads, c.IntermediateSize, c.VocabSize, r.Params)
 	if r.Method == "lora" {
-		fmt.Fprintf(&b, "  method lora: r %d, alpha %d, dropout %g on %s; base weights bf16 frozen; %d trainable parameters (f32)\n",
-			BenchLoRARank, BenchLoRAAlpha, r.LoRADropout, strings.Join(benchTargets, ","), r.TrainableParams)
+		fmt.Fprintf(&b, "  method lora%s: r %d, alpha %d, dropout %g on %s; base weights bf16 frozen; %d trainable parameters (f32)\n",
+			map[bool]string{true: " (DoRA)", false: ""}[r.DoRA], BenchLoRARank, BenchLoRAAlpha, r.LoRADropout, strings.Join(benchTargets, ","), r.TrainableParams)
 	} else {
 		fmt.Fprintf(&b, "  method full: every weight trainable, f32; %d trainable parameters\n", r.TrainableParams)
 	}
@@ -249,7 +250,7 @@ func Step(o StepOptions) (StepResult, error) {
 	var trainable []*tensor.Tensor
 	var set *lora.Set
 	if o.Method == "lora" {
-		if set, err = lora.Attach(m, lora.Config{R: BenchLoRARank, Alpha: BenchLoRAAlpha, Dropout: o.LoRADropout, TargetModules: benchTargets}, 42); err != nil {
+		if set, err = lora.Attach(m, lora.Config{R: BenchLoRARank, Alpha: BenchLoRAAlpha, Dropout: o.LoRADropout, UseDoRA: o.DoRA, TargetModules: benchTargets}, 42); err != nil {
 			return res, err
 		}
 		trainable = set.Params()
@@ -264,7 +265,7 @@ func Step(o StepOptions) (StepResult, error) {
 	opt := optim.NewAdamW(be, trainable, optim.AdamWConfig{LR: 1e-4, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8})
 	res.RSSAfterLoad, res.PeakRSSLoad = RSS(), PeakRSS()
 	res.Estimate = memplan.Compute(c, memplan.Options{Method: o.Method, WeightsBF16: o.Method == "lora", FileBF16: fileBF16,
-		R: BenchLoRARank, Dropout: o.LoRADropout, TargetModules: benchTargets, SeqLen: o.SeqLen, MicroBatch: o.Rows,
+		R: BenchLoRARank, Dropout: o.LoRADropout, UseDoRA: o.DoRA, TargetModules: benchTargets, SeqLen: o.SeqLen, MicroBatch: o.Rows,
 		Recompute: o.Recompute})
 	res.FLOPs = CountFLOPs(c, o)
 
