@@ -210,14 +210,15 @@ func (l *Linear) RowNorms() []float32 {
 }
 
 // rowSquares is Σ_i W[j, i]² per row j of a frozen base weight, in float64.
-// It is the one place DoRA reads W's values (weights of another storage
-// type, NF4 say, would be dequantized here). The weight is widened to f32
-// whole once, at Attach, then dropped.
+// It is the one place DoRA reads W's values on the host (a weight of another
+// storage type, NF4 say, would be dequantized here; until then it is
+// refused); elsewhere W only enters backend GEMMs, as in the base layer.
+// The weight is widened to f32 whole once, at Attach, then dropped.
 func rowSquares(w *tensor.Tensor) ([]float64, error) {
 	switch w.DType() {
 	case kernels.F32, kernels.BF16:
 	default:
-		return nil, fmt.Errorf("DoRA needs F32 or BF16 base weights, %s is %v; turn lora.use_dora off for this model", w.Name, w.DType())
+		return nil, fmt.Errorf("DoRA needs F32 or BF16 base weights, but %s is stored as %v; use precision.weights f32 or bf16 with lora.use_dora, or turn use_dora off", w.Name, w.DType())
 	}
 	out, in := w.Shape[0], w.Shape[1]
 	v := w.F32()
