@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -67,13 +68,13 @@ func NewAdapterConfig(baseModel string, r int, alpha, dropout float64, targets [
 	}
 }
 
-// Scaling is lora_alpha/r, or lora_alpha/sqrt(r) with use_rslora, as PEFT computes it.
-func (c AdapterConfig) Scaling() float64 {
-	if c.UseRSLoRA {
-		return c.LoraAlpha / math.Sqrt(float64(c.R))
-	}
-	return c.LoraAlpha / float64(c.R)
+// Settings are c's LoRA settings.
+func (c AdapterConfig) Settings() LoRASettings {
+	return LoRASettings{R: c.R, Alpha: c.LoraAlpha, Dropout: c.LoraDropout, TargetModules: c.TargetModules, RSLoRA: c.UseRSLoRA}
 }
+
+// Scaling is lora_alpha/r, or lora_alpha/sqrt(r) with use_rslora, as PEFT computes it.
+func (c AdapterConfig) Scaling() float64 { return c.Settings().Scaling() }
 
 // Validate reports what in c this package cannot write or a LoRA merge cannot
 // honour. Errors name the adapter_config.json key.
@@ -82,17 +83,9 @@ func (c AdapterConfig) Validate() error {
 	if c.PeftType != "LORA" {
 		errs = append(errs, fmt.Sprintf("peft_type is %q; only LORA adapters are supported", c.PeftType))
 	}
-	if c.R <= 0 {
-		errs = append(errs, fmt.Sprintf("r must be > 0 (is %d)", c.R))
-	}
-	if !(c.LoraAlpha > 0) || math.IsInf(c.LoraAlpha, 0) {
-		errs = append(errs, fmt.Sprintf("lora_alpha must be a positive number (is %g)", c.LoraAlpha))
-	}
-	if c.LoraDropout < 0 || c.LoraDropout >= 1 || math.IsNaN(c.LoraDropout) {
-		errs = append(errs, fmt.Sprintf("lora_dropout must be in [0, 1) (is %g)", c.LoraDropout))
-	}
-	if len(c.TargetModules) == 0 {
-		errs = append(errs, "target_modules is empty")
+	for _, p := range c.Settings().Check() {
+		key := map[string]string{"alpha": "lora_alpha", "dropout": "lora_dropout"}[p.Key]
+		errs = append(errs, cmp.Or(key, p.Key)+": "+p.Msg)
 	}
 	if c.Bias != "" && c.Bias != "none" {
 		errs = append(errs, fmt.Sprintf("bias is %q; only \"none\" is supported (Llama linear layers have no bias)", c.Bias))

@@ -18,6 +18,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/kernels"
 	_ "github.com/llamatune/llamatune/kernels/cpu" // device: cpu is always there
@@ -777,17 +778,12 @@ func (j *Job) validateModel(p *problems) {
 	// lora
 	if j.Method == "lora" || j.Method == "" {
 		l := j.LoRA
-		if l.R < 1 {
-			p.addf("lora.r: must be >= 1, got %d; 8, 16 or 64 are usual", l.R)
-		}
-		if !(l.Alpha > 0) {
-			p.addf("lora.alpha: must be > 0, got %v; 2·r is usual", l.Alpha)
-		}
-		if l.Dropout < 0 || l.Dropout >= 1 {
-			p.addf("lora.dropout: must be in [0, 1), got %v", l.Dropout)
-		}
-		if l.TargetModules != nil && len(l.TargetModules) == 0 {
-			p.addf("lora.target_modules: empty; list modules (%s, lm_head) or all-linear", strings.Join(DefaultTargetModules, ", "))
+		s := checkpoint.LoRASettings{R: l.R, Alpha: l.Alpha, Dropout: l.Dropout, TargetModules: l.TargetModules}
+		for _, q := range s.Check() {
+			if q.Key == "target_modules" && l.TargetModules == nil {
+				continue // unset: the default modules
+			}
+			p.addf("lora.%s: %s", q.Key, q.Msg)
 		}
 		seen := map[string]bool{}
 		for i, m := range l.TargetModules {

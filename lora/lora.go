@@ -28,6 +28,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/model/llama"
 	"github.com/llamatune/llamatune/tensor"
@@ -70,28 +71,20 @@ func (c *Config) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Scaling is alpha/r, or alpha/sqrt(r) for rsLoRA.
-func (c Config) Scaling() float64 {
-	if c.RSLoRA {
-		return c.Alpha / math.Sqrt(float64(c.R))
-	}
-	return c.Alpha / float64(c.R)
+// Settings are c's LoRA settings, whose rules and scaling are written once
+// in checkpoint.
+func (c Config) Settings() checkpoint.LoRASettings {
+	return checkpoint.LoRASettings{R: c.R, Alpha: c.Alpha, Dropout: c.Dropout, TargetModules: c.TargetModules, RSLoRA: c.RSLoRA}
 }
+
+// Scaling is alpha/r, or alpha/sqrt(r) for rsLoRA (PEFT's).
+func (c Config) Scaling() float64 { return c.Settings().Scaling() }
 
 // Validate reports every problem with c.
 func (c Config) Validate() error {
 	var errs []string
-	if c.R <= 0 {
-		errs = append(errs, fmt.Sprintf("r must be > 0 (is %d)", c.R))
-	}
-	if c.Alpha <= 0 {
-		errs = append(errs, fmt.Sprintf("alpha must be > 0 (is %g)", c.Alpha))
-	}
-	if c.Dropout < 0 || c.Dropout >= 1 {
-		errs = append(errs, fmt.Sprintf("dropout must be in [0, 1) (is %g)", c.Dropout))
-	}
-	if len(c.TargetModules) == 0 {
-		errs = append(errs, "target_modules is empty")
+	for _, p := range c.Settings().Check() {
+		errs = append(errs, p.Key+": "+p.Msg)
 	}
 	for _, m := range c.TargetModules {
 		if m != "all-linear" && !slices.Contains(Modules, m) {
