@@ -302,16 +302,3 @@ func deepCopy(n *yaml.Node) *yaml.Node {
 	}
 	return &c
 }
-
-// ApplyOverrides applies the LLAMATUNE_* variables of environ and then the
-// --set overrides to a job's top-level mapping, as Load does; commands that
-// read only part of a job (data inspect, data prepare) use it.
-func ApplyOverrides(root *yaml.Node, sets, environ []string) []error {
-	errs := applyEnv(root, environ)
-	for _, s := range sets {
-		if err := applySet(root, s); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errs
-}

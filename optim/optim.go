@@ -175,16 +175,3 @@ func (s Schedule) Factor(step int) float64 {
 	}
 	return s.MinLRRatio + (1-s.MinLRRatio)*f
 }
-
-// Validate checks the schedule.
-func (s Schedule) Validate() error {
-	switch s.Kind {
-	case "", "cosine", "linear", "constant":
-	default:
-		return fmt.Errorf("unknown schedule %q (cosine, linear, constant)", s.Kind)
-	}
-	if s.WarmupSteps < 0 || s.MinLRRatio < 0 || s.MinLRRatio > 1 {
-		return fmt.Errorf("schedule: warmup_steps must be ≥ 0 and min_lr_ratio in [0, 1]")
-	}
-	return nil
-}

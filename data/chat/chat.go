@@ -100,16 +100,6 @@ func WithEOS(s string) Option { return func(o *options) { o.eos = &s } }
 // WithTools passes a JSON array of tool definitions to Jinja templates as `tools`.
 func WithTools(toolsJSON []byte) Option { return func(o *options) { o.tools = toolsJSON } }
 
-// WithVar sets an extra Jinja template variable (e.g. "date_string" for Llama 3.1).
-func WithVar(name string, value any) Option {
-	return func(o *options) {
-		if o.vars == nil {
-			o.vars = map[string]any{}
-		}
-		o.vars[name] = value
-	}
-}
-
 // TrainOnAll marks every segment as trained (loss on the whole conversation).
 func TrainOnAll() Option { return func(o *options) { o.trainAll = true } }
 

@@ -84,45 +84,6 @@ func Load(modelDir string) (Tokenizer, error) {
 	return nil, fmt.Errorf("tokenizer: %s has neither tokenizer.json nor tokenizer.model; point --model at a Hugging Face model directory", modelDir)
 }
 
-// LoadLlama3JSON loads a Hugging Face tokenizer.json holding a byte-level BPE (Llama 3).
-// tokenizer_config.json next to it is read when present.
-func LoadLlama3JSON(path string) (Tokenizer, error) {
-	cfg, err := readConfig(filepath.Join(filepath.Dir(path), "tokenizer_config.json"))
-	if err != nil {
-		return nil, err
-	}
-	return wrap(loadLlama3JSON(path, cfg))
-}
-
-// LoadLlama3Tiktoken loads Meta's tiktoken-format Llama 3 tokenizer.model
-// ("base64token rank" per line). The 256 special tokens follow the Llama 3.1 naming unless
-// a tokenizer_config.json next to it says otherwise.
-func LoadLlama3Tiktoken(path string) (Tokenizer, error) {
-	cfg, err := readConfig(filepath.Join(filepath.Dir(path), "tokenizer_config.json"))
-	if err != nil {
-		return nil, err
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	return wrap(newLlama3Tiktoken(data, path, cfg))
-}
-
-// LoadLlama2Model loads a SentencePiece tokenizer.model (Llama 2). tokenizer_config.json next
-// to it is read when present.
-func LoadLlama2Model(path string) (Tokenizer, error) {
-	cfg, err := readConfig(filepath.Join(filepath.Dir(path), "tokenizer_config.json"))
-	if err != nil {
-		return nil, err
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	return wrap(newLlama2(data, path, cfg))
-}
-
 // wrap avoids returning a typed nil inside a non-nil interface.
 func wrap[T Tokenizer](t T, err error) (Tokenizer, error) {
 	if err != nil {

@@ -49,18 +49,6 @@ const (
 // overridden by tests.
 var kernel = kernelGeneric
 
-// KernelName reports which exp kernel is in use ("avx512", "avx2" or
-// "generic").
-func KernelName() string {
-	switch kernel {
-	case kernelAVX512:
-		return "avx512"
-	case kernelAVX2:
-		return "avx2"
-	}
-	return "generic"
-}
-
 // ExpSum sets dst[i] = exp(scale*(src[i]-shift)) for all i and returns the
 // float64 sum of dst. dst may alias src (the same slice); other partial
 // overlaps are not allowed. It panics if len(dst) != len(src).
