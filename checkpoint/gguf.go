@@ -54,6 +54,9 @@ func (t GGMLType) String() string {
 	case GGMLTypeBF16:
 		return "BF16"
 	}
+	if ti, ok := ggmlTypes[t]; ok {
+		return ti.name
+	}
 	return fmt.Sprintf("ggml_type(%d)", uint32(t))
 }
 

@@ -59,6 +59,7 @@ type mappedFile struct {
 type entry struct {
 	info TensorInfo
 	file *mappedFile
+	gguf *ggufEntry // a tensor of a GGUF file (GGUFFile.Reader); nil for safetensors
 }
 
 // Reader gives access to the tensors of one safetensors file or of a model
@@ -327,11 +328,15 @@ func (r *Reader) notFound(name string) error {
 
 // Raw returns the bytes of tensor name as stored (little-endian). The slice
 // points into the memory map (zero-copy); it is read-only, and valid only
-// until Close. Writing into it crashes the program on unix.
+// until Close. Writing into it crashes the program on unix. (A GGUF tensor
+// whose rows a GGUFView reorders comes back as a reordered copy.)
 func (r *Reader) Raw(name string) ([]byte, error) {
 	e, err := r.lookup(name)
 	if err != nil {
 		return nil, err
+	}
+	if e.gguf != nil {
+		return e.ggufRaw(), nil
 	}
 	a := e.file.dataStart + e.info.Offsets[0]
 	b := e.file.dataStart + e.info.Offsets[1]
@@ -377,6 +382,10 @@ func (r *Reader) F32Range(name string, start int, dst []float32) error {
 	if start < 0 || int64(start)+int64(len(dst)) > n {
 		return fmt.Errorf("checkpoint: %s: tensor %q has %d elements (shape %v); elements [%d, %d) are out of range", e.file.path, name, n, e.info.Shape, start, start+len(dst))
 	}
+	if e.gguf != nil {
+		e.ggufRange(start, dst)
+		return nil
+	}
 	size := int64(dtypeSizes[e.info.DType])
 	raw, _ := r.Raw(name)
 	raw = raw[int64(start)*size : (int64(start)+int64(len(dst)))*size]
@@ -407,6 +416,9 @@ func (r *Reader) Evict(name string, start, count int) {
 	end := min(int64(start)+int64(count), n)
 	a := e.file.dataStart + e.info.Offsets[0] + int64(start)*size
 	b := e.file.dataStart + e.info.Offsets[0] + end*size
+	if e.gguf != nil {
+		a, b = e.ggufEvictSpan(int64(start), end)
+	}
 	page := int64(os.Getpagesize())
 	a = a / page * page
 	b = min((b+page-1)/page*page, int64(len(e.file.data)))
@@ -438,6 +450,18 @@ func (r *Reader) BF16Into(name string, dst []uint16) error {
 	}
 	if int64(len(dst)) != e.info.NumElements() {
 		return fmt.Errorf("checkpoint: %s: tensor %q has %d elements (shape %v), destination has %d", e.file.path, name, e.info.NumElements(), e.info.Shape, len(dst))
+	}
+	if e.gguf != nil && (e.gguf.rowOrder != nil || e.gguf.typ == GGMLTypeQ8_0) {
+		// Through float32 a row at a time: exact for F32/F16/BF16 rows, one
+		// rounding for Q8_0's d·q.
+		row := make([]float32, e.gguf.cols)
+		for i := 0; i < e.gguf.rows; i++ {
+			e.ggufRange(i*e.gguf.cols, row)
+			for j, f := range row {
+				dst[i*e.gguf.cols+j] = F32ToBF16(f)
+			}
+		}
+		return nil
 	}
 	raw, _ := r.Raw(name)
 	if !decodeToBF16(dst, raw, e.info.DType) {
