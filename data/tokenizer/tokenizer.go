@@ -22,6 +22,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/llamatune/llamatune/checkpoint"
 )
 
 // Tokenizer turns text into token ids and back.
@@ -60,8 +62,12 @@ type Tokenizer interface {
 // Load reads the tokenizer of a Hugging Face / Meta model directory. It uses, in this order:
 // tokenizer.json (Llama 3 byte-level BPE), tokenizer.model (SentencePiece protobuf, or a
 // tiktoken-format Llama 3 file). tokenizer_config.json, when present, sets bos/eos/pad and
-// adds the tokens of its added_tokens_decoder.
+// adds the tokens of its added_tokens_decoder. A path ending in .gguf is read
+// with LoadGGUF (the tokenizer in the file's tokenizer.ggml.* metadata).
 func Load(modelDir string) (Tokenizer, error) {
+	if checkpoint.IsGGUF(modelDir) {
+		return LoadGGUF(modelDir)
+	}
 	cfg, err := readConfig(filepath.Join(modelDir, "tokenizer_config.json"))
 	if err != nil {
 		return nil, err
