@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -456,6 +457,10 @@ func (g *GGUFFile) dataStart(b []byte) int64 {
 	return padTo(g.headerEnd, g.alignment)
 }
 
+// DataOffset is the byte offset of the data section in the file (the
+// metadata and tensor infos come before it).
+func (g *GGUFFile) DataOffset() int64 { return padTo(g.headerEnd, g.alignment) }
+
 // Path returns the file's path.
 func (g *GGUFFile) Path() string { return g.path }
 
@@ -510,7 +515,9 @@ func (g *GGUFFile) Uint(key string) (v uint64, ok bool, err error) {
 	return uint64(s), true, nil
 }
 
-// Float returns key as a float64 (f32, f64 or an integer type).
+// Float returns key as a float64 (f32, f64 or an integer type). An f32 is
+// widened through its shortest decimal form, so 1e-5 stored as f32 reads
+// as 1e-5 rather than 9.999999747378752e-06.
 func (g *GGUFFile) Float(key string) (v float64, ok bool, err error) {
 	x, ok := g.Get(key)
 	if !ok {
@@ -518,7 +525,8 @@ func (g *GGUFFile) Float(key string) (v float64, ok bool, err error) {
 	}
 	switch n := x.(type) {
 	case float32:
-		return float64(n), true, nil
+		f, _ := strconv.ParseFloat(strconv.FormatFloat(float64(n), 'g', -1, 32), 64)
+		return f, true, nil
 	case float64:
 		return n, true, nil
 	}

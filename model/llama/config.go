@@ -55,8 +55,12 @@ type Config struct {
 	TorchDtype            string          `json:"torch_dtype,omitempty"`
 }
 
-// LoadConfig reads dir/config.json (or a path to the file itself).
+// LoadConfig reads dir/config.json (or a path to the file itself), or the
+// config of a GGUF file (a path ending in .gguf, see ConfigFromGGUF).
 func LoadConfig(path string) (Config, error) {
+	if IsGGUF(path) {
+		return loadGGUFConfig(path)
+	}
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		path = filepath.Join(path, "config.json")
 	}

@@ -17,7 +17,8 @@ import (
 )
 
 // Load reads an HF model directory (config.json + model.safetensors, or
-// sharded safetensors with model.safetensors.index.json) onto be, storing the
+// sharded safetensors with model.safetensors.index.json), or a GGUF file
+// (path ending in .gguf; see ConfigFromGGUF), onto be, storing the
 // weights as dt. Every parameter is checked against the shape config.json
 // implies; errors name the file and key. A checkpoint without lm_head.weight
 // is read as tied embeddings, as transformers does.
@@ -84,7 +85,16 @@ func Load(dir string, be kernels.Backend, dt kernels.DType) (*Model, error) {
 // lm_head.weight is read as tied embeddings, as transformers does. It
 // returns the parameter names in HF order with their shapes; the caller
 // closes the reader.
+//
+// dir may be a GGUF file instead (a path ending in .gguf): the config comes
+// from its llama.* keys and the reader shows its tensors under their HF
+// names, Q and K un-permuted, of dtype F32, F16, BF16 or Q8_0 (which the
+// reader's F32/BF16 methods widen); any other tensor type is an error naming
+// the tensor and how to convert the file.
 func OpenChecked(dir string) (Config, *checkpoint.Reader, []string, map[string][]int, error) {
+	if IsGGUF(dir) {
+		return openGGUF(dir)
+	}
 	cfg, err := LoadConfig(dir)
 	if err != nil {
 		return cfg, nil, nil, nil, err
@@ -181,8 +191,12 @@ func (m *Model) Save(dir string, o SaveOptions) error {
 
 // Fingerprint identifies a model directory cheaply: a hash of config.json,
 // the safetensors index, and the name and size of every weight file. A resume
-// uses it to refuse a checkpoint made for another model.
+// uses it to refuse a checkpoint made for another model. For a GGUF file it
+// is a hash of the file's size, metadata and tensor infos.
 func Fingerprint(dir string) (string, error) {
+	if IsGGUF(dir) {
+		return ggufFingerprint(dir)
+	}
 	h := sha256.New()
 	for _, name := range []string{"config.json", checkpoint.IndexFileName} {
 		b, err := os.ReadFile(filepath.Join(dir, name))
@@ -217,6 +231,9 @@ func WeightsFingerprint(dir string) (string, error) {
 	h.Write([]byte(fp))
 	files, _ := filepath.Glob(filepath.Join(dir, "*.safetensors"))
 	sort.Strings(files)
+	if IsGGUF(dir) {
+		files = []string{dir}
+	}
 	const sample = 64 << 10
 	buf := make([]byte, sample)
 	for _, name := range files {
