@@ -30,7 +30,7 @@ import (
 // reported at once, each with its key path. Zero values and absent keys take the defaults
 // documented on each field; YAML returns the resolved job with every default filled in.
 type Job struct {
-	Model      string     `yaml:"model"`  // Hugging Face model directory or Hub repo id org/name[@rev] (required)
+	Model      string     `yaml:"model"`  // Hugging Face model directory, .gguf file, or Hub repo id org/name[@rev] (required)
 	Method     string     `yaml:"method"` // lora (default) | full
 	LoRA       LoRA       `yaml:"lora"`
 	Full       Full       `yaml:"full"`
@@ -970,9 +970,11 @@ func (j *Job) checkFiles() []error {
 		st, err := os.Stat(j.Model)
 		switch {
 		case err != nil:
-			errs = append(errs, fmt.Errorf("model: %s does not exist; point model at a Hugging Face model directory", j.Model))
+			errs = append(errs, fmt.Errorf("model: %s does not exist; point model at a Hugging Face model directory or a .gguf file", j.Model))
+		case !st.IsDir() && checkpoint.IsGGUF(j.Model):
+			// a GGUF base: checked when it is opened (llama.LoadConfig)
 		case !st.IsDir():
-			errs = append(errs, fmt.Errorf("model: %s is a file; point model at the directory that holds config.json", j.Model))
+			errs = append(errs, fmt.Errorf("model: %s is a file; point model at the directory that holds config.json (or at a .gguf file)", j.Model))
 		default:
 			if _, err := os.Stat(filepath.Join(j.Model, "config.json")); err != nil {
 				errs = append(errs, fmt.Errorf("model: %s has no config.json; is it a Hugging Face model directory?", j.Model))

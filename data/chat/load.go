@@ -6,13 +6,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/llamatune/llamatune/data/tokenizer"
 )
 
 // ErrNoTemplate is wrapped by LoadTemplate's error for a model that has no chat template
 // (as opposed to one whose files cannot be read or parsed).
 var ErrNoTemplate = errors.New("no chat template")
 
-// LoadTemplate reads a model directory's chat template: chat_template.jinja when present
+// LoadTemplate reads a model directory's (or GGUF file's) chat template: chat_template.jinja when present
 // (newer transformers write it), else the chat_template of tokenizer_config.json (a string,
 // or a list of {name, template} of which "default" is taken). The returned options set
 // bos_token and eos_token from tokenizer_config.json; pass them to Render. It is the one
@@ -26,7 +28,7 @@ func LoadTemplate(modelDir string) (string, []Option, error) {
 		EOS          json.RawMessage `json:"eos_token"`
 		ChatTemplate json.RawMessage `json:"chat_template"`
 	}
-	data, err := os.ReadFile(cfgPath)
+	data, err := tokenizer.ReadConfigJSON(modelDir)
 	switch {
 	case err == nil:
 		if err := json.Unmarshal(data, &cfg); err != nil {

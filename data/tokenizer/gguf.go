@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/llamatune/llamatune/checkpoint"
@@ -367,4 +369,46 @@ func (w *protoWriter) bytes(field int, b []byte) {
 	w.tag(field, 2)
 	w.b = binary.AppendUvarint(w.b, uint64(len(b)))
 	w.b = append(w.b, b...)
+}
+
+// ReadConfigJSON returns the tokenizer_config.json of a model: the file in
+// an HF directory (an error wrapping os.ErrNotExist when it has none), or
+// for a GGUF file the one HFFiles builds from its metadata (bos/eos tokens,
+// added tokens, chat_template).
+func ReadConfigJSON(model string) ([]byte, error) {
+	if !checkpoint.IsGGUF(model) {
+		return os.ReadFile(filepath.Join(model, "tokenizer_config.json"))
+	}
+	g, err := checkpoint.OpenGGUF(model)
+	if err != nil {
+		return nil, err
+	}
+	defer g.Close()
+	v, err := VocabFromGGUF(g)
+	if err != nil {
+		return nil, err
+	}
+	return v.tokenizerConfig()
+}
+
+// padded returns v with [PADi] tokens (unused) up to n entries, as
+// ExportVocab pads to the model's vocab_size; v itself when it has n or more.
+func (v *Vocab) padded(n int) *Vocab {
+	if n <= len(v.Tokens) {
+		return v
+	}
+	c := *v
+	c.Tokens = append([]string(nil), v.Tokens...)
+	c.Types = append([]int32(nil), v.Types...)
+	if v.Scores != nil {
+		c.Scores = append([]float32(nil), v.Scores...)
+	}
+	for i := len(v.Tokens); i < n; i++ {
+		c.Tokens = append(c.Tokens, fmt.Sprintf("[PAD%d]", i))
+		c.Types = append(c.Types, TokenUnused)
+		if c.Scores != nil {
+			c.Scores = append(c.Scores, -10000)
+		}
+	}
+	return &c
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/llamatune/llamatune/checkpoint"
 )
 
 // Token types as GGUF (tokenizer.ggml.token_type) and SentencePiece number them.
@@ -43,7 +45,21 @@ type Vocab struct {
 // is a SentencePiece model, else tokenizer.json, plus tokenizer_config.json)
 // and returns the vocabulary padded to vocabSize entries (vocabSize ≤ 0: the
 // tokenizer's own size). Errors name the file and say what is missing.
+//
+// modelDir may be a GGUF file (its tokenizer.ggml.* keys, see VocabFromGGUF).
 func ExportVocab(modelDir string, vocabSize int) (*Vocab, error) {
+	if checkpoint.IsGGUF(modelDir) {
+		g, err := checkpoint.OpenGGUF(modelDir)
+		if err != nil {
+			return nil, err
+		}
+		defer g.Close()
+		v, err := VocabFromGGUF(g)
+		if err != nil {
+			return nil, err
+		}
+		return v.padded(vocabSize), nil
+	}
 	cfgPath := filepath.Join(modelDir, "tokenizer_config.json")
 	cfgData, err := os.ReadFile(cfgPath)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {

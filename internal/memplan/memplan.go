@@ -390,6 +390,15 @@ func MemAvailable() (int64, error) {
 // bf16 (a safetensors header read; nothing is loaded): its bf16 weights can
 // then be used in place from the memory map.
 func FileBF16(dir string) bool {
+	if checkpoint.IsGGUF(dir) {
+		g, err := checkpoint.OpenGGUF(dir)
+		if err != nil {
+			return false
+		}
+		defer g.Close()
+		t, ok := g.Tensor("token_embd.weight")
+		return ok && t.Type == checkpoint.GGMLTypeBF16
+	}
 	r, err := checkpoint.Open(dir)
 	if err != nil {
 		return false
