@@ -11,6 +11,7 @@ import (
 	"sort"
 
 	"github.com/llamatune/llamatune/checkpoint"
+	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/model/llama"
 )
 
@@ -76,9 +77,19 @@ func describeDirs(src Source) string {
 // key kept (transformers' own keys included), torch_dtype set and
 // tie_word_embeddings matching the weights written. Keys are sorted and
 // indented as transformers' save_pretrained writes them.
+//
+// For a GGUF base (srcDir a .gguf file) the config is the one built from
+// its llama.* keys.
 func writeConfig(srcDir, outDir string, cfg llama.Config, torchDType string) error {
 	p := filepath.Join(srcDir, "config.json")
-	raw, err := os.ReadFile(p)
+	var raw []byte
+	var err error
+	if isGGUFFile(srcDir) {
+		p = srcDir + " (llama.* keys)"
+		raw, err = json.Marshal(cfg)
+	} else {
+		raw, err = os.ReadFile(p)
+	}
 	if err != nil {
 		return fmt.Errorf("export: read %s: %w", p, err)
 	}
@@ -114,6 +125,11 @@ func writeBytes(path string, data []byte) error {
 // copyAux copies the tokenizer files and generation_config.json. Files next
 // to the exported weights win over the base model's.
 func copyAux(src Source, dirs Dirs, outDir string, cfg llama.Config) error {
+	if isGGUFFile(dirs.TokenizerDir) {
+		if err := writeGGUFTokenizer(dirs.TokenizerDir, outDir); err != nil {
+			return err
+		}
+	}
 	for _, name := range tokenizerFiles {
 		p := filepath.Join(dirs.TokenizerDir, name)
 		if !isFile(p) {
@@ -140,6 +156,30 @@ func copyAux(src Source, dirs Dirs, outDir string, cfg llama.Config) error {
 	}
 	b, _ := json.MarshalIndent(gen, "", "  ")
 	return writeBytes(filepath.Join(outDir, "generation_config.json"), append(b, '\n'))
+}
+
+// writeGGUFTokenizer writes the HF tokenizer files of the tokenizer in a
+// GGUF file's metadata (tokenizer.Vocab.HFFiles).
+func writeGGUFTokenizer(path, outDir string) error {
+	g, err := checkpoint.OpenGGUF(path)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	defer g.Close()
+	v, err := tokenizer.VocabFromGGUF(g)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	files, err := v.HFFiles()
+	if err != nil {
+		return fmt.Errorf("export: %s: %w", path, err)
+	}
+	for name, b := range files {
+		if err := writeBytes(filepath.Join(outDir, name), b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func copyFile(from, to string) error {

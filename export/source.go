@@ -27,8 +27,10 @@ import (
 // Source is what to export.
 type Source struct {
 	// BaseDir is the base model's HF directory (config.json, weights,
-	// tokenizer). Required with AdapterDir; with WeightsDir it supplies the
-	// tokenizer when WeightsDir has none.
+	// tokenizer), or a GGUF file (a path ending in .gguf: config, weights
+	// and tokenizer come from the file; see llama.ConfigFromGGUF). Required
+	// with AdapterDir; with WeightsDir it supplies the tokenizer when
+	// WeightsDir has none.
 	BaseDir string
 	// AdapterDir is a PEFT LoRA adapter directory (adapter_config.json +
 	// adapter_model.safetensors), merged into the base weights.
@@ -50,8 +52,17 @@ type Dirs struct {
 var tokenizerFiles = []string{"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}
 
 func hasTokenizer(dir string) bool {
+	if isGGUFFile(dir) {
+		return true // tokenizer.ggml.*: a file without them fails when the vocabulary is read
+	}
 	return dir != "" && (isFile(filepath.Join(dir, "tokenizer.json")) || isFile(filepath.Join(dir, "tokenizer.model")))
 }
+
+// isGGUFFile reports whether p is a .gguf file (a base model).
+func isGGUFFile(p string) bool { return checkpoint.IsGGUF(p) && isFile(p) }
+
+// isBase reports whether p can be a base model: a directory or a GGUF file.
+func isBase(p string) bool { return isDir(p) || isGGUFFile(p) }
 
 func isFile(p string) bool {
 	st, err := os.Stat(p)
@@ -70,7 +81,10 @@ func (s Source) validate() error {
 	if s.WeightsDir == "" && s.BaseDir == "" {
 		return errors.New("export: no base model directory given (pass --base DIR)")
 	}
-	for _, d := range []struct{ what, dir string }{{"base model", s.BaseDir}, {"adapter", s.AdapterDir}, {"weights", s.WeightsDir}} {
+	if s.BaseDir != "" && !isBase(s.BaseDir) {
+		return fmt.Errorf("export: base model %s is neither a directory nor a .gguf file", s.BaseDir)
+	}
+	for _, d := range []struct{ what, dir string }{{"adapter", s.AdapterDir}, {"weights", s.WeightsDir}} {
 		if d.dir != "" && !isDir(d.dir) {
 			return fmt.Errorf("export: %s directory %s does not exist or is not a directory", d.what, d.dir)
 		}
@@ -161,8 +175,8 @@ func resolve(dir, base string, depth int, o ResolveOptions) (Source, error) {
 	if !isDir(dir) {
 		return Source{}, fmt.Errorf("export: %s does not exist or is not a directory; --from takes a checkpoint, run, adapter or model directory", dir)
 	}
-	if base != "" && !isDir(base) {
-		return Source{}, fmt.Errorf("export: base model directory %s does not exist", base)
+	if base != "" && !isBase(base) {
+		return Source{}, fmt.Errorf("export: base model %s does not exist (a model directory or a .gguf file)", base)
 	}
 	statePath := filepath.Join(dir, StateFile)
 	if isFile(statePath) {
@@ -243,14 +257,14 @@ func fromState(dir, statePath, base string, o ResolveOptions) (Source, error) {
 	}
 	if base == "" && st.BaseModel != "" {
 		base = st.BaseModel
-		if !filepath.IsAbs(base) && !isDir(base) {
+		if !filepath.IsAbs(base) && !isBase(base) {
 			base = filepath.Join(dir, base)
 		}
 	}
 	switch st.Method {
 	case "lora":
-		if base == "" || !isDir(base) {
-			return Source{}, fmt.Errorf("export: %s: base model %q (key base_model) is not a directory here; pass --base DIR", statePath, st.BaseModel)
+		if base == "" || !isBase(base) {
+			return Source{}, fmt.Errorf("export: %s: base model %q (key base_model) is not a directory or .gguf file here; pass --base DIR", statePath, st.BaseModel)
 		}
 		if !isFile(filepath.Join(dir, checkpoint.PEFTConfigFile)) {
 			return Source{}, fmt.Errorf("export: %s says method lora but %s has no %s; the checkpoint is incomplete", statePath, dir, checkpoint.PEFTConfigFile)
@@ -265,15 +279,15 @@ func fromState(dir, statePath, base string, o ResolveOptions) (Source, error) {
 			if !isFile(filepath.Join(dir, TrainableFile)) {
 				return Source{}, fmt.Errorf("export: %s says method full but %s has neither %s nor config.json + model.safetensors; the checkpoint is incomplete", statePath, dir, TrainableFile)
 			}
-			if base == "" || !isDir(base) {
-				return Source{}, fmt.Errorf("export: %s: base model %q (key base_model) is not a directory here; pass --base DIR", statePath, st.BaseModel)
+			if base == "" || !isBase(base) {
+				return Source{}, fmt.Errorf("export: %s: base model %q (key base_model) is not a directory or .gguf file here; pass --base DIR", statePath, st.BaseModel)
 			}
 			if err := checkBase(statePath, st, base, o); err != nil {
 				return Source{}, err
 			}
 			return Source{BaseDir: base, WeightsDir: dir}, nil
 		}
-		if base != "" && !isDir(base) {
+		if base != "" && !isBase(base) {
 			if !hasTokenizer(dir) {
 				return Source{}, fmt.Errorf("export: %s: base model %q (key base_model) is not a directory here and the checkpoint has no tokenizer; pass --base DIR", statePath, st.BaseModel)
 			}
@@ -323,7 +337,7 @@ func fromAdapter(dir, base string) (Source, error) {
 		if err != nil {
 			return Source{}, fmt.Errorf("export: %w", err)
 		}
-		if cfg.BaseModelNameOrPath == "" || !isDir(cfg.BaseModelNameOrPath) {
+		if cfg.BaseModelNameOrPath == "" || !isBase(cfg.BaseModelNameOrPath) {
 			return Source{}, fmt.Errorf("export: %s: base_model_name_or_path %q is not a local directory; pass --base DIR with the base model", p, cfg.BaseModelNameOrPath)
 		}
 		base = cfg.BaseModelNameOrPath

@@ -149,7 +149,7 @@ func (w *weights) openBase(dir string) error {
 func floatTensor(r *checkpoint.Reader, name string) error {
 	info, _ := r.Info(name)
 	switch info.DType {
-	case checkpoint.F32, checkpoint.BF16, checkpoint.F16, checkpoint.F64:
+	case checkpoint.F32, checkpoint.BF16, checkpoint.F16, checkpoint.F64, "Q8_0": // Q8_0: a GGUF base
 		return nil
 	}
 	return fmt.Errorf("%s: tensor %q has dtype %s, which does not convert to float32; llamatune reads F32, BF16, F16 and F64 weights (convert the model to one of those first)", info.File, name, info.DType)
