@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	gguf "github.com/gpustack/gguf-parser-go"
 )
 
 // allTypesGGUF writes a GGUF with every metadata type and one tensor of each
@@ -320,4 +322,44 @@ func FuzzParseGGUF(f *testing.F) {
 			r.Evict(k, 0, 1<<30)
 		}
 	})
+}
+
+// TestGGUFReaderMatchesParser: an independent reader (gguf-parser-go) finds
+// the same keys, tensor types, shapes and data offsets as OpenGGUF.
+func TestGGUFReaderMatchesParser(t *testing.T) {
+	path, _, _ := allTypesGGUF(t)
+	g, err := OpenGGUF(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	gf, err := gguf.ParseGGUFFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gf.TensorDataStartOffset != g.DataOffset() {
+		t.Errorf("data section at %d, gguf-parser-go says %d", g.DataOffset(), gf.TensorDataStartOffset)
+	}
+	if len(gf.Header.MetadataKV) != len(g.KVs()) {
+		t.Errorf("%d keys, gguf-parser-go %d", len(g.KVs()), len(gf.Header.MetadataKV))
+	}
+	for i, kv := range gf.Header.MetadataKV {
+		if kv.Key != g.KVs()[i].Key {
+			t.Errorf("key %d: %s, gguf-parser-go %s", i, g.KVs()[i].Key, kv.Key)
+		}
+	}
+	for _, ti := range gf.TensorInfos {
+		mine, ok := g.Tensor(ti.Name)
+		if !ok {
+			t.Fatalf("no tensor %s", ti.Name)
+		}
+		ne := make([]uint64, len(mine.Shape))
+		for i, d := range mine.Shape {
+			ne[len(ne)-1-i] = uint64(d)
+		}
+		if uint32(mine.Type) != uint32(ti.Type) || !reflect.DeepEqual(ne, ti.Dimensions) ||
+			uint64(mine.Offset) != ti.Offset || uint64(mine.Size) != ti.Bytes() {
+			t.Errorf("%s: ours %v %v @%d+%d, gguf-parser-go %v %v @%d+%d", ti.Name, mine.Type, ne, mine.Offset, mine.Size, ti.Type, ti.Dimensions, ti.Offset, ti.Bytes())
+		}
+	}
 }
