@@ -336,13 +336,13 @@ func parseGGUF(path string, b []byte) (*GGUFFile, error) {
 		return nil, fail("file is %d bytes, shorter than a GGUF header (%d); the file is truncated or not GGUF", len(b), ggufMinSize)
 	}
 	if string(b[:4]) != ggufMagic {
-		if string(b[:4]) == "FUGG" {
-			return nil, fail("big-endian GGUF is not supported; use a little-endian file")
-		}
 		return nil, fail("not a GGUF file (magic %q, want %q)", b[:4], ggufMagic)
 	}
 	d := &ggufDec{b: b, pos: 4, what: "header"}
 	g := &GGUFFile{path: path, version: d.u32(), byKey: map[string]int{}, byName: map[string]int{}, alignment: GGUFDefaultAlignment}
+	if v := g.version; v&0xffff == 0 && (v>>24 == 2 || v>>24 == 3) {
+		return nil, fail("big-endian GGUF (version %d byte-swapped) is not supported; use a little-endian file", v>>24)
+	}
 	if g.version != 2 && g.version != 3 {
 		return nil, fail("GGUF version %d is not supported (2 and 3 are)", g.version)
 	}

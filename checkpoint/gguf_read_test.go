@@ -240,6 +240,7 @@ func TestGGUFCorrupt(t *testing.T) {
 	}{
 		{"magic", mut(func(b []byte) { copy(b, "GGUX") }), "not a GGUF file"},
 		{"version", mut(func(b []byte) { b[4] = 9 }), "version 9"},
+		{"big-endian", mut(func(b []byte) { binary.BigEndian.PutUint32(b[4:], 3) }), "big-endian"},
 		{"tensors", mut(func(b []byte) { binary.LittleEndian.PutUint64(b[8:], math.MaxUint64) }), "tensors"},
 		{"kvs", mut(func(b []byte) { binary.LittleEndian.PutUint64(b[16:], 1<<40) }), "metadata entries"},
 		{"key length", mut(func(b []byte) { binary.LittleEndian.PutUint64(b[24:], 1<<62) }), "implausible"},
