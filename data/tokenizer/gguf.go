@@ -318,6 +318,14 @@ func (v *Vocab) sentencePieceModel() []byte {
 		if t < TokenNormal || t > TokenByte {
 			t = TokenNormal
 		}
+		// SentencePiece needs exactly one UNKNOWN piece, at unk_id; llama.cpp's
+		// converter marks <unk> CONTROL when tokenizer_config.json calls it special.
+		switch unk := max(v.UNK, 0); {
+		case id == unk:
+			t = TokenUnknown
+		case t == TokenUnknown:
+			t = TokenControl
+		}
 		if t == TokenByte {
 			bytes++
 		}

@@ -187,3 +187,39 @@ func TestGGUFTokenizerErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestGGUFSentencePieceUnknown: llama.cpp's converter marks <unk> CONTROL
+// when tokenizer_config.json calls it special (so does ExportVocab); the
+// tokenizer.model written back has exactly one UNKNOWN piece, at unk_id, as
+// the sentencepiece library requires ("unk is not defined" otherwise; checked
+// with python3-sentencepiece 0.1.97, which then gives the reference ids).
+func TestGGUFSentencePieceUnknown(t *testing.T) {
+	dir := t.TempDir()
+	if err := WriteFiles(dir, "llama2"); err != nil {
+		t.Fatal(err)
+	}
+	v, err := ExportVocab(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Types[0] != TokenControl || v.UNK != 0 {
+		t.Fatalf("<unk> type %d, unk id %d: the fixture no longer has the CONTROL <unk> this test is about", v.Types[0], v.UNK)
+	}
+	files, err := v.HFFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := parseSentencePieceModel(files["tokenizer.model"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unk []int
+	for i, p := range m.Pieces {
+		if p.Type == spUnknown {
+			unk = append(unk, i)
+		}
+	}
+	if len(unk) != 1 || unk[0] != int(m.UnkID) || m.UnkID != 0 || m.BOSID != 1 || m.EOSID != 2 || m.PadID != -1 || !m.ByteFallback {
+		t.Errorf("unknown pieces %v, unk %d bos %d eos %d pad %d byte_fallback %v", unk, m.UnkID, m.BOSID, m.EOSID, m.PadID, m.ByteFallback)
+	}
+}
