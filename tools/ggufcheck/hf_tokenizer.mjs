@@ -1,0 +1,11 @@
+import { Tokenizer } from "@huggingface/tokenizers";
+import fs from "fs";
+const dir = process.argv[2];
+const json = JSON.parse(fs.readFileSync(dir + "/tokenizer.json", "utf8"));
+const cfg = JSON.parse(fs.readFileSync(dir + "/tokenizer_config.json", "utf8"));
+const tok = new Tokenizer(json, cfg);
+const text = fs.readFileSync(process.argv[3], "utf8");
+const ids = tok.encode(text, { add_special_tokens: false }).ids;
+fs.writeFileSync(process.argv[4], ids.join("\n") + "\n");
+const withSpecial = tok.encode("Hello<|eot_id|>world", { add_special_tokens: true }).ids;
+console.log("special:", JSON.stringify(withSpecial));
