@@ -119,7 +119,7 @@ func openSession(job *configs.Job) (*session, error) {
 		return nil, err
 	}
 	if tok.VocabSize() > m.Config.VocabSize {
-		return nil, fmt.Errorf("tokenizer of %s has %d ids but config.json vocab_size is %d: tokenizer and model do not match", job.Model, tok.VocabSize(), m.Config.VocabSize)
+		return nil, fmt.Errorf("tokenizer of %s has %d ids but the model's vocab_size is %d: tokenizer and model do not match", job.Model, tok.VocabSize(), m.Config.VocabSize)
 	}
 	env := configs.DataEnv{Tokenizer: tok, VocabSize: m.Config.VocabSize, BatchRows: job.Batch.MicroBatchSize, TokenizerKind: tok.Kind()}
 	if env.ChatTemplate, err = modelChatTemplate(job.Model, job.Data.Template); err != nil {

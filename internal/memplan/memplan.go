@@ -135,7 +135,10 @@ func Check(c llama.Config, o Options, model string) []error {
 				o.R, worst.name, model, worst.in, worst.out, min(worst.in, worst.out), min(worst.in, worst.out)))
 		}
 	}
-	if mp := c.MaxPositionEmbeddings; mp > 0 && o.SeqLen > mp {
+	if mp := c.MaxPositionEmbeddings; mp > 0 && o.SeqLen > mp && checkpoint.IsGGUF(model) {
+		errs = append(errs, fmt.Errorf("data.seq_len: %d is over the context length %d of %s (llama.context_length); use data.seq_len <= %d",
+			o.SeqLen, mp, model, mp))
+	} else if mp > 0 && o.SeqLen > mp {
 		errs = append(errs, fmt.Errorf("data.seq_len: %d is over max_position_embeddings %d of %s/config.json; use data.seq_len <= %d, or give the model a longer context with rope scaling (rope_scaling in config.json, e.g. {rope_type: llama3, factor: 8, ...}, and a larger max_position_embeddings)",
 			o.SeqLen, mp, model, mp))
 	}
