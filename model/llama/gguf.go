@@ -258,6 +258,9 @@ func openGGUF(path string) (Config, *checkpoint.Reader, []string, map[string][]i
 	if err != nil {
 		return cfg, nil, nil, nil, err
 	}
+	if n := len(g.Tensors()); cfg.NumHiddenLayers > n/9 {
+		return cfg, nil, nil, nil, fmt.Errorf("%s: llama.block_count is %d, but the file has %d tensors (a layer has 9); the file is corrupt or incomplete", path, cfg.NumHiddenLayers, n)
+	}
 	names, shapes := ParamShapes(cfg)
 	views := make([]checkpoint.GGUFView, len(names))
 	for i, n := range names {
