@@ -1,6 +1,6 @@
 // Package checkpoint reads and writes model weights in the safetensors
 // format, single-file or sharded the way Hugging Face transformers lays out a
-// model directory.
+// model directory, and in llama.cpp's GGUF.
 //
 // # Format
 //
@@ -50,6 +50,20 @@
 // unless the caller sets "format", because transformers refuses files
 // without it. Files are replaced atomically (temporary file, fsync, rename,
 // directory fsync).
+//
+// # GGUF
+//
+// WriteGGUF writes llama.cpp's GGUF v3 (F32, F16, BF16 and Q8_0 tensors).
+// OpenGGUF reads GGUF v2/v3: every metadata value type (arrays included)
+// decodes to the Go types GGUFKV takes, and every tensor info is checked
+// against the file (dimensions, block layout of its ggml type, alignment,
+// bounds) before anything is returned, so a truncated or corrupt file is an
+// error naming the file, never a panic (FuzzParseGGUF). GGUFFile.Reader
+// shows chosen tensors as a Reader under other names, optionally with their
+// rows reordered (llama's Q/K un-permutation), widening F32, F16, BF16 and
+// Q8_0 to float32 or bfloat16; any other ggml type (Q4_K, Q6_K, ...) is an
+// error naming the tensor, its type and the llama-quantize command that
+// converts the file.
 //
 // bfloat16 and float16 conversions round to nearest, ties to even; see
 // F32ToBF16 for the NaN and overflow rules.
