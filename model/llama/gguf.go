@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/llamatune/llamatune/checkpoint"
@@ -265,16 +266,15 @@ func openGGUF(path string) (Config, *checkpoint.Reader, []string, map[string][]i
 	views := make([]checkpoint.GGUFView, len(names))
 	for i, n := range names {
 		v := checkpoint.GGUFView{Name: n, Tensor: GGUFTensorName(n)}
+		// Shapes first: a corrupt file's config must not size anything.
+		if t, ok := g.Tensor(v.Tensor); ok && !slices.Equal(t.Shape, shapes[n]) {
+			return cfg, nil, nil, nil, fmt.Errorf("%s: tensor %s (%s) has shape %v, want %v from the llama.* keys; the file is inconsistent", path, v.Tensor, n, t.Shape, shapes[n])
+		}
 		switch {
 		case strings.HasSuffix(n, "self_attn.q_proj.weight"):
 			v.RowOrder = UnpermuteQKOrder(shapes[n][0], cfg.NumAttentionHeads)
 		case strings.HasSuffix(n, "self_attn.k_proj.weight"):
 			v.RowOrder = UnpermuteQKOrder(shapes[n][0], cfg.NumKeyValueHeads)
-		}
-		if t, ok := g.Tensor(v.Tensor); ok && v.RowOrder != nil {
-			if len(t.Shape) != 2 || t.Shape[0] != shapes[n][0] {
-				return cfg, nil, nil, nil, fmt.Errorf("%s: tensor %s has shape %v, want %v from the llama.* keys; the file is inconsistent", path, v.Tensor, t.Shape, shapes[n])
-			}
 		}
 		views[i] = v
 	}
