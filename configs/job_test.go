@@ -412,6 +412,19 @@ data:
 	os.Remove(filepath.Join(filepath.Dir(path), "model", "config.json"))
 	_, err = Load(path, []string{"model=model", "data.datasets=[{path: train.jsonl}]"})
 	mustContain(t, err, "has no config.json")
+
+	// A GGUF file is a model; another file is not.
+	dir := filepath.Dir(path)
+	for _, f := range []string{"m.gguf", "m.bin"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("GGUF"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Load(path, []string{"model=m.gguf", "data.datasets=[{path: train.jsonl}]"}); err != nil {
+		t.Errorf("model: m.gguf: %v", err)
+	}
+	_, err = Load(path, []string{"model=m.bin", "data.datasets=[{path: train.jsonl}]"})
+	mustContain(t, err, "m.bin is a file", ".gguf")
 }
 
 func TestExamplesValidate(t *testing.T) {
