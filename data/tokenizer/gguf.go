@@ -106,6 +106,9 @@ func VocabFromGGUF(g *checkpoint.GGUFFile) (*Vocab, error) {
 	if !v.AddBOSSet {
 		v.AddBOS, v.AddBOSSet = v.BOS >= 0, true // llama.cpp's default for both models
 	}
+	if b, ok := get[bool](g, "tokenizer.ggml.add_space_prefix"); ok && model == "llama" {
+		v.NoSpacePrefix = !b
+	}
 	if t, ok, err := g.String("tokenizer.chat_template"); err != nil {
 		return nil, err
 	} else if ok {
@@ -351,9 +354,13 @@ func (v *Vocab) sentencePieceModel() []byte {
 	pb.bytes(2, tr.b)
 	var nr protoWriter
 	nr.bytes(1, []byte("identity"))
-	nr.varint(3, 1) // add_dummy_prefix
-	nr.varint(4, 0) // remove_extra_whitespaces
-	nr.varint(5, 1) // escape_whitespaces
+	prefix := uint64(1)
+	if v.NoSpacePrefix {
+		prefix = 0
+	}
+	nr.varint(3, prefix) // add_dummy_prefix
+	nr.varint(4, 0)      // remove_extra_whitespaces
+	nr.varint(5, 1)      // escape_whitespaces
 	pb.bytes(3, nr.b)
 	return pb.b
 }

@@ -223,3 +223,29 @@ func TestGGUFSentencePieceUnknown(t *testing.T) {
 		t.Errorf("unknown pieces %v, unk %d bos %d eos %d pad %d byte_fallback %v", unk, m.UnkID, m.BOSID, m.EOSID, m.PadID, m.ByteFallback)
 	}
 }
+
+// TestGGUFNoSpacePrefix: tokenizer.ggml.add_space_prefix false turns
+// SentencePiece's dummy prefix off.
+func TestGGUFNoSpacePrefix(t *testing.T) {
+	dir := t.TempDir()
+	if err := WriteFiles(dir, "llama2"); err != nil {
+		t.Fatal(err)
+	}
+	v, err := ExportVocab(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "m.gguf")
+	kv := append(vocabKVs(v), checkpoint.GGUFKV{Key: "tokenizer.ggml.add_space_prefix", Value: false})
+	if err := checkpoint.WriteGGUF(path, kv, nil); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	with, _ := Load(dir)
+	if got := tok.Encode("Hello world"); tok.IDToken(got[0]) != "Hello" || with.IDToken(with.Encode("Hello world")[0]) != "▁Hello" {
+		t.Errorf("without prefix %q, with %q", tok.IDToken(got[0]), with.IDToken(with.Encode("Hello world")[0]))
+	}
+}

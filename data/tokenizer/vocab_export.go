@@ -39,6 +39,9 @@ type Vocab struct {
 	AddBOS, AddEOS     bool
 	AddBOSSet          bool // AddBOS/AddEOS were found in the files
 	ChatTemplate       string
+	// NoSpacePrefix: SentencePiece without add_dummy_prefix (a GGUF's
+	// tokenizer.ggml.add_space_prefix false); Llama 2 adds the prefix.
+	NoSpacePrefix bool
 }
 
 // ExportVocab reads the tokenizer files of modelDir (tokenizer.model when it
