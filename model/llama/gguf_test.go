@@ -114,7 +114,19 @@ func TestGGUFRoundTrip(t *testing.T) {
 					t.Fatalf("%s: %s differs from the HF weights", typ, n)
 				}
 			}
-			if typ == "F32" {
+			if typ == "F32" { // the tokenizer from tokenizer.ggml.*, on held-out text
+				text, err := os.ReadFile("../../testdata/war-and-peace-60k.txt")
+				if err != nil {
+					t.Fatal(err)
+				}
+				tg, err := tokenizer.Load(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				th, _ := tokenizer.Load(dir)
+				if !slices.Equal(tg.Encode(string(text)), th.Encode(string(text))) || tg.BOS() != th.BOS() || tg.EOS() != th.EOS() || tg.VocabSize() != th.VocabSize() {
+					t.Errorf("the GGUF's tokenizer differs from %s's", dir)
+				}
 				in := &llama.Input{Rows: 1, SeqLen: 5, InputIDs: []int32{1, 50, 9, 300, 2}, PositionIDs: []int32{0, 1, 2, 3, 4}}
 				a, err := want.Logits(llama.NewInferenceTape(be), in)
 				if err != nil {
