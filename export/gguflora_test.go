@@ -35,13 +35,51 @@ type readFile struct {
 	Tensors map[string]readTensor
 }
 
-// readGGUF is the one read-back the GGUF LoRA tests use. It goes through
-// gguf-parser-go (header, metadata, tensor offsets) and decodes the F32,
-// F16 and BF16 data itself. When checkpoint gets its own GGUF reader
-// (checkpoint.OpenGGUF: KVs, Tensors with row-major Shape, widened values),
-// write the same readFile from it and point this variable there: the tests
-// below then read our adapter back with our own parser.
-var readGGUF = readGGUFWithParser
+// readGGUF is the one read-back the GGUF LoRA tests use: our own reader
+// (checkpoint.OpenGGUF). TestGGUFLoRAReaders checks that it and
+// gguf-parser-go (readGGUFWithParser, which decodes the data itself) read
+// every adapter the same.
+var readGGUF = readGGUFWithOurs
+
+// readGGUFWithOurs reads path with checkpoint's GGUF reader.
+func readGGUFWithOurs(t *testing.T, path string) readFile {
+	t.Helper()
+	g, err := checkpoint.OpenGGUF(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	rf := readFile{KV: map[string]any{}, Tensors: map[string]readTensor{}}
+	for _, kv := range g.KVs() {
+		switch kv.Value.(type) {
+		case []string, []uint32, []int32, []float32, []uint64, []int64, []uint8, []int8, []uint16, []int16, []float64, []bool, []any:
+		default:
+			rf.KV[kv.Key] = kv.Value
+		}
+	}
+	var views []checkpoint.GGUFView
+	for _, ti := range g.Tensors() {
+		views = append(views, checkpoint.GGUFView{Name: ti.Name, Tensor: ti.Name})
+	}
+	rd, err := g.Reader(views)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	for _, ti := range g.Tensors() {
+		dims := make([]uint64, len(ti.Shape))
+		for i, d := range ti.Shape {
+			dims[len(dims)-1-i] = uint64(d) // ne: innermost first
+		}
+		v, err := rd.F32(ti.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rf.Names = append(rf.Names, ti.Name)
+		rf.Tensors[ti.Name] = readTensor{Dims: dims, Type: uint32(ti.Type), F32: v}
+	}
+	return rf
+}
 
 func readGGUFWithParser(t *testing.T, path string) readFile {
 	t.Helper()
@@ -492,6 +530,34 @@ func TestAdapterName(t *testing.T) {
 	} {
 		if got := adapterName(dir); got != want {
 			t.Errorf("adapterName(%q) = %q, want %q", dir, got, want)
+		}
+	}
+}
+
+// Our GGUF reader and gguf-parser-go read a written adapter (and the base it
+// goes with) the same: metadata, tensor order, ne, types and values.
+func TestGGUFLoRAReaders(t *testing.T) {
+	f := loraFixture(t, "llama2")
+	src := Source{BaseDir: f.base, AdapterDir: f.adapter}
+	for _, dtype := range []string{"F32", "F16", "BF16"} {
+		path := filepath.Join(t.TempDir(), "adapter.gguf")
+		if err := GGUFLoRA(src, path, dtype); err != nil {
+			t.Fatal(err)
+		}
+		ours, theirs := readGGUFWithOurs(t, path), readGGUFWithParser(t, path)
+		if !slices.Equal(ours.Names, theirs.Names) {
+			t.Fatalf("%s: tensor names %v vs %v", dtype, ours.Names, theirs.Names)
+		}
+		for k, v := range theirs.KV {
+			if fmt.Sprint(ours.KV[k]) != fmt.Sprint(v) {
+				t.Fatalf("%s: %s = %v (%T) ours, %v (%T) gguf-parser-go", dtype, k, ours.KV[k], ours.KV[k], v, v)
+			}
+		}
+		for _, n := range theirs.Names {
+			a, b := ours.Tensors[n], theirs.Tensors[n]
+			if !slices.Equal(a.Dims, b.Dims) || a.Type != b.Type || !slices.Equal(a.F32, b.F32) {
+				t.Fatalf("%s: tensor %s: ne %v type %d vs ne %v type %d (values equal: %v)", dtype, n, a.Dims, a.Type, b.Dims, b.Type, slices.Equal(a.F32, b.F32))
+			}
 		}
 	}
 }

@@ -154,6 +154,119 @@ func testGGUFBase(t *testing.T, kind string) {
 	if moved < 1e-4 {
 		t.Fatalf("the adapter changed no logit (max |Δ| %g)", moved)
 	}
+
+	// The same run as a llama.cpp LoRA adapter: read back with our GGUF
+	// reader, its lora_b rows of q and k put back in HF order by this test's
+	// own inverse of llama.cpp's permutation, and attached to the GGUF base,
+	// it gives the merged model's logits too.
+	src, err := export.ResolveSource(res.LastCkpt, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adapter := filepath.Join(dir, "adapter.gguf")
+	if err := export.GGUFLoRA(src, adapter, "F32"); err != nil {
+		t.Fatal(err)
+	}
+	m2, err := llama.Load(base, be, kernels.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attachGGUFAdapter(t, m2, adapter, j.LoRA.TargetModules)
+	d, err := m2.Logits(llama.NewInferenceTape(be), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	worst = 0
+	for i, x := range d.F32() {
+		worst = max(worst, math.Abs(float64(x-av[i])))
+	}
+	if worst > 1e-4 {
+		t.Fatalf("merged HF export vs GGUF base + GGUF LoRA adapter: max |Δlogit| %g", worst)
+	}
+}
+
+// attachGGUFAdapter reads a llama.cpp LoRA adapter with checkpoint's GGUF
+// reader and attaches it to m (r and alpha from its shapes and
+// adapter.lora.alpha; llama.cpp scales B·A by alpha/r).
+func attachGGUFAdapter(t *testing.T, m *llama.Model, path string, targets []string) {
+	t.Helper()
+	g, err := checkpoint.OpenGGUF(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if typ, _, _ := g.String("general.type"); typ != "adapter" {
+		t.Fatalf("general.type %q, want adapter", typ)
+	}
+	alpha, _, err := g.Float("adapter.lora.alpha")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ggufName := map[string]string{"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+		"self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+	blk := func(module string) string { // model.layers.N.self_attn.q_proj → blk.N.attn_q.weight
+		rest := strings.TrimPrefix(module, "model.layers.")
+		n, proj, _ := strings.Cut(rest, ".")
+		return "blk." + n + "." + ggufName[proj] + ".weight"
+	}
+	a0, ok := g.Tensor(blk("model.layers.0.self_attn.q_proj") + ".lora_a")
+	if !ok {
+		t.Fatalf("%s has no blk.0.attn_q.weight.lora_a", path)
+	}
+	r := a0.Shape[0]
+	set, err := lora.Attach(m, lora.Config{R: r, Alpha: alpha, TargetModules: targets}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var views []checkpoint.GGUFView
+	for _, l := range set.Linears {
+		views = append(views, checkpoint.GGUFView{Name: l.Module + ".A", Tensor: blk(l.Module) + ".lora_a"},
+			checkpoint.GGUFView{Name: l.Module + ".B", Tensor: blk(l.Module) + ".lora_b"})
+	}
+	rd, err := g.Reader(views)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	c := m.Config
+	hd := c.HiddenSize / c.NumAttentionHeads
+	for _, l := range set.Linears {
+		a, err := rd.F32(l.Module + ".A")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := rd.F32(l.Module + ".B")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(a) != len(l.A.F32()) || len(b) != len(l.B.F32()) {
+			t.Fatalf("%s: adapter shapes %d, %d; want %v, %v", l.Module, len(a), len(b), l.A.Shape, l.B.Shape)
+		}
+		switch {
+		case strings.HasSuffix(l.Module, "q_proj"):
+			b = unpermuteRows(b, c.NumAttentionHeads, hd, r)
+		case strings.HasSuffix(l.Module, "k_proj"):
+			b = unpermuteRows(b, c.NumKeyValueHeads, hd, r)
+		}
+		l.A = tensor.Wrap(m.Backend(), cpu.WrapF32(a), l.A.Shape...)
+		l.B = tensor.Wrap(m.Backend(), cpu.WrapF32(b), l.B.Shape...)
+	}
+}
+
+// unpermuteRows undoes llama.cpp's convert permutation of a [heads·hd, cols]
+// matrix: within each head, row 2i+j of the GGUF is row j·hd/2+i of HF.
+func unpermuteRows(w []float32, heads, hd, cols int) []float32 {
+	out := make([]float32, len(w))
+	half := hd / 2
+	for h := 0; h < heads; h++ {
+		for i := 0; i < half; i++ {
+			for j := 0; j < 2; j++ {
+				src, dst := h*hd+2*i+j, h*hd+j*half+i
+				copy(out[dst*cols:(dst+1)*cols], w[src*cols:(src+1)*cols])
+			}
+		}
+	}
+	return out
 }
 
 func equalInts(a, b []int) bool {
