@@ -129,10 +129,10 @@ func encodeLoRA(r *checkpoint.Reader, key, name string, t checkpoint.GGMLType, h
 	return checkpoint.EncodeGGUFData(v, t, cols)
 }
 
-var runSubdirRE = regexp.MustCompile(`^(final|step-[0-9]+|checkpoints)$`)
+var runSubdirRE = regexp.MustCompile(`^(step-[0-9]+|checkpoints)$`)
 
 // adapterName is general.name: the adapter directory's name, or the run's
-// for a run's final/ or checkpoints/step-N/.
+// for a run's checkpoints/step-N/.
 func adapterName(dir string) string {
 	d := filepath.Clean(dir)
 	if abs, err := filepath.Abs(d); err == nil {

@@ -523,7 +523,6 @@ func TestGGUFLoRAErrors(t *testing.T) {
 
 func TestAdapterName(t *testing.T) {
 	for dir, want := range map[string]string{
-		"/runs/chat-lora/final":                        "chat-lora",
 		"/runs/chat-lora/checkpoints/step-000042":      "chat-lora",
 		"/adapters/my-adapter":                         "my-adapter",
 		"/runs/chat-lora/checkpoints/step-000042/../x": "x",

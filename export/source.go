@@ -14,8 +14,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 
 	"github.com/llamatune/llamatune/checkpoint"
@@ -119,15 +117,12 @@ func Open(src Source) (*llama.Model, Dirs, error) {
 	return m, w.dirs, nil
 }
 
-// TrainableFile is the file of a llamatune checkpoint that holds the trained
-// tensors in float32 (HF keys for full fine-tuning, PEFT keys for LoRA).
-const TrainableFile = "trainable.safetensors"
-
-// StateFile is the file the trainer writes in every checkpoint directory.
-const StateFile = "state.json"
-
-// StateFormat is the format tag of state.json this package reads.
-const StateFormat = "llamatune-checkpoint/1"
+// The files of a training checkpoint (checkpoint.Run owns the run layout).
+const (
+	TrainableFile = checkpoint.TrainableFile
+	StateFile     = checkpoint.StateFile
+	StateFormat   = checkpoint.StateFormat
+)
 
 // CheckpointState is the part of a training checkpoint's state.json export needs.
 type CheckpointState struct {
@@ -141,13 +136,10 @@ type CheckpointState struct {
 	BaseWeights string `json:"base_weights"`
 }
 
-var stepDirRE = regexp.MustCompile(`^step-([0-9]+)$`)
-
 // ResolveSource finds what to export from dir, which may be:
 //   - a training checkpoint directory (state.json; method "lora" with a PEFT
 //     adapter in it, or "full" with config.json + model*.safetensors);
-//   - a run directory holding final/ (preferred) or checkpoints/step-NNNNNN/
-//     (the highest step is taken);
+//   - a run directory (its newest complete checkpoints/step-NNNNNN/);
 //   - a PEFT adapter directory (adapter_config.json), with base or the
 //     adapter's base_model_name_or_path as the base model;
 //   - an HF model directory of full weights.
@@ -185,17 +177,12 @@ func resolve(dir, base string, depth int, o ResolveOptions) (Source, error) {
 	if isFile(filepath.Join(dir, checkpoint.PEFTConfigFile)) {
 		return fromAdapter(dir, base)
 	}
-	if depth == 0 {
-		if final := filepath.Join(dir, "final"); isDir(final) {
-			return resolve(final, base, depth+1, o)
+	if depth == 0 && checkpoint.IsRun(dir) {
+		step, err := checkpoint.Run{Dir: dir}.Latest()
+		if err != nil {
+			return Source{}, fmt.Errorf("export: %w", err)
 		}
-		if ck := filepath.Join(dir, "checkpoints"); isDir(ck) {
-			step, err := latestStep(ck)
-			if err != nil {
-				return Source{}, err
-			}
-			return resolve(step, base, depth+1, o)
-		}
+		return resolve(step, base, depth+1, o)
 	}
 	if isFile(filepath.Join(dir, "config.json")) && hasWeights(dir) {
 		if base == "" {
@@ -203,41 +190,11 @@ func resolve(dir, base string, depth int, o ResolveOptions) (Source, error) {
 		}
 		return Source{BaseDir: base, WeightsDir: dir}, nil
 	}
-	return Source{}, fmt.Errorf("export: %s is not something to export: expected a checkpoint (%s), a PEFT adapter (%s), a run directory (final/ or checkpoints/step-N/), or an HF model directory (config.json + model.safetensors)", dir, StateFile, checkpoint.PEFTConfigFile)
+	return Source{}, fmt.Errorf("export: %s is not something to export: expected a checkpoint (%s), a PEFT adapter (%s), a run directory (checkpoints/step-N/), or an HF model directory (config.json + model.safetensors)", dir, StateFile, checkpoint.PEFTConfigFile)
 }
 
 func hasWeights(dir string) bool {
 	return isFile(filepath.Join(dir, checkpoint.SingleFileName)) || isFile(filepath.Join(dir, checkpoint.IndexFileName))
-}
-
-// latestStep returns the checkpoints/step-N directory with the highest N.
-func latestStep(ck string) (string, error) {
-	ents, err := os.ReadDir(ck)
-	if err != nil {
-		return "", fmt.Errorf("export: list %s: %w", ck, err)
-	}
-	best, bestStep := "", int64(-1)
-	for _, e := range ents {
-		m := stepDirRE.FindStringSubmatch(e.Name())
-		if m == nil || !e.IsDir() {
-			continue
-		}
-		n, err := strconv.ParseInt(m[1], 10, 64)
-		if err != nil {
-			continue
-		}
-		p := filepath.Join(ck, e.Name())
-		if !isFile(filepath.Join(p, StateFile)) && !isFile(filepath.Join(p, checkpoint.PEFTConfigFile)) {
-			continue // not finished writing
-		}
-		if n > bestStep {
-			best, bestStep = p, n
-		}
-	}
-	if best == "" {
-		return "", fmt.Errorf("export: %s holds no complete step-NNNNNN checkpoint (a directory with %s)", ck, StateFile)
-	}
-	return best, nil
 }
 
 func fromState(dir, statePath, base string, o ResolveOptions) (Source, error) {

@@ -65,12 +65,12 @@ func TestResolveSourceLayouts(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// final/ wins over checkpoints/.
-	final := filepath.Join(run, "final")
-	copyDir(t, f.adapter, final)
-	writeFile(t, filepath.Join(final, StateFile), state(2100, "lora", f.base))
-	if src, err := ResolveSource(run, ""); err != nil || src.AdapterDir != final {
-		t.Errorf("with final/: %+v, %v", src, err)
+	// Steps are ordered by number, not name: step-1000000 is newer than step-002000.
+	big := filepath.Join(run, "checkpoints", "step-1000000")
+	copyDir(t, f.adapter, big)
+	writeFile(t, filepath.Join(big, StateFile), state(1000000, "lora", f.base))
+	if src, err := ResolveSource(run, ""); err != nil || src.AdapterDir != big {
+		t.Errorf("with step-1000000: %+v, %v", src, err)
 	}
 
 	// A bare PEFT adapter: base from its config, or --base.

@@ -19,7 +19,7 @@ import (
 )
 
 // CheckpointFormat tags state.json.
-const CheckpointFormat = "llamatune-checkpoint/1"
+const CheckpointFormat = checkpoint.StateFormat
 
 // A checkpoint directory (RUN/checkpoints/step-NNNNNN) holds:
 //
@@ -51,113 +51,43 @@ type state struct {
 // elapsed is the run's training time before this process.
 func (s state) elapsed() time.Duration { return time.Duration(s.ElapsedSec * float64(time.Second)) }
 
-func ckptName(step int) string { return fmt.Sprintf("step-%06d", step) }
-
 func saveCheckpoint(o Options, opt interface {
 	StateTensors() []checkpoint.WriteTensor
 }, st state) (string, error) {
-	root := filepath.Join(o.OutDir, "checkpoints")
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return "", fmt.Errorf("creating %s: %w", root, err)
-	}
-	final := filepath.Join(root, ckptName(st.Step))
-	tmp, err := os.MkdirTemp(root, tmpPrefix+ckptName(st.Step)[len("step-"):]+"-")
-	if err != nil {
-		return "", fmt.Errorf("creating a temporary checkpoint directory in %s: %w", root, err)
-	}
-	defer os.RemoveAll(tmp)
 	st.Format, st.Meta = CheckpointFormat, o.Meta
-	// Encoded one tensor at a time as the file is written: with full
-	// fine-tuning the trainable tensors are the whole model.
-	var ts []checkpoint.WriteTensor
-	for _, p := range o.Trainable {
-		ts = append(ts, checkpoint.WriteTensor{Name: p.Name, DType: "F32", Shape: p.Shape,
-			Encode: func() ([]byte, error) { return checkpoint.EncodeF32(p.F32()), nil }})
-	}
-	if err := checkpoint.WriteFile(filepath.Join(tmp, "trainable.safetensors"), ts, nil); err != nil {
-		return "", err
-	}
-	if o.LoRA != nil {
-		if err := writeAdapter(tmp, o); err != nil {
-			return "", err
+	return checkpoint.Run{Dir: o.OutDir}.WriteCheckpoint(st.Step, o.KeepLast, func(tmp string) error {
+		// Encoded one tensor at a time as the file is written: with full
+		// fine-tuning the trainable tensors are the whole model.
+		var ts []checkpoint.WriteTensor
+		for _, p := range o.Trainable {
+			ts = append(ts, checkpoint.WriteTensor{Name: p.Name, DType: "F32", Shape: p.Shape,
+				Encode: func() ([]byte, error) { return checkpoint.EncodeF32(p.F32()), nil }})
 		}
-	}
-	if err := checkpoint.WriteFile(filepath.Join(tmp, "optimizer.safetensors"), opt.StateTensors(), nil); err != nil {
-		return "", err
-	}
-	if err := writeFileAtomic(filepath.Join(tmp, "job.yaml"), []byte(o.Meta.JobYAML)); err != nil {
-		return "", err
-	}
-	raw, _ := json.MarshalIndent(st, "", "  ")
-	if err := writeFileAtomic(filepath.Join(tmp, "state.json"), append(raw, '\n')); err != nil {
-		return "", err
-	}
-	if err := os.RemoveAll(final); err != nil {
-		return "", err
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		return "", fmt.Errorf("moving checkpoint into place: %w", err)
-	}
-	checkpoint.SyncDir(root)
-	if o.KeepLast > 0 {
-		if err := prune(root, o.KeepLast); err != nil {
-			return "", err
+		if err := checkpoint.WriteFile(filepath.Join(tmp, checkpoint.TrainableFile), ts, nil); err != nil {
+			return err
 		}
-	}
-	return final, nil
+		if o.LoRA != nil {
+			if err := writeAdapter(tmp, o); err != nil {
+				return err
+			}
+		}
+		if err := checkpoint.WriteFile(filepath.Join(tmp, checkpoint.OptimizerFile), opt.StateTensors(), nil); err != nil {
+			return err
+		}
+		if err := writeFileAtomic(filepath.Join(tmp, "job.yaml"), []byte(o.Meta.JobYAML)); err != nil {
+			return err
+		}
+		raw, _ := json.MarshalIndent(st, "", "  ")
+		return writeFileAtomic(filepath.Join(tmp, checkpoint.StateFile), append(raw, '\n'))
+	})
 }
 
 func writeFileAtomic(path string, b []byte) error {
 	return checkpoint.WriteAtomic(path, func(w io.Writer) error { _, err := w.Write(b); return err })
 }
 
-// prune keeps the newest keep checkpoints.
-func prune(root string, keep int) error {
-	list, err := listCheckpoints(root)
-	if err != nil {
-		return err
-	}
-	for len(list) > keep {
-		if err := os.RemoveAll(list[0]); err != nil {
-			return fmt.Errorf("removing old checkpoint: %w", err)
-		}
-		list = list[1:]
-	}
-	return nil
-}
-
-// listCheckpoints returns complete checkpoint dirs, oldest first.
-func listCheckpoints(root string) ([]string, error) {
-	entries, err := os.ReadDir(root)
-	if err != nil {
-		if os.IsNotExist(err) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	var out []string
-	for _, e := range entries {
-		if e.IsDir() && strings.HasPrefix(e.Name(), "step-") {
-			if _, err := os.Stat(filepath.Join(root, e.Name(), "state.json")); err == nil {
-				out = append(out, filepath.Join(root, e.Name()))
-			}
-		}
-	}
-	sort.Strings(out)
-	return out, nil
-}
-
 // LatestCheckpoint returns the newest complete checkpoint of a run directory.
-func LatestCheckpoint(runDir string) (string, error) {
-	list, err := listCheckpoints(filepath.Join(runDir, "checkpoints"))
-	if err != nil {
-		return "", err
-	}
-	if len(list) == 0 {
-		return "", fmt.Errorf("no checkpoint in %s (looked for checkpoints/step-*/state.json)", runDir)
-	}
-	return list[len(list)-1], nil
-}
+func LatestCheckpoint(runDir string) (string, error) { return checkpoint.Run{Dir: runDir}.Latest() }
 
 // resolveResume finds the checkpoint to resume from and checks that it can
 // be read; a broken one is refused with the previous good one named.
@@ -179,7 +109,7 @@ func findResume(runDir, resume string) (string, error) {
 	if resume == "latest" {
 		return LatestCheckpoint(runDir)
 	}
-	if _, err := os.Stat(filepath.Join(resume, "state.json")); err != nil {
+	if _, err := os.Stat(filepath.Join(resume, checkpoint.StateFile)); err != nil {
 		if l, err2 := LatestCheckpoint(resume); err2 == nil {
 			return l, nil
 		}
@@ -194,7 +124,7 @@ func verifyCheckpoint(dir string) error {
 	if _, err := ReadState(dir); err != nil {
 		return err
 	}
-	for _, name := range []string{"trainable.safetensors", "optimizer.safetensors"} {
+	for _, name := range []string{checkpoint.TrainableFile, checkpoint.OptimizerFile} {
 		r, err := checkpoint.Open(filepath.Join(dir, name))
 		if err != nil {
 			return err
@@ -205,65 +135,24 @@ func verifyCheckpoint(dir string) error {
 }
 
 // previousGood returns the newest readable checkpoint older than dir in the
-// same checkpoints/ directory, or "".
+// same run, or "".
 func previousGood(dir string) string {
-	list, err := listCheckpoints(filepath.Dir(dir))
-	if err != nil {
-		return ""
-	}
-	for i := len(list) - 1; i >= 0; i-- {
-		if filepath.Base(list[i]) < filepath.Base(dir) && verifyCheckpoint(list[i]) == nil {
-			return list[i]
-		}
-	}
-	return ""
-}
-
-// tmpPrefix starts the name of a checkpoint being written (saveCheckpoint).
-const tmpPrefix = ".tmp-step-"
-
-// cleanTempCheckpoints removes the temporary directories that a save killed
-// mid-way (kill -9, power loss) left in RUN/checkpoints, and says so on log.
-// Only one process trains in a run directory at a time, so none of them is
-// still being written.
-func cleanTempCheckpoints(runDir string, log io.Writer) error {
-	root := filepath.Join(runDir, "checkpoints")
-	entries, err := os.ReadDir(root)
-	if err != nil {
-		if os.IsNotExist(err) {
-			return nil
-		}
-		return fmt.Errorf("listing %s: %w", root, err)
-	}
-	var removed []string
-	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), tmpPrefix) {
-			continue
-		}
-		p := filepath.Join(root, e.Name())
-		if err := os.RemoveAll(p); err != nil {
-			return fmt.Errorf("removing the unfinished checkpoint %s: %w (delete it by hand)", p, err)
-		}
-		removed = append(removed, e.Name())
-	}
-	if len(removed) > 0 {
-		fmt.Fprintf(log, "removed %d unfinished checkpoint(s) left by an interrupted save in %s: %s\n", len(removed), root, strings.Join(removed, ", "))
-	}
-	return nil
+	run := checkpoint.Run{Dir: filepath.Dir(filepath.Dir(dir))}
+	return run.Before(dir, func(d string) bool { return verifyCheckpoint(d) == nil })
 }
 
 // ReadState reads a checkpoint's state.json.
 func ReadState(dir string) (state, error) {
 	var st state
-	raw, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	raw, err := os.ReadFile(filepath.Join(dir, checkpoint.StateFile))
 	if err != nil {
 		return st, fmt.Errorf("reading checkpoint state: %w", err)
 	}
 	if err := json.Unmarshal(raw, &st); err != nil {
-		return st, fmt.Errorf("%s: invalid JSON: %v", filepath.Join(dir, "state.json"), err)
+		return st, fmt.Errorf("%s: invalid JSON: %v", filepath.Join(dir, checkpoint.StateFile), err)
 	}
 	if st.Format != CheckpointFormat {
-		return st, fmt.Errorf("%s: format %q, want %q", filepath.Join(dir, "state.json"), st.Format, CheckpointFormat)
+		return st, fmt.Errorf("%s: format %q, want %q", filepath.Join(dir, checkpoint.StateFile), st.Format, CheckpointFormat)
 	}
 	return st, nil
 }
@@ -300,7 +189,7 @@ func loadCheckpoint(dir string, o Options, opt interface {
 	if old, err := os.ReadFile(filepath.Join(dir, "job.yaml")); err == nil && o.Meta.JobYAML != "" {
 		reportChanges(o.Log, dir, st.Step, old, []byte(o.Meta.JobYAML))
 	}
-	r, err := checkpoint.Open(filepath.Join(dir, "trainable.safetensors"))
+	r, err := checkpoint.Open(filepath.Join(dir, checkpoint.TrainableFile))
 	if err != nil {
 		return st, err
 	}
@@ -315,7 +204,7 @@ func loadCheckpoint(dir string, o Options, opt interface {
 		}
 		restore(p, v)
 	}
-	or, err := checkpoint.Open(filepath.Join(dir, "optimizer.safetensors"))
+	or, err := checkpoint.Open(filepath.Join(dir, checkpoint.OptimizerFile))
 	if err != nil {
 		return st, err
 	}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/model/llama"
 	"github.com/llamatune/llamatune/optim"
@@ -96,7 +97,7 @@ func (r *runner) open() error {
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return fmt.Errorf("creating run directory: %w", err)
 	}
-	if err := cleanTempCheckpoints(o.OutDir, o.Log); err != nil {
+	if err := (checkpoint.Run{Dir: o.OutDir}).CleanTemp(o.Log); err != nil {
 		return err
 	}
 	if o.Resume == "" {

@@ -51,7 +51,7 @@ type Options struct {
 	Schedule    optim.Schedule
 	MaxGradNorm float64 // ≤ 0: no clipping
 
-	OutDir      string // run directory: metrics.jsonl, checkpoints/, final/
+	OutDir      string // run directory (checkpoint.Run): metrics.jsonl, checkpoints/
 	SaveEvery   int    // steps between checkpoints (≤ 0: only at the end)
 	KeepLast    int    // checkpoints kept (≤ 0: all)
 	EvalEvery   int    // steps between evaluations (≤ 0: only at the end)
@@ -124,14 +124,13 @@ func CrossEntropy(m *llama.Model) LossFunc {
 
 // Meta identifies what a checkpoint belongs to.
 type Meta struct {
-	Method     string       `json:"method"` // lora | full
-	BaseModel  string       `json:"base_model"`
-	ModelHash  string       `json:"model_hash"` // of config.json + weight index
-	DataHash   string       `json:"data_hash"`  // of the resolved data section
-	JobHash    string       `json:"job_hash"`
-	LoRA       *lora.Config `json:"lora,omitempty"`
-	JobYAML    string       `json:"-"` // resolved job, saved as job.yaml
-	Tokenizers []string     `json:"-"` // files copied into final/ exports
+	Method    string       `json:"method"` // lora | full
+	BaseModel string       `json:"base_model"`
+	ModelHash string       `json:"model_hash"` // of config.json + weight index
+	DataHash  string       `json:"data_hash"`  // of the resolved data section
+	JobHash   string       `json:"job_hash"`
+	LoRA      *lora.Config `json:"lora,omitempty"`
+	JobYAML   string       `json:"-"` // resolved job, saved as job.yaml
 }
 
 // StepMetrics is one line of metrics.jsonl.

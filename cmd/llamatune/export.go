@@ -23,8 +23,8 @@ func init() {
 		Long: `Export what a training run produced.
 
 --from takes a training checkpoint directory (state.json with a PEFT adapter for
-LoRA, or trainable.safetensors / HF weights for full fine-tuning), a run directory (its final/
-or, failing that, its newest checkpoints/step-N/), a PEFT adapter directory
+LoRA, or trainable.safetensors / HF weights for full fine-tuning), a run directory (its newest
+complete checkpoints/step-N/), a PEFT adapter directory
 (adapter_config.json; the base model comes from --base or the adapter's
 base_model_name_or_path), or an HF model directory of full weights.
 

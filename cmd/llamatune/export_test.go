@@ -46,7 +46,7 @@ func TestExportGGUFLoRA(t *testing.T) {
 			checkpoint.WriteTensor{Name: l.A.Name, DType: "F32", Shape: l.A.Shape, Data: checkpoint.EncodeF32(l.A.F32())},
 			checkpoint.WriteTensor{Name: l.B.Name, DType: "F32", Shape: l.B.Shape, Data: checkpoint.EncodeF32(l.B.F32())})
 	}
-	final := filepath.Join(dir, "lora-run", "final")
+	final := filepath.Join(dir, "lora-run", "checkpoints", "step-000003")
 	if err := checkpoint.WritePEFT(final, checkpoint.NewAdapterConfig(base, 4, 16, 0, set.ModuleNames(), false), ts); err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestExportGGUFLoRA(t *testing.T) {
 	}
 
 	// A full fine-tuning run has no adapter to export.
-	full := filepath.Join(dir, "full-run", "final")
+	full := filepath.Join(dir, "full-run", "checkpoints", "step-000003")
 	if err := os.MkdirAll(full, 0o755); err != nil {
 		t.Fatal(err)
 	}
