@@ -139,42 +139,6 @@ func GGUFMetadata(c llama.Config, v *tokenizer.Vocab, name string, ftype checkpo
 	return kv
 }
 
-// GGUFTensorName maps an HF parameter name to its llama.cpp name, or "" when
-// llama.cpp has no such tensor.
-func GGUFTensorName(hf string) string {
-	switch hf {
-	case "model.embed_tokens.weight":
-		return "token_embd.weight"
-	case "model.norm.weight":
-		return "output_norm.weight"
-	case "lm_head.weight":
-		return "output.weight"
-	}
-	rest, ok := strings.CutPrefix(hf, "model.layers.")
-	if !ok {
-		return ""
-	}
-	n, sub, ok := strings.Cut(rest, ".")
-	if !ok {
-		return ""
-	}
-	m := map[string]string{
-		"self_attn.q_proj.weight":         "attn_q.weight",
-		"self_attn.k_proj.weight":         "attn_k.weight",
-		"self_attn.v_proj.weight":         "attn_v.weight",
-		"self_attn.o_proj.weight":         "attn_output.weight",
-		"mlp.gate_proj.weight":            "ffn_gate.weight",
-		"mlp.up_proj.weight":              "ffn_up.weight",
-		"mlp.down_proj.weight":            "ffn_down.weight",
-		"input_layernorm.weight":          "attn_norm.weight",
-		"post_attention_layernorm.weight": "ffn_norm.weight",
-	}[sub]
-	if m == "" {
-		return ""
-	}
-	return "blk." + n + "." + m
-}
-
 // PermuteQK reorders the rows of an HF q_proj/k_proj weight [heads·hd, cols]
 // from the rotate-half RoPE layout (per head: first all real parts, then all
 // imaginary parts) to the interleaved layout ggml's RoPE uses (pairs next to
@@ -292,7 +256,7 @@ func ggufTensors(c llama.Config, typ checkpoint.GGMLType, shapeOf func(hf string
 			heads = c.NumKeyValueHeads
 		}
 		out = append(out, checkpoint.GGUFTensor{
-			Name: GGUFTensorName(hf), Shape: shape, Type: t,
+			Name: llama.GGUFTensorName(hf), Shape: shape, Type: t,
 			Encode: func() ([]byte, error) { return encode(hf, t, heads, cols) },
 		})
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/llamatune/llamatune/checkpoint"
+	"github.com/llamatune/llamatune/model/llama"
 )
 
 // GGUFLoRA writes the LoRA adapter of src as one GGUF v3 adapter file, the
@@ -18,7 +19,7 @@ import (
 //
 //   - metadata: general.architecture "llama", general.type "adapter",
 //     adapter.type "lora" and adapter.lora.alpha (float32);
-//   - tensors: for each adapted weight W (GGUFTensorName: blk.N.attn_q.weight
+//   - tensors: for each adapted weight W (llama.GGUFTensorName: blk.N.attn_q.weight
 //     ..., output.weight) a pair W.lora_a = PEFT lora_A [r, in] and W.lora_b =
 //     PEFT lora_B [out, r], so that in ggml's order (ne) lora_a is [in, r] and
 //     lora_b is [r, out]: llama.cpp checks a.ne[0] == W.ne[0], b.ne[1] ==
@@ -77,7 +78,7 @@ func GGUFLoRA(src Source, outPath string, typ string) error {
 		if name == "lm_head.weight" && s.key != name {
 			return fmt.Errorf("export: %s adapts lm_head, but the base model %s ties lm_head to the embeddings (no lm_head.weight): its GGUF has no output.weight for llama.cpp to attach the adapter to; export the merged model with --format gguf instead", src.AdapterDir, src.BaseDir)
 		}
-		gname := GGUFTensorName(name)
+		gname := llama.GGUFTensorName(name)
 		if gname == "" {
 			return fmt.Errorf("export: %s: module %s has no llama.cpp tensor name", src.AdapterDir, strings.TrimSuffix(name, ".weight"))
 		}

@@ -245,25 +245,3 @@ func TestGGUFRopeScalingShapes(t *testing.T) {
 	}
 }
 
-// TestGGUFTensorNamesMatchExport: the reader's names are the writer's.
-func TestGGUFTensorNamesMatchExport(t *testing.T) {
-	c := testutil.TinyConfig(64)
-	names, _ := llama.ParamShapes(c)
-	for _, n := range append(names, "lm_head.weight", "model.layers.0.self_attn.rotary_emb.inv_freq") {
-		if a, b := llama.GGUFTensorName(n), export.GGUFTensorName(n); a != b {
-			t.Errorf("%s: llama %q, export %q", n, a, b)
-		}
-	}
-	// UnpermuteQKOrder undoes export.PermuteQK.
-	rows, cols, heads := 32, 3, 4
-	v := make([]float32, rows*cols)
-	for i := range v {
-		v[i] = float32(i)
-	}
-	p := export.PermuteQK(v, heads, cols)
-	for i, o := range llama.UnpermuteQKOrder(rows, heads) {
-		if !slices.Equal(p[o*cols:(o+1)*cols], v[i*cols:(i+1)*cols]) {
-			t.Fatalf("row %d of the un-permuted matrix is stored row %d, which holds something else", i, o)
-		}
-	}
-}
