@@ -244,4 +244,3 @@ func TestGGUFRopeScalingShapes(t *testing.T) {
 		}
 	}
 }
-
