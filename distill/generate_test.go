@@ -20,7 +20,7 @@ import (
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/distill"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/model/llama"
@@ -43,7 +43,7 @@ func genTeacher(t *testing.T) (*distill.ModelGenerator, tokenizer.Tokenizer) {
 			return
 		}
 		// The directory is small and lives until the test binary exits.
-		if _, err := testutil.WriteTinyModel(dir, testutil.TinyOptions{Tokenizer: "llama2", Layers: 2, Hidden: 32, Seed: 3, Shards: 1}); err != nil {
+		if _, err := randmodel.WriteTinyModel(dir, randmodel.TinyOptions{Tokenizer: "llama2", Layers: 2, Hidden: 32, Seed: 3, Shards: 1}); err != nil {
 			genTeacherErr = err
 			return
 		}

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/llamatune/llamatune/data"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 )
 
 var (
@@ -42,7 +42,7 @@ func tinyModel(t testing.TB, tok string, seed uint64) string {
 		tinyRoot = r
 	}
 	dir := filepath.Join(tinyRoot, tok+"-"+string(rune('a'+seed)))
-	if _, err := testutil.WriteTinyModel(dir, testutil.TinyOptions{Tokenizer: tok, Seed: seed, Layers: 2, Hidden: 32}); err != nil {
+	if _, err := randmodel.WriteTinyModel(dir, randmodel.TinyOptions{Tokenizer: tok, Seed: seed, Layers: 2, Hidden: 32}); err != nil {
 		t.Fatal(err)
 	}
 	tinyDirs[key] = dir

@@ -12,7 +12,7 @@ import (
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/distill"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/model/llama"
@@ -92,8 +92,8 @@ func TestKDBeatsCE(t *testing.T) {
 		teacherSteps, steps, text = 3, 2, 10000
 	}
 	dataPath := jsonl(t, t.TempDir(), string(raw[:text]), 500)
-	teacherDir := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: "llama2", Layers: 2, Hidden: 64, Seed: 1})
-	studentDir := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Seed: 2})
+	teacherDir := randmodel.MustTinyModel(t, randmodel.TinyOptions{Tokenizer: "llama2", Layers: 2, Hidden: 64, Seed: 1})
+	studentDir := randmodel.MustTinyModel(t, randmodel.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Seed: 2})
 	be := cpu.New()
 	tok, err := tokenizer.Load(teacherDir)
 	if err != nil {

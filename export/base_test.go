@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/model/llama"
 )
 
@@ -16,7 +16,7 @@ import (
 func TestExportRefusesOtherBase(t *testing.T) {
 	f := loraFixture(t, "llama2")
 	other := filepath.Join(t.TempDir(), "other-base")
-	if _, err := testutil.WriteTinyModel(other, testutil.TinyOptions{Tokenizer: "llama2", Seed: 6}); err != nil {
+	if _, err := randmodel.WriteTinyModel(other, randmodel.TinyOptions{Tokenizer: "llama2", Seed: 6}); err != nil {
 		t.Fatal(err)
 	}
 	shape1, _ := llama.Fingerprint(f.base)

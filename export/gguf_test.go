@@ -11,7 +11,7 @@ import (
 
 	gguf "github.com/gpustack/gguf-parser-go"
 
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/model/llama"
@@ -426,7 +426,7 @@ func TestGGUFErrors(t *testing.T) {
 func TestGGUFUntiedLinearRopeQ8Fallback(t *testing.T) {
 	f := loraFixture(t, "llama2")
 	dir := t.TempDir()
-	c := testutil.TinyConfig(32000)
+	c := randmodel.TinyConfig(32000)
 	c.HiddenSize, c.IntermediateSize, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim = 48, 96, 3, 1, 16
 	c.TieWordEmbeddings = false
 	c.RopeScaling = &llama.RopeScaling{RopeType: "linear", Factor: 2}

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/llamatune/llamatune/checkpoint"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/model/llama"
 )
 
@@ -18,7 +18,7 @@ import (
 // back the HF config.
 func TestGGUFBaseReexport(t *testing.T) {
 	for _, kind := range []string{"llama2", "llama3"} {
-		hf := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: kind})
+		hf := randmodel.MustTinyModel(t, randmodel.TinyOptions{Tokenizer: kind})
 		for _, typ := range []string{"F32", "BF16", "Q8_0"} {
 			dir := t.TempDir()
 			first := filepath.Join(dir, "a.gguf")

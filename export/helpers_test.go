@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/llamatune/llamatune/checkpoint"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/lora"
@@ -55,7 +55,7 @@ func loraFixture(t *testing.T, kind string) *fixture {
 		return f
 	}
 	f := &fixture{base: filepath.Join(fixRoot, kind+"-base"), adapter: filepath.Join(fixRoot, kind+"-adapter")}
-	cfg, err := testutil.WriteTinyModel(f.base, testutil.TinyOptions{Tokenizer: kind, Seed: 5})
+	cfg, err := randmodel.WriteTinyModel(f.base, randmodel.TinyOptions{Tokenizer: kind, Seed: 5})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/llamatune/llamatune/checkpoint"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/lora"
 	"github.com/llamatune/llamatune/model/llama"
 )
@@ -161,7 +161,7 @@ func TestStreamingExportMemory(t *testing.T) {
 		t.Skip("writes a 150 MB model")
 	}
 	f32Base := filepath.Join(t.TempDir(), "base")
-	cfg, err := testutil.WriteTinyModel(f32Base, testutil.TinyOptions{Tokenizer: "llama2", Layers: 8, Hidden: 512, Seed: 3, Shards: 1})
+	cfg, err := randmodel.WriteTinyModel(f32Base, randmodel.TinyOptions{Tokenizer: "llama2", Layers: 8, Hidden: 512, Seed: 3, Shards: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/lora"
@@ -130,7 +130,7 @@ func dot(a []float64, b []float32) float64 {
 func TestDoRALayerMatchesDefinition(t *testing.T) {
 	for _, p := range []float64{0, 0.3} {
 		be := cpu.New()
-		c := testutil.TinyConfig(53)
+		c := randmodel.TinyConfig(53)
 		c.InitializerRange = 0.2
 		m, err := llama.NewRandom(c, be, kernels.F32, 1)
 		if err != nil {
@@ -217,7 +217,7 @@ func TestDoRAInitIsBaseModel(t *testing.T) {
 	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
 		for _, p := range []float64{0, 0.1} {
 			be := cpu.New()
-			c := testutil.TinyConfig(53)
+			c := randmodel.TinyConfig(53)
 			m, err := llama.NewRandom(c, be, dt, 1)
 			if err != nil {
 				t.Fatal(err)

@@ -7,7 +7,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/lora"
@@ -18,7 +18,7 @@ import (
 func setup(t *testing.T, cfg lora.Config, dt kernels.DType) (*llama.Model, *lora.Set, *llama.Input, []int32) {
 	t.Helper()
 	be := cpu.New()
-	c := testutil.TinyConfig(53)
+	c := randmodel.TinyConfig(53)
 	c.InitializerRange = 0.2
 	m, err := llama.NewRandom(c, be, dt, 1)
 	if err != nil {
@@ -229,7 +229,7 @@ func TestDropoutWithRecompute(t *testing.T) {
 // merging unties lm_head instead of changing the input embeddings.
 func TestLMHeadAdapterOnTiedModel(t *testing.T) {
 	be := cpu.New()
-	c := testutil.TinyConfig(53)
+	c := randmodel.TinyConfig(53)
 	c.TieWordEmbeddings = true
 	m, err := llama.NewRandom(c, be, kernels.F32, 1)
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/export"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/lora"
@@ -44,7 +44,7 @@ func doraSetup(t *testing.T, modelDir, dataPath, outDir string) setup {
 // holds a PEFT DoRA adapter, and its merged export computes what the
 // trained model does.
 func TestDoRATrainResumeExport(t *testing.T) {
-	modelDir := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: "llama2"})
+	modelDir := randmodel.MustTinyModel(t, randmodel.TinyOptions{Tokenizer: "llama2"})
 	raw, err := os.ReadFile("../testdata/war-and-peace-60k.txt")
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/llamatune/llamatune/data"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/tensor"
 	"github.com/llamatune/llamatune/train"
 )
@@ -65,7 +65,7 @@ func checkpoints(t *testing.T, runDir string) []string {
 // the run in that step: its partial gradients are dropped, the previous step
 // is saved, and resuming from it gives the uninterrupted losses bit for bit.
 func TestInterruptMidStep(t *testing.T) {
-	modelDir := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: "llama2"})
+	modelDir := randmodel.MustTinyModel(t, randmodel.TinyOptions{Tokenizer: "llama2"})
 	raw, err := os.ReadFile("../testdata/war-and-peace-60k.txt")
 	if err != nil {
 		t.Fatal(err)
@@ -130,7 +130,7 @@ func TestInterruptMidStep(t *testing.T) {
 // file), and a fresh run into the same directory then starts without
 // complaint.
 func TestInterruptBeforeFirstStep(t *testing.T) {
-	modelDir := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: "llama2"})
+	modelDir := randmodel.MustTinyModel(t, randmodel.TinyOptions{Tokenizer: "llama2"})
 	raw, _ := os.ReadFile("../testdata/war-and-peace-60k.txt")
 	dataPath := writeText(t, t.TempDir(), string(raw[:6000]), 500)
 	out := t.TempDir()

@@ -10,14 +10,14 @@ import (
 	"testing"
 
 	"github.com/llamatune/llamatune/data"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/train"
 )
 
 // smallRun is a LoRA setup on a tiny model and a few KB of text.
 func smallRun(t *testing.T, out string) func() setup {
 	t.Helper()
-	modelDir := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: "llama2"})
+	modelDir := randmodel.MustTinyModel(t, randmodel.TinyOptions{Tokenizer: "llama2"})
 	raw, err := os.ReadFile("../testdata/war-and-peace-60k.txt")
 	if err != nil {
 		t.Fatal(err)

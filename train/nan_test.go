@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/llamatune/llamatune/data"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/tensor"
 	"github.com/llamatune/llamatune/train"
 )
@@ -19,7 +19,7 @@ import (
 // A non-finite loss stops the run with a clear error (on_nan: stop), or the
 // step is dropped without touching the weights (on_nan: skip).
 func TestNaNPolicy(t *testing.T) {
-	modelDir := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: "llama2"})
+	modelDir := randmodel.MustTinyModel(t, randmodel.TinyOptions{Tokenizer: "llama2"})
 	raw, _ := os.ReadFile("../testdata/war-and-peace-60k.txt")
 	dataPath := writeText(t, t.TempDir(), string(raw[:6000]), 500)
 	for _, policy := range []string{"stop", "skip"} {

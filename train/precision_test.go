@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/llamatune/llamatune/data"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/model/llama"
@@ -24,7 +24,7 @@ const bf16Tolerance = 0.01
 // the f32 run's loss curve within bf16Tolerance at every step, and both
 // learn.
 func TestBF16TracksF32(t *testing.T) {
-	modelDir := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: "llama2"})
+	modelDir := randmodel.MustTinyModel(t, randmodel.TinyOptions{Tokenizer: "llama2"})
 	raw, err := os.ReadFile("../testdata/war-and-peace-60k.txt")
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +69,7 @@ func TestBF16TracksF32(t *testing.T) {
 // loss sequence of the uninterrupted bf16 run bit for bit (bf16 compute is
 // as deterministic as f32).
 func TestResumeBitIdenticalBF16(t *testing.T) {
-	modelDir := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: "llama2"})
+	modelDir := randmodel.MustTinyModel(t, randmodel.TinyOptions{Tokenizer: "llama2"})
 	raw, err := os.ReadFile("../testdata/war-and-peace-60k.txt")
 	if err != nil {
 		t.Fatal(err)

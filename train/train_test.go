@@ -10,7 +10,7 @@ import (
 
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/data/tokenizer"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/lora"
@@ -109,7 +109,7 @@ func sameLosses(t *testing.T, got, want []float64) {
 // A run interrupted after step k and resumed from its checkpoint produces a
 // loss sequence bit-identical to the uninterrupted run.
 func TestResumeBitIdentical(t *testing.T) {
-	modelDir := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: "llama2"})
+	modelDir := randmodel.MustTinyModel(t, randmodel.TinyOptions{Tokenizer: "llama2"})
 	raw, err := os.ReadFile("../testdata/war-and-peace-60k.txt")
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +159,7 @@ func TestResumeBitIdentical(t *testing.T) {
 
 // Resuming with another model or data is refused, naming what differs.
 func TestResumeRefusesOtherRun(t *testing.T) {
-	modelDir := testutil.MustTinyModel(t, testutil.TinyOptions{Tokenizer: "llama2"})
+	modelDir := randmodel.MustTinyModel(t, randmodel.TinyOptions{Tokenizer: "llama2"})
 	raw, _ := os.ReadFile("../testdata/war-and-peace-60k.txt")
 	dataPath := writeText(t, t.TempDir(), string(raw[:4000]), 500)
 	out := t.TempDir()
@@ -183,7 +183,7 @@ func TestResumeRefusesOtherRun(t *testing.T) {
 // all their rows: the loss is normalized by the step's trained-token count.
 func TestGradAccumEqualsBigBatch(t *testing.T) {
 	be := cpu.New()
-	m, err := llama.NewRandom(testutil.TinyConfig(41), be, kernels.F32, 2)
+	m, err := llama.NewRandom(randmodel.TinyConfig(41), be, kernels.F32, 2)
 	if err != nil {
 		t.Fatal(err)
 	}

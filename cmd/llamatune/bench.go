@@ -10,7 +10,7 @@ import (
 	"github.com/llamatune/llamatune/configs"
 	"github.com/llamatune/llamatune/internal/benchmark"
 	"github.com/llamatune/llamatune/internal/quickstart"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 )
 
@@ -51,7 +51,7 @@ func init() {
 	var o benchmark.StepOptions
 	var compute string
 	step := &cobra.Command{
-		Use:   "step [--shape " + strings.Join(testutil.ShapeNames(), "|") + " | --model DIR | --layers N --hidden N --vocab N] [--method lora|full] [--compute bf16|f32|both] [--seq N] [--batch N] [--steps N]",
+		Use:   "step [--shape " + strings.Join(randmodel.ShapeNames(), "|") + " | --model DIR | --layers N --hidden N --vocab N] [--method lora|full] [--compute bf16|f32|both] [--seq N] [--batch N] [--steps N]",
 		Short: "Time training steps (forward, backward, AdamW) of a real-shaped model: tokens/s, GFLOP/s, peak RSS",
 		Long: `Times training steps — forward, backward and AdamW on the trainable parameters — on random
 tokens, and prints the step time, tokens/s, the FLOP count it uses (the formula is printed with
@@ -99,7 +99,7 @@ model): every weight trainable in f32. --recompute defaults to true with --model
 			return nil
 		},
 	}
-	step.Flags().StringVar(&o.Shape, "shape", "", "a published model shape: "+strings.Join(testutil.ShapeNames(), ", "))
+	step.Flags().StringVar(&o.Shape, "shape", "", "a published model shape: "+strings.Join(randmodel.ShapeNames(), ", "))
 	step.Flags().StringVar(&o.ModelDir, "model", "", "an HF model directory (e.g. one init-tiny --shape wrote)")
 	step.Flags().StringVar(&o.Method, "method", "", "lora or full (default lora with --shape/--model, full for the random model)")
 	step.Flags().Float64Var(&o.LoRADropout, "lora-dropout", configs.DefaultLoRADropout, "LoRA dropout (the job default)")

@@ -12,7 +12,7 @@ import (
 
 	"github.com/llamatune/llamatune/configs"
 	"github.com/llamatune/llamatune/distill/fakeserver"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/model/llama"
@@ -25,10 +25,10 @@ import (
 func TestDistillTeachers(t *testing.T) {
 	dir := t.TempDir()
 	teacherDir := filepath.Join(dir, "teacher")
-	if _, err := testutil.WriteTinyModel(teacherDir, testutil.TinyOptions{Tokenizer: "llama2", Layers: 2, Hidden: 64, Seed: 1}); err != nil {
+	if _, err := randmodel.WriteTinyModel(teacherDir, randmodel.TinyOptions{Tokenizer: "llama2", Layers: 2, Hidden: 64, Seed: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := testutil.WriteTinyModel(filepath.Join(dir, "student"), testutil.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Seed: 2}); err != nil {
+	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "student"), randmodel.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Seed: 2}); err != nil {
 		t.Fatal(err)
 	}
 	raw, err := os.ReadFile("../../testdata/war-and-peace-60k.txt")

@@ -10,7 +10,7 @@ import (
 
 	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/configs"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 )
 
 // A job with lora.use_dora: true trains DoRA adapters (the magnitudes are
@@ -18,7 +18,7 @@ import (
 // adapter and as a merged HF model, and gguf-lora refuses it.
 func TestTrainDoRAJob(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := testutil.WriteTinyModel(filepath.Join(dir, "model"), testutil.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32}); err != nil {
+	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "model"), randmodel.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32}); err != nil {
 		t.Fatal(err)
 	}
 	raw, err := os.ReadFile("../../testdata/war-and-peace-60k.txt")

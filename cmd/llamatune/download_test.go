@@ -8,7 +8,7 @@ import (
 
 	"github.com/llamatune/llamatune/configs"
 	"github.com/llamatune/llamatune/hub/hubtest"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 )
 
 // hubEnv points the hub package at a fake Hub and a fresh HF_HOME; it returns HF_HOME.
@@ -24,7 +24,7 @@ func hubEnv(t *testing.T, f *hubtest.Server) string {
 // hubRepos serves a tiny model (safetensors as LFS) and a JSONL dataset.
 func hubRepos(t *testing.T) (*hubtest.Server, *hubtest.Repo) {
 	src := t.TempDir()
-	if _, err := testutil.WriteTinyModel(src, testutil.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Shards: 1}); err != nil {
+	if _, err := randmodel.WriteTinyModel(src, randmodel.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Shards: 1}); err != nil {
 		t.Fatal(err)
 	}
 	f := hubtest.New(t)

@@ -10,7 +10,7 @@ import (
 
 	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/export"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/lora"
@@ -29,7 +29,7 @@ func exportArgs(from, format, dtype, out string) []string {
 func TestExportGGUFLoRA(t *testing.T) {
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base")
-	if _, err := testutil.WriteTinyModel(base, testutil.TinyOptions{Tokenizer: "llama2", Seed: 1, Shards: 1}); err != nil {
+	if _, err := randmodel.WriteTinyModel(base, randmodel.TinyOptions{Tokenizer: "llama2", Seed: 1, Shards: 1}); err != nil {
 		t.Fatal(err)
 	}
 	m, err := llama.Load(base, cpu.New(), kernels.F32)

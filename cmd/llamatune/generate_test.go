@@ -7,12 +7,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 )
 
 func TestGenerateCommand(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := testutil.WriteTinyModel(filepath.Join(dir, "tiny"), testutil.TinyOptions{Tokenizer: "llama2", Hidden: 32, Shards: 1}); err != nil {
+	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "tiny"), randmodel.TinyOptions{Tokenizer: "llama2", Hidden: 32, Shards: 1}); err != nil {
 		t.Fatal(err)
 	}
 	var prompts strings.Builder

@@ -14,7 +14,7 @@ import (
 	"github.com/llamatune/llamatune/configs"
 	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/export"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/lora"
@@ -35,7 +35,7 @@ func TestGGUFBaseLoRA(t *testing.T) {
 func testGGUFBase(t *testing.T, kind string) {
 	dir := t.TempDir()
 	hf := filepath.Join(dir, "tiny")
-	if _, err := testutil.WriteTinyModel(hf, testutil.TinyOptions{Tokenizer: kind, Seed: 3}); err != nil {
+	if _, err := randmodel.WriteTinyModel(hf, randmodel.TinyOptions{Tokenizer: kind, Seed: 3}); err != nil {
 		t.Fatal(err)
 	}
 	base := filepath.Join(dir, "tiny-Q8_0.gguf")

@@ -10,7 +10,7 @@ import (
 
 	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/internal/benchmark"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/model/llama"
@@ -18,19 +18,19 @@ import (
 )
 
 func init() {
-	var o testutil.TinyOptions
+	var o randmodel.TinyOptions
 	var out string
 	var check bool
 	var shape string
 	cmd := &cobra.Command{
-		Use:   "init-tiny --out DIR [--shape " + strings.Join(testutil.ShapeNames(), "|") + "]",
+		Use:   "init-tiny --out DIR [--shape " + strings.Join(randmodel.ShapeNames(), "|") + "]",
 		Short: "Write a tiny random Llama (or one of a published shape) as a complete HF model directory, then load it and run forward+backward",
 		Long: `Writes a random Llama as a Hugging Face model directory: config.json, generation_config.json,
 safetensors (sharded with model.safetensors.index.json) and the tokenizer files.
 
 Without --shape the model is tiny (--layers, --hidden; f32) and is loaded back for one
 forward+backward pass (--check). With --shape it has the exact config.json of a published model
-(` + strings.Join(testutil.ShapeNames(), ", ") + `) in bf16, written tensor by tensor
+(` + strings.Join(randmodel.ShapeNames(), ", ") + `) in bf16, written tensor by tensor
 (peak memory is one tensor, about 1 GB for the 8B's embedding); the check is off unless --check
 is given. Sizes on disk: 1B 2.5 GB, 3B 6.4 GB, 8B 16 GB.`,
 		Args: cobra.NoArgs,
@@ -49,7 +49,7 @@ is given. Sizes on disk: 1B 2.5 GB, 3B 6.4 GB, 8B 16 GB.`,
 				}
 				return initShape(out, shape, o.Seed, check)
 			}
-			cfg, err := testutil.WriteTinyModel(out, o)
+			cfg, err := randmodel.WriteTinyModel(out, o)
 			if err != nil {
 				return err
 			}
@@ -67,21 +67,21 @@ is given. Sizes on disk: 1B 2.5 GB, 3B 6.4 GB, 8B 16 GB.`,
 	cmd.Flags().IntVar(&o.Hidden, "hidden", 64, "hidden size (multiple of 16)")
 	cmd.Flags().Uint64Var(&o.Seed, "seed", 0, "weights seed")
 	cmd.Flags().BoolVar(&check, "check", true, "load the directory back and run one forward+backward pass (default false with --shape)")
-	cmd.Flags().StringVar(&shape, "shape", "", "write the exact config of a published model, in bf16: "+strings.Join(testutil.ShapeNames(), ", "))
+	cmd.Flags().StringVar(&shape, "shape", "", "write the exact config of a published model, in bf16: "+strings.Join(randmodel.ShapeNames(), ", "))
 	rootCmd.AddCommand(cmd)
 }
 
 // initShape writes a model of a published shape into out.
 func initShape(out, shape string, seed uint64, check bool) error {
-	if _, err := testutil.ShapeConfig(shape); err != nil {
+	if _, err := randmodel.ShapeConfig(shape); err != nil {
 		return fmt.Errorf("init-tiny: --shape: %w", err)
 	}
 	t0 := time.Now()
-	cfg, err := testutil.WriteShapeModel(out, testutil.ShapeOptions{Shape: shape, Seed: seed})
+	cfg, err := randmodel.WriteShapeModel(out, randmodel.ShapeOptions{Shape: shape, Seed: seed})
 	if err != nil {
 		return err
 	}
-	n := testutil.ParamCount(cfg)
+	n := randmodel.ParamCount(cfg)
 	fmt.Printf("wrote %s: %s shape, %d layers, hidden %d, %d heads (%d kv), intermediate %d, vocab %d, tied %v: %d parameters, %.2f GB bf16 in %v (peak RSS %.0f MiB)\n",
 		out, shape, cfg.NumHiddenLayers, cfg.HiddenSize, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.IntermediateSize,
 		cfg.VocabSize, cfg.TieWordEmbeddings, n, float64(2*n)/1e9, time.Since(t0).Round(time.Millisecond), float64(benchmark.PeakRSS())/(1<<20))

@@ -13,7 +13,7 @@ import (
 	"testing"
 
 	"github.com/llamatune/llamatune/configs"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 )
 
 // A run a signal stopped exits 128 + the signal: 130 for SIGINT, 143 for
@@ -83,7 +83,7 @@ func TestWatchSignals(t *testing.T) {
 // no metrics, and a fresh run into the same output_dir then succeeds.
 func TestTrainInterruptedBeforeFirstStep(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := testutil.WriteTinyModel(filepath.Join(dir, "model"), testutil.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32}); err != nil {
+	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "model"), randmodel.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32}); err != nil {
 		t.Fatal(err)
 	}
 	raw, err := os.ReadFile("../../testdata/war-and-peace-60k.txt")

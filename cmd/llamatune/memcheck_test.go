@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/llamatune/llamatune/configs"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 )
 
 func writeJob(t *testing.T, model, extra string) string {
@@ -24,7 +24,7 @@ func writeJob(t *testing.T, model, extra string) string {
 // validate prints the estimate as comments; a rank the tiny model cannot take
 // is refused by validate and by train, before anything is loaded.
 func TestValidateMemoryAndRank(t *testing.T) {
-	model := testutil.MustTinyModel(t, testutil.TinyOptions{}) // hidden 64, k_proj 64 → 32
+	model := randmodel.MustTinyModel(t, randmodel.TinyOptions{}) // hidden 64, k_proj 64 → 32
 	out, err := runCLI(t, "validate", writeJob(t, model, ""))
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)

@@ -12,7 +12,7 @@ import (
 
 	"github.com/llamatune/llamatune/configs"
 	"github.com/llamatune/llamatune/internal/quickstart"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/train"
 )
 
@@ -99,7 +99,7 @@ func runQuickstart(ctx context.Context, out string, sets []string, w io.Writer) 
 			return train.Result{}, err
 		}
 	}
-	if _, err := testutil.WriteTinyModel(filepath.Join(out, "model"), testutil.TinyOptions{Tokenizer: "llama3"}); err != nil {
+	if _, err := randmodel.WriteTinyModel(filepath.Join(out, "model"), randmodel.TinyOptions{Tokenizer: "llama3"}); err != nil {
 		return train.Result{}, err
 	}
 	if _, _, err := quickstart.WriteData(filepath.Join(out, "data")); err != nil {
@@ -128,7 +128,7 @@ func runQuickstart(ctx context.Context, out string, sets []string, w io.Writer) 
 	}
 
 	// Distillation: the fine-tuned model teaches a smaller student.
-	if _, err := testutil.WriteTinyModel(filepath.Join(out, "student"), testutil.TinyOptions{Tokenizer: "llama3", Layers: 1, Hidden: 32, Seed: 7}); err != nil {
+	if _, err := randmodel.WriteTinyModel(filepath.Join(out, "student"), randmodel.TinyOptions{Tokenizer: "llama3", Layers: 1, Hidden: 32, Seed: 7}); err != nil {
 		return res, err
 	}
 	distillPath := filepath.Join(out, "distill.yaml")

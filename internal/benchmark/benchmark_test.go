@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 )
 
@@ -46,7 +46,7 @@ func TestStepLearns(t *testing.T) {
 
 // The FLOP count of a Llama 3.2 1B LoRA step, term by term.
 func TestCountFLOPs1B(t *testing.T) {
-	c, _ := testutil.ShapeConfig("llama3.2-1b")
+	c, _ := randmodel.ShapeConfig("llama3.2-1b")
 	const (
 		H, I, Q, KV, V, L, T = 2048, 8192, 2048, 512, 128256, 16, 512
 	)
@@ -72,7 +72,7 @@ func TestCountFLOPs1B(t *testing.T) {
 // A LoRA step on a model directory goes through llama.Load and lora.Attach
 // and trains the adapters only.
 func TestStepModelDirLoRA(t *testing.T) {
-	dir := testutil.MustTinyModel(t, testutil.TinyOptions{})
+	dir := randmodel.MustTinyModel(t, randmodel.TinyOptions{})
 	r, err := Step(StepOptions{ModelDir: dir, Rows: 1, SeqLen: 16, Steps: 1, Recompute: true})
 	if err != nil {
 		t.Fatal(err)
@@ -95,15 +95,15 @@ func TestStepModelDirLoRA(t *testing.T) {
 
 // A cache directory holding another model is not reused.
 func TestShapeCacheMismatch(t *testing.T) {
-	dir := testutil.MustTinyModel(t, testutil.TinyOptions{})
+	dir := randmodel.MustTinyModel(t, randmodel.TinyOptions{})
 	_, err := Step(StepOptions{Shape: "llama3.2-1b", CacheDir: dir, Rows: 1, SeqLen: 16})
 	if err == nil || !strings.Contains(err.Error(), "holds another model than llama3.2-1b") {
 		t.Fatalf("got %v", err)
 	}
 	// The config.json init-tiny --shape writes is recognised (ids spaced as written).
-	c, _ := testutil.ShapeConfig("llama3.2-1b")
+	c, _ := randmodel.ShapeConfig("llama3.2-1b")
 	cache := t.TempDir()
-	if err := testutil.WriteShapeConfig(cache, c); err != nil {
+	if err := randmodel.WriteShapeConfig(cache, c); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := shapeDir(StepOptions{Shape: "llama3.2-1b", CacheDir: cache}, func(string, ...any) {}); err != nil || got != cache {

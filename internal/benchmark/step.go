@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/llamatune/llamatune/internal/memplan"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/lora"
@@ -233,7 +233,7 @@ func Step(o StepOptions) (StepResult, error) {
 		fileBF16 = memplan.FileBF16(dir)
 	} else {
 		res.Name = "random"
-		c := testutil.TinyConfig(o.Vocab)
+		c := randmodel.TinyConfig(o.Vocab)
 		c.NumHiddenLayers, c.HiddenSize, c.IntermediateSize = o.Layers, o.Hidden, o.Hidden*8/3/16*16
 		c.NumAttentionHeads, c.NumKeyValueHeads = max(o.Hidden/64, 1), max(o.Hidden/128, 1)
 		if m, err = llama.NewRandom(c, be, dt, 1); err != nil {
@@ -329,7 +329,7 @@ func Step(o StepOptions) (StepResult, error) {
 // shapeDir returns the cached model directory of o.Shape, writing it first
 // when it is not there (into a temporary sibling, renamed when complete).
 func shapeDir(o StepOptions, logf func(string, ...any)) (string, error) {
-	want, err := testutil.ShapeConfig(o.Shape)
+	want, err := randmodel.ShapeConfig(o.Shape)
 	if err != nil {
 		return "", fmt.Errorf("bench step: --shape: %w", err)
 	}
@@ -357,7 +357,7 @@ func shapeDir(o StepOptions, logf func(string, ...any)) (string, error) {
 	}
 	logf("writing a random %s into %s (once; later runs reuse it)\n", o.Shape, dir)
 	t0 := time.Now()
-	if _, err := testutil.WriteShapeModel(tmp, testutil.ShapeOptions{Shape: o.Shape}); err != nil {
+	if _, err := randmodel.WriteShapeModel(tmp, randmodel.ShapeOptions{Shape: o.Shape}); err != nil {
 		os.RemoveAll(tmp)
 		return "", err
 	}

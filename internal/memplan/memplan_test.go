@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/llamatune/llamatune/internal/memplan"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 )
 
 var allLinear = []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -16,7 +16,7 @@ const gib = 1 << 30
 // weights from a bf16 file, seq 512 × 1 on the CPU: every component from its
 // formula.
 func TestEstimateLlama32_1B(t *testing.T) {
-	c, _ := testutil.ShapeConfig("llama3.2-1b")
+	c, _ := randmodel.ShapeConfig("llama3.2-1b")
 	o := memplan.Options{Method: "lora", WeightsBF16: true, FileBF16: true, R: 16, Dropout: 0.05,
 		TargetModules: allLinear, SeqLen: 512, MicroBatch: 1}
 	e := memplan.Compute(c, o)
@@ -81,7 +81,7 @@ func TestEstimateLlama32_1B(t *testing.T) {
 // gradients and AdamW state alone are 120 GiB); the refusal says what to change.
 // LoRA on bf16 weights with checkpointing at seq 512 does fit.
 func TestRefuseFull8B(t *testing.T) {
-	c, _ := testutil.ShapeConfig("llama3.1-8b")
+	c, _ := randmodel.ShapeConfig("llama3.1-8b")
 	full := memplan.Options{Method: "full", SeqLen: 2048, MicroBatch: 1, Recompute: true}
 	e := memplan.Compute(c, full)
 	if e.TrainableParams != 8_030_261_248 || e.Grads+e.Optimizer+e.BaseWeights != 16*8_030_261_248 {
@@ -121,7 +121,7 @@ func TestRefuseFull8B(t *testing.T) {
 }
 
 func TestCheckRankAndContext(t *testing.T) {
-	c := testutil.TinyConfig(256) // hidden 64, 4 heads, 2 kv heads of 16: k_proj is 64 → 32
+	c := randmodel.TinyConfig(256) // hidden 64, 4 heads, 2 kv heads of 16: k_proj is 64 → 32
 	o := memplan.Options{Method: "lora", R: 100000, TargetModules: allLinear, SeqLen: 64, MicroBatch: 1}
 	errs := memplan.Check(c, o, "tiny")
 	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "lora.r: 100000 is larger than k_proj of tiny (in 64, out 32)") ||
@@ -144,7 +144,7 @@ func TestCheckRankAndContext(t *testing.T) {
 // parameters: for Llama 3.2 1B r16 on every projection, PEFT's
 // 11,272,192 + 16 layers × (Q + KV + KV + H + I + I + H).
 func TestEstimateDoRA(t *testing.T) {
-	c, _ := testutil.ShapeConfig("llama3.2-1b")
+	c, _ := randmodel.ShapeConfig("llama3.2-1b")
 	o := memplan.Options{Method: "lora", R: 16, Dropout: 0.05, TargetModules: allLinear, SeqLen: 512, MicroBatch: 1}
 	lora := memplan.Compute(c, o)
 	o.UseDoRA = true

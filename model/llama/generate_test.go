@@ -5,7 +5,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/model/llama"
@@ -15,7 +15,7 @@ import (
 // over the whole sequence.
 func TestKVCacheMatchesFullForward(t *testing.T) {
 	be := cpu.New()
-	cfg := testutil.TinyConfig(61)
+	cfg := randmodel.TinyConfig(61)
 	m, err := llama.NewRandom(cfg, be, kernels.F32, 5)
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +48,7 @@ func TestKVCacheMatchesFullForward(t *testing.T) {
 
 func TestGenerateDeterministic(t *testing.T) {
 	be := cpu.New()
-	m, err := llama.NewRandom(testutil.TinyConfig(61), be, kernels.F32, 6)
+	m, err := llama.NewRandom(randmodel.TinyConfig(61), be, kernels.F32, 6)
 	if err != nil {
 		t.Fatal(err)
 	}

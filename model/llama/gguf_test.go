@@ -11,7 +11,7 @@ import (
 	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/export"
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/model/llama"
@@ -24,7 +24,7 @@ func untiedTiny(t *testing.T) string {
 	if err := tokenizer.WriteFiles(dir, "llama2"); err != nil {
 		t.Fatal(err)
 	}
-	c := testutil.TinyConfig(32000)
+	c := randmodel.TinyConfig(32000)
 	m, err := llama.NewRandom(c, cpu.New(), kernels.F32, 7)
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +73,7 @@ func mustGGUF(t *testing.T, ts []checkpoint.GGUFTensor) []byte {
 // them, as Q8_0 dequantizes otherwise) and config, and the same logits for
 // F32; the bf16 load matches the f32 load rounded.
 func TestGGUFRoundTrip(t *testing.T) {
-	tied := testutil.MustTinyModel(t, testutil.TinyOptions{})
+	tied := randmodel.MustTinyModel(t, randmodel.TinyOptions{})
 	for _, dir := range []string{tied, untiedTiny(t)} {
 		be := cpu.New()
 		want, err := llama.Load(dir, be, kernels.F32)
@@ -217,7 +217,7 @@ func TestGGUFLoadErrors(t *testing.T) {
 // 3.2 shapes comes back from rope_freqs.weight.
 func TestGGUFRopeScalingShapes(t *testing.T) {
 	for _, name := range []string{"llama3.1-8b", "llama3.2-1b", "llama3.2-3b"} {
-		c, err := testutil.ShapeConfig(name)
+		c, err := randmodel.ShapeConfig(name)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,7 +5,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/model/llama"
@@ -54,7 +54,7 @@ func lossValue(t *testing.T, m *llama.Model, in *llama.Input, labels []int32) fl
 func TestModelGradientsNumeric(t *testing.T) {
 	for _, recompute := range []bool{false, true} {
 		be := cpu.New()
-		cfg := testutil.TinyConfig(97)
+		cfg := randmodel.TinyConfig(97)
 		cfg.InitializerRange = 0.2 // larger weights: gradients well above f32 noise
 		m, err := llama.NewRandom(cfg, be, kernels.F32, 1)
 		if err != nil {
@@ -116,7 +116,7 @@ func TestModelGradientsNumeric(t *testing.T) {
 // logits of every other document unchanged.
 func TestDocumentsIsolated(t *testing.T) {
 	be := cpu.New()
-	cfg := testutil.TinyConfig(97)
+	cfg := randmodel.TinyConfig(97)
 	m, err := llama.NewRandom(cfg, be, kernels.F32, 2)
 	if err != nil {
 		t.Fatal(err)
@@ -151,7 +151,7 @@ func TestDocumentsIsolated(t *testing.T) {
 
 func TestFrozenWeightsHaveNoGrad(t *testing.T) {
 	be := cpu.New()
-	m, err := llama.NewRandom(testutil.TinyConfig(50), be, kernels.BF16, 3)
+	m, err := llama.NewRandom(randmodel.TinyConfig(50), be, kernels.BF16, 3)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package testutil
+package randmodel
 
 import (
 	"encoding/json"

@@ -1,5 +1,7 @@
-// Package testutil makes tiny random Llama models for tests and the quickstart.
-package testutil
+// Package randmodel writes random Llama models: tiny ones (for the tests, the quickstart and
+// `llamatune init-tiny`) and ones of published shapes (Llama 3.2 1B/3B, 3.1 8B, for
+// `init-tiny --shape` and `llamatune bench`), as complete HF directories.
+package randmodel
 
 import "github.com/llamatune/llamatune/model/llama"
 
