@@ -441,7 +441,7 @@ func (p *problem) packA(ws *workspace, dst []float32, i0, mb, p0, kb int) {
 		if p.transA {
 			off = p0*p.lda + i0 + ir
 		}
-		packPanel(ws, dst[ir*p.ks.slots(kb):], mr, p.a, off, p.lda, rows, kb, !p.transA, p.ks.pairs)
+		packPanel(ws, dst[ir*p.ks.slots(kb):], mr, p.a, off, p.lda, rows, kb, !p.transA, p.ks.pairs, p.prec == BF16)
 	}
 }
 
@@ -458,7 +458,7 @@ func (p *problem) packB(ws *workspace, dst []float32, p0, kb, j0, nb, q0, q1 int
 		if p.transB { // op(B)[p,j] = b[j*ldb+p]: stored rows run along p
 			off = (j0+jr)*p.ldb + p0
 		}
-		packPanel(ws, dst[jr*p.ks.slots(kb):], nr, p.b, off, p.ldb, cols, kb, p.transB, p.ks.pairs)
+		packPanel(ws, dst[jr*p.ks.slots(kb):], nr, p.b, off, p.ldb, cols, kb, p.transB, p.ks.pairs, p.prec == BF16)
 	}
 }
 

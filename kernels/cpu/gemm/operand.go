@@ -4,19 +4,29 @@ import (
 	"fmt"
 	"math"
 	"unsafe"
+
+	"github.com/llamatune/llamatune/kernels/nf4"
 )
 
-// Operand is a row-major matrix stored as float32 or as bfloat16 bits
-// (exactly one of F32 and BF16 is set). A bf16 operand is read in place:
-// its values are widened (or paired for the bf16 kernel) as they are
-// packed, so a frozen bf16 weight is never copied to f32 as a whole.
+// Operand is a row-major matrix stored as float32, as bfloat16 bits or as
+// an NF4-quantized tensor (exactly one of F32, BF16 and NF4 is set). A bf16
+// operand is read in place: its values are widened (or paired for the bf16
+// kernel) as they are packed, so a frozen bf16 weight is never copied to
+// f32 as a whole. An NF4 operand (a frozen QLoRA base weight) is
+// dequantized the same way, only the runs a panel needs at a time: to f32
+// (code·absmax) for f32 panels, to that value rounded to bf16 for the bf16
+// kernel's pair panels and in BF16 precision.
 type Operand struct {
 	F32  []float32
 	BF16 []uint16
+	NF4  *nf4.Tensor
 }
 
 func (o Operand) len() int {
-	if o.BF16 != nil {
+	switch {
+	case o.NF4 != nil:
+		return o.NF4.N
+	case o.BF16 != nil:
 		return len(o.BF16)
 	}
 	return len(o.F32)
@@ -45,7 +55,7 @@ func (p Precision) String() string {
 // Gemm computes C = alpha*op(A)*op(B) + beta*C like Sgemm, for operands in
 // f32 or bf16 storage and in precision prec (see Precision).
 func Gemm(prec Precision, transA, transB bool, m, n, k int, alpha float32, a Operand, lda int, b Operand, ldb int, beta float32, c []float32, ldc int) {
-	if prec == F32 && a.BF16 == nil && b.BF16 == nil {
+	if prec == F32 && a.F32 != nil && b.F32 != nil {
 		Sgemm(transA, transB, m, n, k, alpha, a.F32, lda, b.F32, ldb, beta, c, ldc)
 		return
 	}
@@ -95,6 +105,13 @@ func widen(o Operand, prec Precision, n, ld int, trans bool, rows, cols int) []f
 
 // value reads element i of o as f32 (rounded to bf16 when round).
 func value(o Operand, i int, round bool) float32 {
+	if o.NF4 != nil {
+		v := o.NF4.At(i)
+		if round {
+			v = bf16ToF32(f32ToBF16(v))
+		}
+		return v
+	}
 	if o.BF16 != nil {
 		return bf16ToF32(o.BF16[i])
 	}
@@ -114,8 +131,14 @@ func value(o Operand, i int, round bool) float32 {
 // uses this path then, or for bf16 storage). With pairs (the bf16 kernel)
 // the panel holds (kb+1)/2 rows of w 32-bit slots: slot [q*w+r] has element
 // (r, 2q) in its low half and (r, 2q+1) in its high half (zero past kb).
-func packPanel(ws *workspace, panel []float32, w int, x Operand, off, ld, n, kb int, alongP, pairs bool) {
+//
+// round says the problem's precision is BF16; packPanel only needs it for
+// NF4 storage (see packNF4).
+func packPanel(ws *workspace, panel []float32, w int, x Operand, off, ld, n, kb int, alongP, pairs, round bool) {
 	switch {
+	case x.NF4 != nil:
+		packNF4(ws.scratch(), panel, w, x.NF4, off, ld, n, kb, alongP, pairs, round)
+		return
 	case pairs && x.F32 != nil:
 		packF32Pairs(ws.scratch(), panel, w, x.F32, off, ld, n, kb, alongP)
 		return
@@ -342,4 +365,72 @@ func checkDims(transA, transB bool, m, n, k, la, lda, lb, ldb, lc, ldc int) {
 		check("b", lb, br, bc, ldb)
 	}
 	check("c", lc, m, n, ldc)
+}
+
+// packNF4 is packPanel's path for NF4 storage (a frozen QLoRA weight): the
+// runs the panel needs are dequantized into scratch, then placed as bf16 or
+// f32 storage would be. Pair panels get bf16 values (code·absmax rounded to
+// nearest even) paired by packBF16Pairs; f32 panels get the f32 values,
+// rounded to bf16 when round (BF16 precision on the f32 kernels). Either
+// way only 64-value blocks of the tensor are touched, never a whole copy.
+func packNF4(scratch []uint16, panel []float32, w int, t *nf4.Tensor, off, ld, n, kb int, alongP, pairs, round bool) {
+	checkPackTmp(kb, n)
+	if pairs {
+		if alongP {
+			// n runs of kb values along p, at an even stride so that
+			// pairs are aligned 32-bit words (packBF16Pairs' fast path).
+			kbe := kb + kb&1
+			for r := 0; r < n; r++ {
+				t.DequantizeBF16(scratch[r*kbe:r*kbe+kb], off+r*ld)
+			}
+			packBF16Pairs(panel, w, scratch, 0, kbe, n, kb, true)
+			return
+		}
+		// kb runs of n values across p (W as op(B) of dy·W).
+		for p := 0; p < kb; p++ {
+			t.DequantizeBF16(scratch[p*n:p*n+n], off+p*ld)
+		}
+		packBF16Pairs(panel, w, scratch, 0, n, n, kb, false)
+		return
+	}
+	panel = panel[:kb*w]
+	roundAll := func(v []float32) {
+		if round {
+			for i, f := range v {
+				v[i] = bf16ToF32(f32ToBF16(f))
+			}
+		}
+	}
+	if alongP {
+		// Four runs at a time into scratch, then transposed (transpose4).
+		tmp := unsafe.Slice((*float32)(unsafe.Pointer(&scratch[0])), 4*packTmp)
+		for r := 0; r < n; r += 4 {
+			rows := min(4, n-r)
+			for i := 0; i < rows; i++ {
+				run := tmp[i*kb : (i+1)*kb]
+				t.DequantizeF32(run, off+(r+i)*ld)
+				roundAll(run)
+			}
+			if rows == 4 {
+				transpose4(panel[r:], w, tmp, kb, kb)
+				continue
+			}
+			for i := 0; i < rows; i++ {
+				for p, v := range tmp[i*kb : (i+1)*kb] {
+					panel[p*w+r+i] = v
+				}
+			}
+		}
+	} else {
+		for p := 0; p < kb; p++ {
+			run := panel[p*w : p*w+n]
+			t.DequantizeF32(run, off+p*ld)
+			roundAll(run)
+		}
+	}
+	if n < w {
+		for p := 0; p < kb; p++ {
+			clear(panel[p*w+n : p*w+w])
+		}
+	}
 }

@@ -132,8 +132,8 @@ func TestGemmBF16Pairs(t *testing.T) {
 			}
 			p1 := make([]float32, w*kb)
 			p2 := make([]float32, w*kb)
-			packPanel(&workspace{}, p1, w, x, 2, ld, n, kb, alongP, true)
-			packPanel(&workspace{}, p2, w, xf, 2, ld, n, kb, alongP, true)
+			packPanel(&workspace{}, p1, w, x, 2, ld, n, kb, alongP, true, true)
+			packPanel(&workspace{}, p2, w, xf, 2, ld, n, kb, alongP, true, true)
 			for i := range p1 {
 				if math.Float32bits(p1[i]) != math.Float32bits(p2[i]) {
 					t.Fatalf("alongP=%v kb=%d: slot %d differs between bf16 and f32 storage", alongP, kb, i)
