@@ -11,7 +11,10 @@
 //   - Storage: BF16 buffers are accepted wherever an op reads a weight
 //     (MatMul, the fused losses' W, Embedding, RMSNorm weight) and are read in
 //     place (never widened as a whole); activations, outputs and gradients
-//     are F32.
+//     are F32. NF4 buffers (QLoRA base weights, see kernels/nf4) are frozen
+//     and read only by MatMul, as either operand, dequantized block by block
+//     while the GEMM packs them; backends that cannot do so do not
+//     implement NF4Wrapper.
 //   - Compute (the Compute field of the GEMM-bearing ops' args): F32, the
 //     reference, or BF16: GEMM operands rounded to bf16 (round to nearest
 //     even), exact products, f32 accumulation (what tensor cores and
@@ -19,7 +22,11 @@
 //     reductions stay f32 in both.
 package kernels
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/llamatune/llamatune/kernels/nf4"
+)
 
 // DType is a storage type.
 type DType uint8
@@ -27,6 +34,9 @@ type DType uint8
 const (
 	F32 DType = iota
 	BF16
+	// NF4 is bitsandbytes' 4-bit NormalFloat with double-quantized block
+	// scales (kernels/nf4): frozen weights only, made by NF4Wrapper.
+	NF4
 )
 
 func (d DType) String() string {
@@ -35,14 +45,21 @@ func (d DType) String() string {
 		return "F32"
 	case BF16:
 		return "BF16"
+	case NF4:
+		return "NF4"
 	}
 	return fmt.Sprintf("DType(%d)", uint8(d))
 }
 
-// Size is the number of bytes per element.
+// Size is the number of bytes per element. NF4 stores half a byte per
+// element plus its scales (about 0.52 bytes in all, nf4.StorageBytes); Size
+// rounds that up to 1, so sizes computed with it are upper bounds.
 func (d DType) Size() int {
-	if d == BF16 {
+	switch d {
+	case BF16:
 		return 2
+	case NF4:
+		return 1
 	}
 	return 4
 }
@@ -194,6 +211,13 @@ type Backend interface {
 // at all. The buffer is read-only: ops only ever read weights.
 type HostMapper interface {
 	WrapHostBF16(v []uint16) Buffer
+}
+
+// NF4Wrapper is implemented by backends whose MatMul reads NF4 weights
+// (the CPU). WrapNF4 makes a read-only NF4 buffer of t (no copy); only
+// MatMul accepts it.
+type NF4Wrapper interface {
+	WrapNF4(t *nf4.Tensor) Buffer
 }
 
 // KeyRange is the inclusive range [first, last] of keys that query i of batch

@@ -9,21 +9,29 @@ import (
 
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu/gemm"
+	"github.com/llamatune/llamatune/kernels/nf4"
 )
 
-// Buffer is CPU storage: exactly one of F32/BF16 is set.
+// Buffer is CPU storage: exactly one of F32/BF16/NF4 is set.
 type Buffer struct {
 	dt   kernels.DType
 	f32  []float32
 	bf16 []uint16
+	nf4  *nf4.Tensor // a frozen QLoRA weight (WrapNF4)
 	// owned: the storage was made by Alloc (not Wrap*), so Free may hand
 	// it to the next Alloc.
 	owned bool
 }
 
 func (b *Buffer) Len() int {
-	if b.dt == kernels.BF16 {
+	switch b.dt {
+	case kernels.BF16:
 		return len(b.bf16)
+	case kernels.NF4:
+		if b.nf4 == nil { // freed
+			return 0
+		}
+		return b.nf4.N
 	}
 	return len(b.f32)
 }
@@ -68,11 +76,14 @@ func WrapF32(v []float32) *Buffer { return &Buffer{dt: kernels.F32, f32: v} }
 // WrapBF16 makes a buffer that shares v.
 func WrapBF16(v []uint16) *Buffer { return &Buffer{dt: kernels.BF16, bf16: v} }
 
-// operand is a GEMM view of b, bf16 storage read in place.
+// operand is a GEMM view of b, bf16 and NF4 storage read in place.
 func operand(b kernels.Buffer) gemm.Operand {
 	cb := b.(*Buffer)
-	if cb.dt == kernels.BF16 {
+	switch cb.dt {
+	case kernels.BF16:
 		return gemm.Operand{BF16: cb.bf16}
+	case kernels.NF4:
+		return gemm.Operand{NF4: cb.nf4}
 	}
 	return gemm.Operand{F32: cb.f32}
 }
@@ -93,11 +104,21 @@ func FastBF16() bool { return gemm.HasBF16Kernel() }
 // WrapHostBF16 uses v in place (kernels.HostMapper).
 func (*Backend) WrapHostBF16(v []uint16) kernels.Buffer { return WrapBF16(v) }
 
-// asF32 returns f32 values of b: the storage itself for F32, a widened copy for BF16.
+// WrapNF4 uses t in place (kernels.NF4Wrapper): a frozen weight that only
+// MatMul reads, dequantizing it as it packs the GEMM panels.
+func (*Backend) WrapNF4(t *nf4.Tensor) kernels.Buffer { return &Buffer{dt: kernels.NF4, nf4: t} }
+
+// asF32 returns f32 values of b: the storage itself for F32, a widened copy
+// for BF16, a dequantized copy for NF4.
 func asF32(b kernels.Buffer) []float32 {
 	cb := b.(*Buffer)
 	if cb.dt == kernels.F32 {
 		return cb.f32
+	}
+	if cb.dt == kernels.NF4 {
+		out := make([]float32, cb.nf4.N)
+		cb.nf4.DequantizeF32(out, 0)
+		return out
 	}
 	out := make([]float32, len(cb.bf16))
 	parallelFor(len(out), 1<<14, func(lo, hi int) {
@@ -109,6 +130,9 @@ func asF32(b kernels.Buffer) []float32 {
 }
 
 func (*Backend) Alloc(dt kernels.DType, n int) kernels.Buffer {
+	if dt == kernels.NF4 {
+		panic("cpu.Alloc: NF4 buffers are quantized weights; make them with FromF32 or WrapNF4")
+	}
 	if dt == kernels.BF16 {
 		return &Buffer{dt: dt, bf16: make([]uint16, n)}
 	}
@@ -118,7 +142,11 @@ func (*Backend) Alloc(dt kernels.DType, n int) kernels.Buffer {
 	return &Buffer{dt: kernels.F32, f32: make([]float32, n), owned: true}
 }
 
+// FromF32 stores v as dt; NF4 quantizes it (nf4.Quantize).
 func (be *Backend) FromF32(dt kernels.DType, v []float32) kernels.Buffer {
+	if dt == kernels.NF4 {
+		return be.WrapNF4(nf4.Quantize(v))
+	}
 	b := be.Alloc(dt, len(v))
 	be.Copy(b, WrapF32(v))
 	return b
@@ -138,6 +166,12 @@ func (*Backend) Copy(dst, src kernels.Buffer) {
 		panic(fmt.Sprintf("cpu.Copy: length %d != %d", d.Len(), s.Len()))
 	}
 	switch {
+	case d.dt == kernels.NF4:
+		panic(fmt.Sprintf("cpu.Copy: NF4 buffers are frozen weights and cannot be written (%d elements from %v)", s.Len(), s.dt))
+	case s.dt == kernels.NF4 && d.dt == kernels.F32:
+		s.nf4.DequantizeF32(d.f32, 0)
+	case s.dt == kernels.NF4:
+		s.nf4.DequantizeBF16(d.bf16, 0)
 	case d.dt == s.dt && d.dt == kernels.F32:
 		copy(d.f32, s.f32)
 	case d.dt == s.dt:
@@ -166,7 +200,7 @@ func (*Backend) Free(b kernels.Buffer) {
 		if cb.f32 != nil && cb.owned {
 			recycled.put(cb.f32)
 		}
-		cb.f32, cb.bf16 = nil, nil
+		cb.f32, cb.bf16, cb.nf4 = nil, nil, nil
 	}
 }
 

@@ -35,6 +35,12 @@ func (*Backend) MatMul(a, b, c kernels.Buffer, p kernels.MatMulArgs) {
 
 // sliceOp is o from element off on.
 func sliceOp(o gemm.Operand, off int) gemm.Operand {
+	if o.NF4 != nil {
+		if off != 0 {
+			panic(fmt.Sprintf("cpu.MatMul: an NF4 weight cannot be batched with a stride (offset %d)", off))
+		}
+		return o
+	}
 	if o.BF16 != nil {
 		return gemm.Operand{BF16: o.BF16[off:]}
 	}

@@ -9,10 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"unsafe"
 
 	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/kernels/nf4"
 	"github.com/llamatune/llamatune/tensor"
 )
 
@@ -29,7 +31,22 @@ import (
 // The mapping then lives as long as the model (Close releases it). Other
 // tensors are converted one at a time (F16 and F32 rounded to bf16), so the
 // model is never held in f32 as a whole on the way.
+//
+// With dt NF4 (QLoRA, backends implementing kernels.NF4Wrapper) the linear
+// weights of the decoder layers (q, k, v, o, gate, up, down) are quantized
+// one tensor at a time straight from the mapped file (kernels/nf4), whose
+// pages are then dropped (Evict) so they do not stay resident; embeddings,
+// norms and lm_head are loaded as with BF16 (zero-copy).
 func Load(dir string, be kernels.Backend, dt kernels.DType) (*Model, error) {
+	quant := dt == kernels.NF4
+	var nw kernels.NF4Wrapper
+	if quant {
+		var ok bool
+		if nw, ok = be.(kernels.NF4Wrapper); !ok {
+			return nil, fmt.Errorf("llama: backend %s cannot compute with NF4 weights (precision.weights: nf4 runs on the cpu device; use bf16 here)", be.Name())
+		}
+		dt = kernels.BF16 // everything that is not quantized
+	}
 	cfg, r, names, shapes, err := OpenChecked(dir)
 	if err != nil {
 		return nil, err
@@ -46,6 +63,12 @@ func Load(dir string, be kernels.Backend, dt kernels.DType) (*Model, error) {
 	for _, n := range names {
 		var buf kernels.Buffer
 		switch info, _ := r.Info(n); {
+		case quant && QuantizedParam(n):
+			t, err := quantizeParam(r, n, info.DType)
+			if err != nil {
+				return nil, err
+			}
+			buf = nw.WrapNF4(t)
 		case dt == kernels.BF16 && hm != nil && info.DType == "BF16":
 			if v := mappedBF16(r, n); v != nil {
 				buf = hm.WrapHostBF16(v) // zero-copy
@@ -77,6 +100,39 @@ func Load(dir string, be kernels.Backend, dt kernels.DType) (*Model, error) {
 		m.mapping = r
 	}
 	return m, nil
+}
+
+// QuantizedParam reports whether a precision.weights: nf4 load quantizes
+// parameter n: the linear weights of the decoder layers.
+func QuantizedParam(n string) bool {
+	if !strings.HasPrefix(n, "model.layers.") || !strings.HasSuffix(n, "_proj.weight") {
+		return false
+	}
+	for _, m := range []string{".self_attn.q_proj.", ".self_attn.k_proj.", ".self_attn.v_proj.", ".self_attn.o_proj.",
+		".mlp.gate_proj.", ".mlp.up_proj.", ".mlp.down_proj."} {
+		if strings.Contains(n, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// quantizeParam quantizes tensor n to NF4: bf16 tensors from the mapped file
+// in place, others converted to bf16 on the heap first (one tensor). The
+// tensor's pages are evicted afterwards, so the file does not stay resident.
+func quantizeParam(r *checkpoint.Reader, n, fileDType string) (*nf4.Tensor, error) {
+	var t *nf4.Tensor
+	if v := mappedBF16(r, n); fileDType == "BF16" && v != nil {
+		t = nf4.QuantizeBF16(v)
+	} else {
+		v, err := r.BF16(n)
+		if err != nil {
+			return nil, err
+		}
+		t = nf4.QuantizeBF16(v)
+	}
+	r.Evict(n, 0, t.N)
+	return t, nil
 }
 
 // OpenChecked reads dir's config.json and opens its weights (single or

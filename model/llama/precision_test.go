@@ -153,3 +153,45 @@ func maxAttention(t *testing.T, m *Model) float64 {
 	}
 	return best
 }
+
+// An NF4 load quantizes exactly the decoder's linear weights (QuantizedParam)
+// and keeps embeddings, norms and lm_head as bf16; it computes what an f32
+// model holding the dequantized weights computes (f32 compute: the NF4
+// operands are dequantized to the same f32 values inside the GEMM).
+func TestLoadNF4(t *testing.T) {
+	dir := sharpModelDir(t)
+	be := cpu.New()
+	m, err := Load(dir, be, kernels.NF4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ref, err := Load(dir, be, kernels.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	quantized := 0
+	for _, n := range m.Names() {
+		want := kernels.BF16
+		if QuantizedParam(n) {
+			want = kernels.NF4
+			quantized++
+			ref.Param(n).Buf = be.FromF32(kernels.F32, be.ToF32(m.Param(n).Buf))
+		}
+		if got := m.Param(n).DType(); got != want {
+			t.Errorf("%s stored as %v, want %v", n, got, want)
+		}
+	}
+	if quantized != 7*m.Config.NumHiddenLayers {
+		t.Errorf("%d quantized weights, want 7 per layer", quantized)
+	}
+	want, got := logitsOf(t, ref), logitsOf(t, m)
+	scale, worst := 0.0, 0.0
+	for i := range want {
+		scale = max(scale, math.Abs(float64(want[i])))
+		worst = max(worst, math.Abs(float64(got[i]-want[i])))
+	}
+	if worst > 1e-5*scale {
+		t.Fatalf("NF4 logits differ from the dequantized f32 model's by %.3g (max |logit| %.2f)", worst, scale)
+	}
+}
