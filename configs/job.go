@@ -103,7 +103,7 @@ type Batch struct {
 
 // Precision of storage and memory trade-offs.
 type Precision struct {
-	Weights                 string `yaml:"weights"`                  // f32 (default) | bf16: storage of frozen base weights
+	Weights                 string `yaml:"weights"`                  // f32 (default) | bf16 | nf4: storage of frozen base weights (nf4: QLoRA, the linear layers in 4 bits, cpu only)
 	Compute                 string `yaml:"compute"`                  // auto | bf16 | f32: GEMM inputs (accumulation is f32); default DefaultCompute
 	ActivationCheckpointing bool   `yaml:"activation_checkpointing"` // recompute each layer in backward
 }
@@ -883,7 +883,7 @@ func (j *Job) validateSteps(p *problems) {
 
 // validatePrecision checks precision and device.
 func (j *Job) validatePrecision(p *problems) {
-	p.add(oneOfRequired("precision.weights", j.Precision.Weights, "f32", "bf16"))
+	p.add(oneOfRequired("precision.weights", j.Precision.Weights, "f32", "bf16", "nf4"))
 	p.add(oneOfRequired("precision.compute", j.Precision.Compute, "auto", "bf16", "f32"))
 	if !kernels.Registered(j.Device) { // backends register by name when linked in
 		p.addf("device: %q is not a backend of this binary; use one of: %s", j.Device, strings.Join(kernels.Names(), ", "))
@@ -891,6 +891,12 @@ func (j *Job) validatePrecision(p *problems) {
 
 	if j.Method == "full" && j.Precision.Weights == "bf16" {
 		p.addf("precision.weights: bf16 stores frozen base weights; full fine-tuning trains every weight in f32 (master weights), so use f32 or method: lora")
+	}
+	if j.Method == "full" && j.Precision.Weights == "nf4" {
+		p.addf("precision.weights: nf4 quantizes frozen base weights (QLoRA); full fine-tuning trains every weight in f32 (master weights), so use f32, or method: lora to train adapters on the 4-bit base")
+	}
+	if j.Device == "cuda" && j.Precision.Weights == "nf4" {
+		p.addf("precision.weights: nf4 runs on device: cpu only (the CUDA backend has no NF4 GEMM yet); use precision.weights: bf16 on cuda, or device: cpu")
 	}
 }
 

@@ -537,3 +537,24 @@ func TestUseDoRA(t *testing.T) {
 	_, err = Load(tinyJob(t, minimalJob+"method: full\nlora: {use_dora: true}\n"), nil)
 	mustContain(t, err, "lora.use_dora: true only applies to method lora")
 }
+
+// precision.weights: nf4 (QLoRA) is accepted for LoRA on the cpu, refused
+// with full fine-tuning and on cuda, each with what to do instead.
+func TestWeightsNF4(t *testing.T) {
+	j, err := Load(tinyJob(t, minimalJob+"precision: {weights: NF4}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Precision.Weights != "nf4" || j.Method != "lora" {
+		t.Errorf("weights %q method %q, want nf4 lora", j.Precision.Weights, j.Method)
+	}
+	_, err = Load(tinyJob(t, minimalJob+"method: full\nprecision: {weights: nf4}\n"), nil)
+	mustContain(t, err, "precision.weights: nf4 quantizes frozen base weights (QLoRA); full fine-tuning trains every weight")
+	if !kernels.Registered("cuda") {
+		kernels.Register("cuda", func() (kernels.Backend, error) { return nil, errors.New("a fake for validation") })
+	}
+	_, err = Load(tinyJob(t, minimalJob+"device: cuda\nprecision: {weights: nf4}\n"), nil)
+	mustContain(t, err, "precision.weights: nf4 runs on device: cpu only")
+	_, err = Load(tinyJob(t, minimalJob+"precision: {weights: nf8}\n"), nil)
+	mustContain(t, err, `precision.weights: "nf8" is not one of f32, bf16, nf4`)
+}

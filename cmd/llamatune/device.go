@@ -23,10 +23,14 @@ func jobBackend(job *configs.Job) (kernels.Backend, error) {
 
 // frozenDType is how a model's frozen weights are stored under the job's
 // precision.weights: a teacher's, or a LoRA student's base (full
-// fine-tuning trains every weight in f32).
+// fine-tuning trains every weight in f32): bf16, or nf4 (QLoRA: the linear
+// layers 4-bit, the rest bf16). Adapters always stay f32.
 func frozenDType(job *configs.Job) kernels.DType {
-	if job.Precision.Weights == "bf16" {
+	switch job.Precision.Weights {
+	case "bf16":
 		return kernels.BF16
+	case "nf4":
+		return kernels.NF4
 	}
 	return kernels.F32
 }

@@ -19,7 +19,8 @@ const noMemCheckEnv = switches.NoMemCheck
 // memOptions maps a job onto the estimate's options.
 func memOptions(job *configs.Job, fileBF16 bool) memplan.Options {
 	return memplan.Options{
-		Method: job.Method, WeightsBF16: job.Precision.Weights == "bf16", FileBF16: fileBF16,
+		Method: job.Method, WeightsBF16: job.Precision.Weights == "bf16",
+		WeightsNF4: job.Precision.Weights == "nf4", FileBF16: fileBF16,
 		R: job.LoRA.R, Dropout: job.LoRA.Dropout, TargetModules: job.LoRA.TargetModules, Layers: job.LoRA.Layers, UseDoRA: job.LoRA.UseDoRA,
 		FreezeLayers: job.Full.FreezeLayers, FreezeEmbeddings: job.Full.FreezeEmbeddings,
 		SeqLen: job.Data.SeqLen, MicroBatch: job.Batch.MicroBatchSize, Recompute: job.Precision.ActivationCheckpointing,
@@ -52,12 +53,15 @@ func checkMemory(job *configs.Job, out io.Writer, prefix string) (avail int64, e
 		if err != nil {
 			return 0, fmt.Errorf("distill.teacher.model: %w", err)
 		}
-		size, dt := int64(4), "f32"
-		if job.Precision.Weights == "bf16" {
-			size, dt = 2, "bf16"
+		weights, dt := 4*memplan.ParamCount(tc), "f32"
+		switch job.Precision.Weights {
+		case "bf16":
+			weights, dt = 2*memplan.ParamCount(tc), "bf16"
+		case "nf4":
+			weights, dt = memplan.Compute(tc, memplan.Options{Method: "lora", WeightsNF4: true}).BaseWeights, "nf4"
 		}
 		// Frozen, no tape: its weights, one layer at a time, a logits chunk.
-		teacher := size*memplan.ParamCount(tc) + memplan.LayerActivations(tc, o, false) + memplan.LogitsBudget
+		teacher := weights + memplan.LayerActivations(tc, o, false) + memplan.LogitsBudget
 		total += teacher
 		fmt.Fprintf(out, "%s  + teacher     %10s  %s weights, one layer of activations, a logits chunk\n", prefix, memplan.GiB(teacher), dt)
 		fmt.Fprintf(out, "%s  total         %10s\n", prefix, memplan.GiB(total))

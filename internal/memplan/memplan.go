@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/llamatune/llamatune/checkpoint"
+	"github.com/llamatune/llamatune/kernels/nf4"
 	"github.com/llamatune/llamatune/model/llama"
 )
 
@@ -24,6 +25,9 @@ type Options struct {
 	Method string // "lora" or "full"
 	// WeightsBF16: frozen base weights stored as bf16 (precision.weights: bf16; lora only).
 	WeightsBF16 bool
+	// WeightsNF4: the decoder's linear weights NF4-quantized, the rest bf16
+	// (precision.weights: nf4, QLoRA; lora only).
+	WeightsNF4 bool
 	// FileBF16: the checkpoint holds bf16 tensors, so bf16 weights can be
 	// mapped from the file instead of copied.
 	FileBF16 bool
@@ -58,7 +62,7 @@ const LogitsBudget = 64 << 20
 type Estimate struct {
 	Params      int64  // parameters of the base model (a tied lm_head once)
 	BaseWeights int64  // base weights as stored
-	BaseDType   string // "bf16" or "f32"
+	BaseDType   string // "nf4", "bf16" or "f32"
 	BaseMapped  bool   // bf16 weights from a bf16 file: mappable instead of a heap copy
 
 	TrainableParams int64
@@ -184,6 +188,18 @@ func Compute(c llama.Config, o Options) Estimate {
 	e.BaseDType, e.BaseWeights = "f32", f32*e.Params
 	if lora && o.WeightsBF16 {
 		e.BaseDType, e.BaseWeights, e.BaseMapped = "bf16", bf*e.Params, o.FileBF16
+	}
+	if lora && o.WeightsNF4 {
+		// 4 bits per value plus one byte per 64 and an f32 per 16384
+		// (nf4.StorageBytes); embeddings, norms and lm_head stay bf16.
+		e.BaseDType, e.BaseWeights, e.BaseMapped = "nf4", 0, o.FileBF16
+		for _, n := range names {
+			if llama.QuantizedParam(n) {
+				e.BaseWeights += nf4.StorageBytes(numel(n))
+			} else {
+				e.BaseWeights += bf * numel(n)
+			}
+		}
 	}
 
 	// Trainable parameters.
@@ -331,6 +347,9 @@ func (e Estimate) Lines() []string {
 	if e.BaseMapped {
 		where = "mapped from the bf16 file"
 	}
+	if e.BaseDType == "nf4" {
+		where = "linear layers quantized on the heap; embeddings, norms, lm_head bf16 " + map[bool]string{true: "mapped", false: "on the heap"}[e.BaseMapped]
+	}
 	ckptOn, ckptOff := " ", "*"
 	if e.Recompute {
 		ckptOn, ckptOff = "*", " "
@@ -358,8 +377,10 @@ func (e Estimate) Fit(avail int64, o Options, what string) error {
 	var fixes []string
 	if o.Method == "full" {
 		fixes = append(fixes, fmt.Sprintf("method: lora with precision.weights: bf16 (adapters instead of every weight: no %s of gradients and AdamW state, half the base weights)", GiB(e.Grads+e.Optimizer)))
-	} else if !o.WeightsBF16 {
-		fixes = append(fixes, fmt.Sprintf("precision.weights: bf16 (halves the base weights, %s)", GiB(e.BaseWeights)))
+	} else if !o.WeightsBF16 && !o.WeightsNF4 {
+		fixes = append(fixes, fmt.Sprintf("precision.weights: bf16 (halves the base weights, %s), or nf4 (QLoRA: the linear layers in about 4.1 bits)", GiB(e.BaseWeights)))
+	} else if o.WeightsBF16 {
+		fixes = append(fixes, fmt.Sprintf("precision.weights: nf4 (QLoRA: the linear layers in about 4.1 bits instead of 16; base weights now %s)", GiB(e.BaseWeights)))
 	}
 	if !o.Recompute && e.ActivationsCkpt < e.ActivationsFull {
 		fixes = append(fixes, fmt.Sprintf("precision.activation_checkpointing: true (activations %s instead of %s)", GiB(e.ActivationsCkpt), GiB(e.ActivationsFull)))

@@ -157,3 +157,27 @@ func TestEstimateDoRA(t *testing.T) {
 		t.Errorf("DoRA activations %d not above LoRA's %d", dora.Activations, lora.Activations)
 	}
 }
+
+// precision.weights: nf4 counts the decoder's linear weights at NF4's
+// storage (half a byte each, a byte per 64, an f32 per 16384) and the rest
+// (embeddings, norms, tied lm_head) in bf16; the bf16 advice becomes nf4.
+func TestEstimateNF4(t *testing.T) {
+	c, _ := randmodel.ShapeConfig("llama3.2-1b")
+	o := memplan.Options{Method: "lora", WeightsNF4: true, FileBF16: true, R: 16, TargetModules: allLinear, SeqLen: 512, MicroBatch: 1}
+	e := memplan.Compute(c, o)
+	const H, I, Q, KV, L, V = 2048, 8192, 2048, 512, 16, 128256
+	nf4 := func(n int64) int64 { return n/2 + n/64 + 4*((n/64+255)/256) + 4 }
+	want := L*(nf4(H*Q)+nf4(H*KV)*2+nf4(Q*H)+nf4(H*I)*2+nf4(I*H)) + 2*(V*H+2*L*H+H)
+	if e.BaseWeights != want || e.BaseDType != "nf4" {
+		t.Errorf("base weights %d %s, want %d nf4", e.BaseWeights, e.BaseDType, want)
+	}
+	if !strings.Contains(e.Lines()[0], "nf4 (linear layers quantized") {
+		t.Errorf("estimate line: %q", e.Lines()[0])
+	}
+	bf := o
+	bf.WeightsNF4, bf.WeightsBF16 = false, true
+	err := memplan.Compute(c, bf).Fit(1*gib, bf, "1 GiB")
+	if err == nil || !strings.Contains(err.Error(), "precision.weights: nf4") {
+		t.Errorf("want nf4 advice for bf16 weights: %v", err)
+	}
+}
