@@ -51,7 +51,7 @@ func init() {
 	var o benchmark.StepOptions
 	var compute string
 	step := &cobra.Command{
-		Use:   "step [--shape " + strings.Join(randmodel.ShapeNames(), "|") + " | --model DIR | --layers N --hidden N --vocab N] [--method lora|full] [--compute bf16|f32|both] [--seq N] [--batch N] [--steps N]",
+		Use:   "step [--shape " + strings.Join(randmodel.ShapeNames(), "|") + " | --model DIR | --layers N --hidden N --vocab N] [--method lora|full] [--weights bf16|nf4|both] [--compute bf16|f32|both] [--seq N] [--batch N] [--steps N]",
 		Short: "Time training steps (forward, backward, AdamW) of a real-shaped model: tokens/s, GFLOP/s, peak RSS",
 		Long: `Times training steps — forward, backward and AdamW on the trainable parameters — on random
 tokens, and prints the step time, tokens/s, the FLOP count it uses (the formula is printed with
@@ -62,8 +62,10 @@ random model of that published config, written once into $TMPDIR/llamatune-bench
 or a random in-memory model of --layers/--hidden/--vocab.
 
 --method lora (default with --model/--shape): r 16, alpha 32 on q,k,v,o,gate,up,down, base weights
-frozen in bf16, as a train job with precision.weights: bf16. --method full (default for the random
-model): every weight trainable in f32. --recompute defaults to true with --model/--shape.`,
+frozen in bf16, as a train job with precision.weights: bf16 (--weights nf4: QLoRA, the linear
+layers quantized to NF4 at load, as precision.weights: nf4; --weights both: the model loaded twice,
+bf16 and nf4, timed in alternating steps). --method full (default for the random model): every
+weight trainable in f32. --recompute defaults to true with --model/--shape.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			real := o.Shape != "" || o.ModelDir != ""
@@ -102,6 +104,7 @@ model): every weight trainable in f32. --recompute defaults to true with --model
 	step.Flags().StringVar(&o.Shape, "shape", "", "a published model shape: "+strings.Join(randmodel.ShapeNames(), ", "))
 	step.Flags().StringVar(&o.ModelDir, "model", "", "an HF model directory (e.g. one init-tiny --shape wrote)")
 	step.Flags().StringVar(&o.Method, "method", "", "lora or full (default lora with --shape/--model, full for the random model)")
+	step.Flags().StringVar(&o.Weights, "weights", "", "LoRA base weights: bf16 (default), nf4 (QLoRA), or both (two models, alternating steps)")
 	step.Flags().Float64Var(&o.LoRADropout, "lora-dropout", configs.DefaultLoRADropout, "LoRA dropout (the job default)")
 	step.Flags().BoolVar(&o.DoRA, "dora", false, "DoRA adapters (lora.use_dora: true) instead of LoRA")
 	step.Flags().StringVar(&compute, "compute", "f32", "compute precision: bf16, f32, or both (alternating steps, side by side)")

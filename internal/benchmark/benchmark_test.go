@@ -91,6 +91,24 @@ func TestStepModelDirLoRA(t *testing.T) {
 	if both.MeanF32 <= 0 || both.MeanBF16 <= 0 || !strings.Contains(both.String(), "bf16/f32 tokens/s") {
 		t.Errorf("side by side result %+v", both)
 	}
+	// QLoRA: an NF4 base alone, and next to the bf16 one.
+	q, err := Step(StepOptions{ModelDir: dir, Rows: 1, SeqLen: 16, Steps: 1, Weights: "nf4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Estimate.BaseDType != "nf4" || !strings.Contains(q.String(), "base weights nf4") {
+		t.Errorf("nf4 result %+v", q)
+	}
+	w, err := Step(StepOptions{ModelDir: dir, Rows: 1, SeqLen: 16, Steps: 1, Weights: "both"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.MeanWBF16 <= 0 || w.MeanWNF4 <= 0 || !strings.Contains(w.String(), "nf4/bf16 tokens/s") {
+		t.Errorf("weights side by side result %+v", w)
+	}
+	if _, err := Step(StepOptions{ModelDir: dir, Rows: 1, SeqLen: 16, Weights: "both", SideBySide: true}); err == nil {
+		t.Error("--weights both with --compute both accepted")
+	}
 }
 
 // A cache directory holding another model is not reused.

@@ -51,6 +51,12 @@ type StepOptions struct {
 	// step by step (Steps of each after one warm-up of each), so that a
 	// noisy machine slows both alike; Compute is then ignored.
 	SideBySide bool
+	// Weights is the storage of the frozen base of a LoRA step: "bf16"
+	// (default, as precision.weights: bf16), "nf4" (QLoRA, as
+	// precision.weights: nf4), or "both": the model loaded twice, bf16 and
+	// nf4, trained with the same adapter seed in alternating steps (as
+	// SideBySide does for compute; the two cannot be combined).
+	Weights string
 
 	Rows, SeqLen int
 	Steps        int // timed steps, after one warm-up
@@ -79,6 +85,8 @@ type StepResult struct {
 	Estimate        memplan.Estimate
 	// With SideBySide: the mean and fastest step of each precision.
 	MeanF32, MeanBF16, MinF32, MinBF16 time.Duration
+	// With Weights "both": the mean and fastest step of each base.
+	MeanWBF16, MeanWNF4, MinWBF16, MinWNF4 time.Duration
 }
 
 // StepFLOPs is the floating-point work of one step, by part. With
@@ -160,8 +168,10 @@ func (r StepResult) String() string {
 	fmt.Fprintf(&b, "train step: %s — %d layers, hidden %d, %d heads (%d kv), intermediate %d, vocab %d, %d parameters\n",
 		r.Name, c.NumHiddenLayers, c.HiddenSize, c.NumAttentionHeads, c.NumKeyValueHeads, c.IntermediateSize, c.VocabSize, r.Params)
 	if r.Method == "lora" {
-		fmt.Fprintf(&b, "  method lora%s: r %d, alpha %d, dropout %g on %s; base weights bf16 frozen; %d trainable parameters (f32)\n",
-			map[bool]string{true: " (DoRA)", false: ""}[r.DoRA], BenchLoRARank, BenchLoRAAlpha, r.LoRADropout, strings.Join(benchTargets, ","), r.TrainableParams)
+		base := map[string]string{"bf16": "bf16", "nf4": "nf4 (QLoRA: linear layers 4-bit, the rest bf16)",
+			"both": "bf16 and nf4 (two models, alternating steps)"}[r.Weights]
+		fmt.Fprintf(&b, "  method lora%s: r %d, alpha %d, dropout %g on %s; base weights %s frozen; %d trainable parameters (f32)\n",
+			map[bool]string{true: " (DoRA)", false: ""}[r.DoRA], BenchLoRARank, BenchLoRAAlpha, r.LoRADropout, strings.Join(benchTargets, ","), base, r.TrainableParams)
 	} else {
 		fmt.Fprintf(&b, "  method full: every weight trainable, f32; %d trainable parameters\n", r.TrainableParams)
 	}
@@ -174,6 +184,13 @@ func (r StepResult) String() string {
 			r.MeanF32.Round(time.Millisecond), tok/r.MeanF32.Seconds(), r.MinF32.Round(time.Millisecond),
 			r.MeanBF16.Round(time.Millisecond), tok/r.MeanBF16.Seconds(), r.MinBF16.Round(time.Millisecond),
 			r.MeanF32.Seconds()/r.MeanBF16.Seconds(), r.MinF32.Seconds()/r.MinBF16.Seconds())
+	}
+	if r.Weights == "both" {
+		tok := float64(r.Rows * r.SeqLen)
+		fmt.Fprintf(&b, "  side by side, alternating steps: bf16 base %v (%.1f tokens/s; fastest %v), nf4 base %v (%.1f tokens/s; fastest %v): nf4/bf16 tokens/s %.2f× (fastest steps %.2f×)\n",
+			r.MeanWBF16.Round(time.Millisecond), tok/r.MeanWBF16.Seconds(), r.MinWBF16.Round(time.Millisecond),
+			r.MeanWNF4.Round(time.Millisecond), tok/r.MeanWNF4.Seconds(), r.MinWNF4.Round(time.Millisecond),
+			r.MeanWBF16.Seconds()/r.MeanWNF4.Seconds(), r.MinWBF16.Seconds()/r.MinWNF4.Seconds())
 	}
 	fmt.Fprintf(&b, "  FLOP/step %s\n", r.FLOPs)
 	fmt.Fprintf(&b, "  achieved %.1f GFLOP/s\n", r.GFLOPS)
@@ -208,6 +225,20 @@ func Step(o StepOptions) (StepResult, error) {
 	dt := kernels.F32
 	if o.Method == "lora" {
 		dt = kernels.BF16 // frozen base weights, as precision.weights: bf16
+		switch o.Weights {
+		case "", "bf16":
+			o.Weights = "bf16"
+		case "nf4":
+			dt = kernels.NF4
+		case "both":
+			if o.SideBySide {
+				return StepResult{}, fmt.Errorf("bench step: --weights both and --compute both cannot be combined; pick one compute")
+			}
+		default:
+			return StepResult{}, fmt.Errorf("bench step: weights %q: want bf16, nf4 or both", o.Weights)
+		}
+	} else if o.Weights != "" && o.Weights != "f32" {
+		return StepResult{}, fmt.Errorf("bench step: weights %s: method full trains f32 weights; use --method lora", o.Weights)
 	}
 	res := StepResult{StepOptions: o}
 	t0 := time.Now()
@@ -232,6 +263,9 @@ func Step(o StepOptions) (StepResult, error) {
 		}
 		fileBF16 = memplan.FileBF16(dir)
 	} else {
+		if o.Weights == "nf4" || o.Weights == "both" {
+			return res, fmt.Errorf("bench step: --weights %s needs --model or --shape (NF4 is quantized from a checkpoint)", o.Weights)
+		}
 		res.Name = "random"
 		c := randmodel.TinyConfig(o.Vocab)
 		c.NumHiddenLayers, c.HiddenSize, c.IntermediateSize = o.Layers, o.Hidden, o.Hidden*8/3/16*16
@@ -247,24 +281,57 @@ func Step(o StepOptions) (StepResult, error) {
 	res.Config = c
 	res.Params = memplan.ParamCount(c)
 
-	var trainable []*tensor.Tensor
-	var set *lora.Set
-	if o.Method == "lora" {
-		if set, err = lora.Attach(m, lora.Config{R: BenchLoRARank, Alpha: BenchLoRAAlpha, Dropout: o.LoRADropout, UseDoRA: o.DoRA, TargetModules: benchTargets}, 42); err != nil {
+	// variant is one model trained in the steps (two with Weights "both").
+	type variant struct {
+		m     *llama.Model
+		set   *lora.Set
+		opt   *optim.AdamW
+		nf4   bool
+		steps int
+	}
+	attach := func(m *llama.Model) (variant, error) {
+		var v variant
+		var trainable []*tensor.Tensor
+		v.m = m
+		if o.Method == "lora" {
+			if v.set, err = lora.Attach(m, lora.Config{R: BenchLoRARank, Alpha: BenchLoRAAlpha, Dropout: o.LoRADropout, UseDoRA: o.DoRA, TargetModules: benchTargets}, 42); err != nil {
+				return v, err
+			}
+			trainable = v.set.Params()
+		} else {
+			for _, n := range m.Names() {
+				trainable = append(trainable, m.Param(n).SetRequiresGrad(true))
+			}
+		}
+		res.TrainableParams = 0
+		for _, p := range trainable {
+			res.TrainableParams += int64(p.Numel())
+		}
+		v.opt = optim.NewAdamW(be, trainable, optim.AdamWConfig{LR: 1e-4, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8})
+		return v, nil
+	}
+	v0, err := attach(m)
+	if err != nil {
+		return res, err
+	}
+	v0.nf4 = o.Weights == "nf4"
+	variants := []variant{v0}
+	if o.Weights == "both" {
+		logf("loading %s again (nf4 weights)\n", dir)
+		mq, err := llama.Load(dir, be, kernels.NF4)
+		if err != nil {
 			return res, err
 		}
-		trainable = set.Params()
-	} else {
-		for _, n := range m.Names() {
-			trainable = append(trainable, m.Param(n).SetRequiresGrad(true))
+		mq.Compute, mq.Recompute = o.Compute, o.Recompute
+		v1, err := attach(mq)
+		if err != nil {
+			return res, err
 		}
+		v1.nf4 = true
+		variants = append(variants, v1)
 	}
-	for _, p := range trainable {
-		res.TrainableParams += int64(p.Numel())
-	}
-	opt := optim.NewAdamW(be, trainable, optim.AdamWConfig{LR: 1e-4, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8})
 	res.RSSAfterLoad, res.PeakRSSLoad = RSS(), PeakRSS()
-	res.Estimate = memplan.Compute(c, memplan.Options{Method: o.Method, WeightsBF16: o.Method == "lora", FileBF16: fileBF16,
+	res.Estimate = memplan.Compute(c, memplan.Options{Method: o.Method, WeightsBF16: o.Weights == "bf16", WeightsNF4: o.Weights == "nf4", FileBF16: fileBF16,
 		R: BenchLoRARank, Dropout: o.LoRADropout, UseDoRA: o.DoRA, TargetModules: benchTargets, SeqLen: o.SeqLen, MicroBatch: o.Rows,
 		Recompute: o.Recompute})
 	res.FLOPs = CountFLOPs(c, o)
@@ -278,11 +345,17 @@ func Step(o StepOptions) (StepResult, error) {
 	sum := map[kernels.DType]time.Duration{}
 	fastest := map[kernels.DType]time.Duration{}
 	n := o.Steps
-	if o.SideBySide {
-		n = 2*o.Steps + 1 // steps 0 and 1 warm up f32 and bf16
+	if o.SideBySide || len(variants) == 2 {
+		n = 2*o.Steps + 1 // steps 0 and 1 warm up f32 and bf16 (or the two bases)
 	}
+	wsum, wfast := map[bool]time.Duration{}, map[bool]time.Duration{}
 	stopSampling := anonPeak(20 * time.Millisecond)
 	for s := 0; s <= n; s++ { // step 0 warms up
+		v := &variants[0]
+		if len(variants) == 2 { // bf16, nf4, then nf4, bf16, ...
+			v = &variants[[]int{0, 1, 1, 0}[s%4]]
+		}
+		m, set, opt := v.m, v.set, v.opt
 		if o.SideBySide {
 			// f32, bf16, then bf16, f32, ...: neither always runs first.
 			m.Compute = []kernels.DType{kernels.F32, kernels.BF16, kernels.BF16, kernels.F32}[s%4]
@@ -303,18 +376,28 @@ func Step(o StepOptions) (StepResult, error) {
 		opt.Step(1e-4)
 		opt.ZeroGrad()
 		d := time.Since(t0)
-		warm := s == 0 || (o.SideBySide && s == 1)
+		warm := s == 0 || ((o.SideBySide || len(variants) == 2) && s == 1)
 		if !warm {
+			if f, ok := wfast[v.nf4]; !ok || d < f {
+				wfast[v.nf4] = d
+			}
+			wsum[v.nf4] += d
 			total += d
 			sum[m.Compute] += d
 			if f, ok := fastest[m.Compute]; !ok || d < f {
 				fastest[m.Compute] = d
 			}
 		}
-		logf("step %d/%d (%s): %v, loss %.4f%s\n", s, n, strings.ToLower(m.Compute.String()), d.Round(time.Millisecond), res.LastLoss, map[bool]string{true: " (warm-up)", false: ""}[warm])
+		logf("step %d/%d (%s compute, %s base): %v, loss %.4f%s\n", s, n, strings.ToLower(m.Compute.String()), map[bool]string{true: "nf4", false: strings.ToLower(dt.String())}[v.nf4],
+			d.Round(time.Millisecond), res.LastLoss, map[bool]string{true: " (warm-up)", false: ""}[warm])
 	}
 	res.PeakAnonSteps = stopSampling()
 	res.MeanStep = total / time.Duration(max(o.Steps, 1))
+	if len(variants) == 2 {
+		res.MeanStep = total / time.Duration(2*max(o.Steps, 1))
+		res.MeanWBF16, res.MeanWNF4 = wsum[false]/time.Duration(max(o.Steps, 1)), wsum[true]/time.Duration(max(o.Steps, 1))
+		res.MinWBF16, res.MinWNF4 = wfast[false], wfast[true]
+	}
 	if o.SideBySide {
 		res.MeanStep = total / time.Duration(2*max(o.Steps, 1))
 		res.MeanF32, res.MeanBF16 = sum[kernels.F32]/time.Duration(max(o.Steps, 1)), sum[kernels.BF16]/time.Duration(max(o.Steps, 1))
