@@ -194,11 +194,15 @@ func (*Backend) Zero(b kernels.Buffer) {
 }
 
 // Free drops the storage: a large F32 buffer is kept for the next Alloc of
-// the same length (see bufferCache), others go to the Go GC.
+// the same length (see bufferCache), an NF4 tensor's mapping is released,
+// others go to the Go GC.
 func (*Backend) Free(b kernels.Buffer) {
 	if cb, ok := b.(*Buffer); ok {
 		if cb.f32 != nil && cb.owned {
 			recycled.put(cb.f32)
+		}
+		if cb.nf4 != nil {
+			cb.nf4.Free() // its off-heap storage
 		}
 		cb.f32, cb.bf16, cb.nf4 = nil, nil, nil
 	}

@@ -63,21 +63,22 @@ var thresholds = [15]float32{
 // QuantizeValue returns the NF4 code index of x (a value already divided
 // by its block's absmax), walking the same 4-level tree as bitsandbytes.
 func QuantizeValue(x float32) uint8 {
+	// Branch-free descent (each level a compare and a SETcc): weights are
+	// noise to a branch predictor.
 	t := &thresholds
-	var q uint8
-	if x > t[7] {
-		q = 8
+	q := b2i(x > t[7]) << 3
+	q += b2i(x > t[q+3]) << 2
+	q += b2i(x > t[q+1]) << 1
+	q += b2i(x > t[q])
+	return uint8(q)
+}
+
+func b2i(b bool) int {
+	var i int
+	if b {
+		i = 1
 	}
-	if x > t[q+3] {
-		q += 4
-	}
-	if x > t[q+1] {
-		q += 2
-	}
-	if x > t[q] {
-		q++
-	}
-	return q
+	return i
 }
 
 // DynamicMap is the code of bitsandbytes' 8-bit blockwise quantization
@@ -168,13 +169,28 @@ func quantize8(x float32) uint8 {
 func abs32(x float32) float32 { return math.Float32frombits(math.Float32bits(x) &^ (1 << 31)) }
 
 // Tensor is an NF4-quantized tensor of N values (see the package comment
-// for the layout). It is read-only once made.
+// for the layout). It is read-only once made. Quantize and QuantizeBF16
+// keep Packed and QAbsmax outside the Go heap (an anonymous mapping on
+// unix): Free releases them.
 type Tensor struct {
 	N       int
 	Packed  []byte    // (N+1)/2 bytes
 	QAbsmax []uint8   // ceil(N/BlockSize)
 	Absmax2 []float32 // ceil(len(QAbsmax)/ScaleBlockSize)
 	Offset  float32
+
+	free func()
+}
+
+// Free releases the tensor's storage now; it must not be used afterwards
+// (its slices point at unmapped memory). Harmless twice or on a Tensor made
+// by hand.
+func (t *Tensor) Free() {
+	if t.free != nil {
+		t.free()
+		t.free = nil
+	}
+	t.Packed, t.QAbsmax, t.N = nil, nil, 0
 }
 
 // Bytes is the tensor's storage size.
@@ -209,8 +225,10 @@ func QuantizeBF16(v []uint16) *Tensor {
 // values. read(dst, off) fills dst with values off..off+len(dst)-1.
 func quantize(n int, read func(dst []float32, off int)) *Tensor {
 	blocks := (n + BlockSize - 1) / BlockSize
-	t := &Tensor{N: n, Packed: make([]byte, (n+1)/2), QAbsmax: make([]uint8, blocks),
-		Absmax2: make([]float32, (blocks+ScaleBlockSize-1)/ScaleBlockSize)}
+	np := (n + 1) / 2
+	mem, free := allocBytes(np + blocks)
+	t := &Tensor{N: n, Packed: mem[:np:np], QAbsmax: mem[np:],
+		Absmax2: make([]float32, (blocks+ScaleBlockSize-1)/ScaleBlockSize), free: free}
 	absmax := make([]float32, blocks)
 	parallel(blocks, func(lo, hi int) {
 		var buf [BlockSize]float32

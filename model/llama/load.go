@@ -184,9 +184,15 @@ func mappedBF16(r *checkpoint.Reader, n string) []uint16 {
 
 var littleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(&x)) == 1 }()
 
-// Close releases the memory-mapped weight files a BF16 Load used in place;
-// the model must not be used afterwards. It is harmless on other models.
+// Close releases the memory-mapped weight files a BF16 Load used in place
+// and the quantized weights of an NF4 Load; the model must not be used
+// afterwards. It is harmless on other models.
 func (m *Model) Close() error {
+	for _, n := range m.names {
+		if p := m.params[n]; p != nil && p.Buf != nil && p.Buf.DType() == kernels.NF4 {
+			m.be.Free(p.Buf) // quantized weights live outside the Go heap
+		}
+	}
 	if m.mapping == nil {
 		return nil
 	}
