@@ -348,7 +348,7 @@ func (e Estimate) Lines() []string {
 		where = "mapped from the bf16 file"
 	}
 	if e.BaseDType == "nf4" {
-		where = "linear layers quantized on the heap; embeddings, norms, lm_head bf16 " + map[bool]string{true: "mapped", false: "on the heap"}[e.BaseMapped]
+		where = "linear layers quantized in anonymous memory; embeddings, norms, lm_head bf16 " + map[bool]string{true: "mapped", false: "on the heap"}[e.BaseMapped]
 	}
 	ckptOn, ckptOff := " ", "*"
 	if e.Recompute {
