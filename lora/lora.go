@@ -373,7 +373,8 @@ func (s *Set) dropoutSeed(module string) uint64 {
 
 // Merge folds every adapter into its base weight, W += scaling·B·A (DoRA:
 // W ← m/‖W + s·B·A‖_row ⊙ (W + s·B·A), see ScaleRows), and detaches the
-// adapters from m. Base weights keep their dtype.
+// adapters from m. Base weights keep their dtype, but for NF4 (QLoRA),
+// whose merged weights become bf16.
 func (s *Set) Merge(m *llama.Model) {
 	be := m.Backend()
 	for _, l := range s.Linears {
@@ -399,6 +400,13 @@ func (s *Set) Merge(m *llama.Model) {
 			merged := be.Alloc(kernels.F32, out*in)
 			be.Copy(merged, w.Buf)
 			AddLowRank(be, merged, l.A.Buf, l.B.Buf, nil, out, in, s.Config.R, l.Scaling)
+			if w.DType() == kernels.NF4 {
+				// A 4-bit base cannot hold the update: the merged
+				// weight (dequantized base + B·A) becomes bf16.
+				old := w.Buf
+				w.Buf = be.Alloc(kernels.BF16, out*in)
+				be.Free(old)
+			}
 			be.Copy(w.Buf, merged)
 			be.Free(merged)
 		}

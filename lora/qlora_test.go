@@ -100,3 +100,55 @@ func TestQLoRATracksBF16(t *testing.T) {
 		t.Error("QLoRA gives exactly the bf16 losses: NF4 is not in effect")
 	}
 }
+
+// Merging adapters into an NF4 base gives bf16 weights holding the
+// dequantized base plus B·A: the logits match base + adapters (to bf16
+// rounding of the merged weights).
+func TestMergeNF4(t *testing.T) {
+	be := cpu.New()
+	c := testutil.TinyConfig(53)
+	ref, err := llama.NewRandom(c, be, kernels.F32, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := ref.Save(dir, llama.SaveOptions{DType: "BF16"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := llama.Load(dir, be, kernels.NF4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	s, err := lora.Attach(m, lora.Config{R: 4, Alpha: 8, TargetModules: []string{"all-linear"}}, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(1, 1))
+	for _, l := range s.Linears {
+		v := make([]float32, l.B.Numel())
+		for i := range v {
+			v[i] = float32(r.NormFloat64() * 0.1)
+		}
+		be.Copy(l.B.Buf, be.FromF32(kernels.F32, v))
+	}
+	in := &llama.Input{Rows: 1, SeqLen: 9, InputIDs: []int32{1, 5, 9, 2, 7, 3, 3, 8, 4}}
+	logits := func() []float32 {
+		l, err := m.Logits(llama.NewInferenceTape(be), in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.F32()
+	}
+	before := logits()
+	s.Merge(m)
+	if got := m.Param("model.layers.0.self_attn.q_proj.weight").DType(); got != kernels.BF16 {
+		t.Fatalf("merged NF4 weight is %v, want BF16", got)
+	}
+	after := logits()
+	for i := range before {
+		if math.Abs(float64(before[i]-after[i])) > 1e-2*(1+math.Abs(float64(before[i]))) {
+			t.Fatalf("logit %d: adapters %v merged %v", i, before[i], after[i])
+		}
+	}
+}
