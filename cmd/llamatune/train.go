@@ -14,6 +14,7 @@ import (
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/export"
+	"github.com/llamatune/llamatune/internal/memplan"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/lora"
 	"github.com/llamatune/llamatune/model/llama"
@@ -225,6 +226,7 @@ func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.W
 		return train.Result{}, err
 	}
 	limitHeap(avail)
+	memplan.TightenGC(weightsDType(job, true) == kernels.NF4)
 	s, err := openSession(job)
 	if err != nil {
 		return train.Result{}, err

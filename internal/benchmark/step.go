@@ -240,6 +240,7 @@ func Step(o StepOptions) (StepResult, error) {
 	} else if o.Weights != "" && o.Weights != "f32" {
 		return StepResult{}, fmt.Errorf("bench step: weights %s: method full trains f32 weights; use --method lora", o.Weights)
 	}
+	memplan.TightenGC(o.Weights == "nf4") // as train does
 	res := StepResult{StepOptions: o}
 	t0 := time.Now()
 	var m *llama.Model
