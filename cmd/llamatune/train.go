@@ -226,7 +226,7 @@ func runTrainWith(ctx context.Context, job *configs.Job, resume string, out io.W
 		return train.Result{}, err
 	}
 	limitHeap(avail)
-	memplan.TightenGC(weightsDType(job, true) == kernels.NF4)
+	memplan.TightenGC(job.Method != "full" && frozenDType(job) == kernels.NF4)
 	s, err := openSession(job)
 	if err != nil {
 		return train.Result{}, err

@@ -73,6 +73,7 @@ type StepResult struct {
 	Params          int64 // of the base model
 	TrainableParams int64
 	LoadTime        time.Duration
+	LoadTimeNF4     time.Duration // with Weights "both": the second (nf4) load; LoadTime is the bf16 one
 	MeanStep        time.Duration
 	TokensPerSec    float64
 	FLOPs           StepFLOPs
@@ -191,6 +192,7 @@ func (r StepResult) String() string {
 			r.MeanWBF16.Round(time.Millisecond), tok/r.MeanWBF16.Seconds(), r.MinWBF16.Round(time.Millisecond),
 			r.MeanWNF4.Round(time.Millisecond), tok/r.MeanWNF4.Seconds(), r.MinWNF4.Round(time.Millisecond),
 			r.MeanWBF16.Seconds()/r.MeanWNF4.Seconds(), r.MinWBF16.Seconds()/r.MinWNF4.Seconds())
+		fmt.Fprintf(&b, "  loads: bf16 %v (mapped), nf4 %v (quantized)\n", r.LoadTime.Round(time.Millisecond), r.LoadTimeNF4.Round(time.Millisecond))
 	}
 	fmt.Fprintf(&b, "  FLOP/step %s\n", r.FLOPs)
 	fmt.Fprintf(&b, "  achieved %.1f GFLOP/s\n", r.GFLOPS)
@@ -319,7 +321,9 @@ func Step(o StepOptions) (StepResult, error) {
 	variants := []variant{v0}
 	if o.Weights == "both" {
 		logf("loading %s again (nf4 weights)\n", dir)
+		tq := time.Now()
 		mq, err := llama.Load(dir, be, kernels.NF4)
+		res.LoadTimeNF4 = time.Since(tq)
 		if err != nil {
 			return res, err
 		}
@@ -332,7 +336,7 @@ func Step(o StepOptions) (StepResult, error) {
 		variants = append(variants, v1)
 	}
 	res.RSSAfterLoad, res.PeakRSSLoad = RSS(), PeakRSS()
-	res.Estimate = memplan.Compute(c, memplan.Options{Method: o.Method, WeightsBF16: o.Weights == "bf16", WeightsNF4: o.Weights == "nf4", FileBF16: fileBF16,
+	res.Estimate = memplan.Compute(c, memplan.Options{Method: o.Method, WeightsBF16: o.Weights == "bf16" || o.Weights == "both", WeightsNF4: o.Weights == "nf4", FileBF16: fileBF16,
 		R: BenchLoRARank, Dropout: o.LoRADropout, UseDoRA: o.DoRA, TargetModules: benchTargets, SeqLen: o.SeqLen, MicroBatch: o.Rows,
 		Recompute: o.Recompute})
 	res.FLOPs = CountFLOPs(c, o)
