@@ -74,7 +74,11 @@ func TestGemmNF4(t *testing.T) {
 			}
 			for _, prec := range []Precision{F32, BF16} {
 				for _, st := range storages {
-					for _, tc := range gemmCases() {
+					// m = 1: one token through a layer (generation) takes
+					// the packed path with an NF4 weight.
+					cases := append(gemmCases(), gemmCase{transB: true, m: 1, n: 70, k: 389, alpha: 1},
+						gemmCase{m: 1, n: 70, k: 389, alpha: 1, beta: 1})
+					for _, tc := range cases {
 						a, b, lda, ldb := nf4Operands(r, tc, st[0], st[1])
 						if err := gemmOpsErr(prec, tc, a, b, lda, ldb, r); err != nil {
 							t.Fatalf("aNF4=%v bNF4=%v: %v", st[0], st[1], err)
