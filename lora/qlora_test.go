@@ -5,7 +5,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/llamatune/llamatune/internal/testutil"
+	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/lora"
@@ -32,7 +32,7 @@ const qloraTolerance = 0.05
 // run really uses NF4 weights.
 func TestQLoRATracksBF16(t *testing.T) {
 	be := cpu.New()
-	c := testutil.TinyConfig(97)
+	c := randmodel.TinyConfig(97)
 	c.InitializerRange = 0.1
 	ref, err := llama.NewRandom(c, be, kernels.F32, 3)
 	if err != nil {
@@ -106,7 +106,7 @@ func TestQLoRATracksBF16(t *testing.T) {
 // rounding of the merged weights).
 func TestMergeNF4(t *testing.T) {
 	be := cpu.New()
-	c := testutil.TinyConfig(53)
+	c := randmodel.TinyConfig(53)
 	ref, err := llama.NewRandom(c, be, kernels.F32, 3)
 	if err != nil {
 		t.Fatal(err)
