@@ -212,113 +212,28 @@ func Step(o StepOptions) (StepResult, error) {
 			fmt.Fprintf(o.Log, format, a...)
 		}
 	}
-	if o.Method == "" {
-		o.Method = "full"
-		if o.ModelDir != "" || o.Shape != "" {
-			o.Method = "lora"
-		}
-	}
-	if o.Method != "lora" && o.Method != "full" {
-		return StepResult{}, fmt.Errorf("bench step: method %q: want lora or full", o.Method)
-	}
-	if o.Rows < 1 || o.SeqLen < 2 {
-		return StepResult{}, fmt.Errorf("bench step: batch %d × seq %d: want at least 1 × 2", o.Rows, o.SeqLen)
-	}
-	dt := kernels.F32
-	if o.Method == "lora" {
-		dt = kernels.BF16 // frozen base weights, as precision.weights: bf16
-		switch o.Weights {
-		case "", "bf16":
-			o.Weights = "bf16"
-		case "nf4":
-			dt = kernels.NF4
-		case "both":
-			if o.SideBySide {
-				return StepResult{}, fmt.Errorf("bench step: --weights both and --compute both cannot be combined; pick one compute")
-			}
-		default:
-			return StepResult{}, fmt.Errorf("bench step: weights %q: want bf16, nf4 or both", o.Weights)
-		}
-	} else if o.Weights != "" && o.Weights != "f32" {
-		return StepResult{}, fmt.Errorf("bench step: weights %s: method full trains f32 weights; use --method lora", o.Weights)
+	dt, err := o.normalize()
+	if err != nil {
+		return StepResult{}, err
 	}
 	memplan.TightenGC(o.Weights == "nf4") // as train does
 	res := StepResult{StepOptions: o}
-	t0 := time.Now()
-	var m *llama.Model
-	var err error
-	dir := o.ModelDir
-	if dir == "" && o.Shape != "" {
-		if dir, err = shapeDir(o, logf); err != nil {
-			return res, err
-		}
-		t0 = time.Now()
+	m, dir, fileBF16, err := loadStepModel(o, be, dt, logf, &res)
+	if err != nil {
+		return res, err
 	}
-	fileBF16 := false
-	if dir != "" {
-		res.Name = dir
-		if o.Shape != "" {
-			res.Name = o.Shape + " (" + dir + ")"
-		}
-		logf("loading %s (%s weights)\n", dir, strings.ToLower(dt.String()))
-		if m, err = llama.Load(dir, be, dt); err != nil {
-			return res, err
-		}
-		fileBF16 = memplan.FileBF16(dir)
-	} else {
-		if o.Weights == "nf4" || o.Weights == "both" {
-			return res, fmt.Errorf("bench step: --weights %s needs --model or --shape (NF4 is quantized from a checkpoint)", o.Weights)
-		}
-		res.Name = "random"
-		c := randmodel.TinyConfig(o.Vocab)
-		c.NumHiddenLayers, c.HiddenSize, c.IntermediateSize = o.Layers, o.Hidden, o.Hidden*8/3/16*16
-		c.NumAttentionHeads, c.NumKeyValueHeads = max(o.Hidden/64, 1), max(o.Hidden/128, 1)
-		if m, err = llama.NewRandom(c, be, dt, 1); err != nil {
-			return res, err
-		}
-	}
-	res.LoadTime = time.Since(t0)
 	m.Compute = o.Compute
 	m.Recompute = o.Recompute
 	c := m.Config
 	res.Config = c
 	res.Params = memplan.ParamCount(c)
 
-	// variant is one model trained in the steps (two with Weights "both").
-	type variant struct {
-		m     *llama.Model
-		set   *lora.Set
-		opt   *optim.AdamW
-		nf4   bool
-		steps int
-	}
-	attach := func(m *llama.Model) (variant, error) {
-		var v variant
-		var trainable []*tensor.Tensor
-		v.m = m
-		if o.Method == "lora" {
-			if v.set, err = lora.Attach(m, lora.Config{R: BenchLoRARank, Alpha: BenchLoRAAlpha, Dropout: o.LoRADropout, UseDoRA: o.DoRA, TargetModules: benchTargets}, 42); err != nil {
-				return v, err
-			}
-			trainable = v.set.Params()
-		} else {
-			for _, n := range m.Names() {
-				trainable = append(trainable, m.Param(n).SetRequiresGrad(true))
-			}
-		}
-		res.TrainableParams = 0
-		for _, p := range trainable {
-			res.TrainableParams += int64(p.Numel())
-		}
-		v.opt = optim.NewAdamW(be, trainable, optim.AdamWConfig{LR: 1e-4, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8})
-		return v, nil
-	}
-	v0, err := attach(m)
+	v0, err := newVariant(o, be, m, &res)
 	if err != nil {
 		return res, err
 	}
 	v0.nf4 = o.Weights == "nf4"
-	variants := []variant{v0}
+	variants := []*variant{v0}
 	if o.Weights == "both" {
 		logf("loading %s again (nf4 weights)\n", dir)
 		tq := time.Now()
@@ -328,7 +243,7 @@ func Step(o StepOptions) (StepResult, error) {
 			return res, err
 		}
 		mq.Compute, mq.Recompute = o.Compute, o.Recompute
-		v1, err := attach(mq)
+		v1, err := newVariant(o, be, mq, &res)
 		if err != nil {
 			return res, err
 		}
@@ -340,11 +255,125 @@ func Step(o StepOptions) (StepResult, error) {
 		R: BenchLoRARank, Dropout: o.LoRADropout, UseDoRA: o.DoRA, TargetModules: benchTargets, SeqLen: o.SeqLen, MicroBatch: o.Rows,
 		Recompute: o.Recompute})
 	res.FLOPs = CountFLOPs(c, o)
+	if err := runSteps(o, be, dt, variants, logf, &res); err != nil {
+		return res, err
+	}
+	res.TokensPerSec = float64(o.Rows*o.SeqLen) / res.MeanStep.Seconds()
+	res.GFLOPS = res.FLOPs.Total / res.MeanStep.Seconds() / 1e9
+	res.PeakRSS = PeakRSS()
+	return res, nil
+}
 
+// normalize fills the method's default (lora for a real model, full for
+// the random one), checks the options and returns the frozen base weights'
+// dtype.
+func (o *StepOptions) normalize() (kernels.DType, error) {
+	if o.Method == "" {
+		o.Method = "full"
+		if o.ModelDir != "" || o.Shape != "" {
+			o.Method = "lora"
+		}
+	}
+	if o.Method != "lora" && o.Method != "full" {
+		return 0, fmt.Errorf("bench step: method %q: want lora or full", o.Method)
+	}
+	if o.Rows < 1 || o.SeqLen < 2 {
+		return 0, fmt.Errorf("bench step: batch %d × seq %d: want at least 1 × 2", o.Rows, o.SeqLen)
+	}
+	if o.Method == "full" {
+		if o.Weights != "" && o.Weights != "f32" {
+			return 0, fmt.Errorf("bench step: weights %s: method full trains f32 weights; use --method lora", o.Weights)
+		}
+		return kernels.F32, nil
+	}
+	switch o.Weights {
+	case "", "bf16":
+		o.Weights = "bf16"
+	case "nf4":
+		return kernels.NF4, nil
+	case "both":
+		if o.SideBySide {
+			return 0, fmt.Errorf("bench step: --weights both and --compute both cannot be combined; pick one compute")
+		}
+	default:
+		return 0, fmt.Errorf("bench step: weights %q: want bf16, nf4 or both", o.Weights)
+	}
+	return kernels.BF16, nil // frozen base weights, as precision.weights: bf16
+}
+
+// loadStepModel loads --model or --shape (written first when missing) as
+// train does, or makes the random model; it sets res's name and load time.
+func loadStepModel(o StepOptions, be kernels.Backend, dt kernels.DType, logf func(string, ...any), res *StepResult) (m *llama.Model, dir string, fileBF16 bool, err error) {
+	t0 := time.Now()
+	dir = o.ModelDir
+	if dir == "" && o.Shape != "" {
+		if dir, err = shapeDir(o, logf); err != nil {
+			return nil, "", false, err
+		}
+		t0 = time.Now()
+	}
+	defer func() { res.LoadTime = time.Since(t0) }()
+	if dir != "" {
+		res.Name = dir
+		if o.Shape != "" {
+			res.Name = o.Shape + " (" + dir + ")"
+		}
+		logf("loading %s (%s weights)\n", dir, strings.ToLower(dt.String()))
+		if m, err = llama.Load(dir, be, dt); err != nil {
+			return nil, "", false, err
+		}
+		return m, dir, memplan.FileBF16(dir), nil
+	}
+	if o.Weights == "nf4" || o.Weights == "both" {
+		return nil, "", false, fmt.Errorf("bench step: --weights %s needs --model or --shape (NF4 is quantized from a checkpoint)", o.Weights)
+	}
+	res.Name = "random"
+	c := randmodel.TinyConfig(o.Vocab)
+	c.NumHiddenLayers, c.HiddenSize, c.IntermediateSize = o.Layers, o.Hidden, o.Hidden*8/3/16*16
+	c.NumAttentionHeads, c.NumKeyValueHeads = max(o.Hidden/64, 1), max(o.Hidden/128, 1)
+	m, err = llama.NewRandom(c, be, dt, 1)
+	return m, "", false, err
+}
+
+// variant is one model trained in the steps (two with Weights "both").
+type variant struct {
+	m   *llama.Model
+	set *lora.Set
+	opt *optim.AdamW
+	nf4 bool
+}
+
+// newVariant attaches the benchmark's LoRA (or marks every weight
+// trainable) and makes its optimizer; res counts the trainable parameters.
+func newVariant(o StepOptions, be kernels.Backend, m *llama.Model, res *StepResult) (*variant, error) {
+	v := &variant{m: m}
+	var trainable []*tensor.Tensor
+	if o.Method == "lora" {
+		var err error
+		if v.set, err = lora.Attach(m, lora.Config{R: BenchLoRARank, Alpha: BenchLoRAAlpha, Dropout: o.LoRADropout, UseDoRA: o.DoRA, TargetModules: benchTargets}, 42); err != nil {
+			return nil, err
+		}
+		trainable = v.set.Params()
+	} else {
+		for _, n := range m.Names() {
+			trainable = append(trainable, m.Param(n).SetRequiresGrad(true))
+		}
+	}
+	res.TrainableParams = 0
+	for _, p := range trainable {
+		res.TrainableParams += int64(p.Numel())
+	}
+	v.opt = optim.NewAdamW(be, trainable, optim.AdamWConfig{LR: 1e-4, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8})
+	return v, nil
+}
+
+// runSteps times the steps on random tokens: step 0 (and 1, when two
+// computes or two bases alternate) warms up; the rest set res's means.
+func runSteps(o StepOptions, be kernels.Backend, dt kernels.DType, variants []*variant, logf func(string, ...any), res *StepResult) error {
 	r := rand.New(rand.NewPCG(3, 4))
 	in := &llama.Input{Rows: o.Rows, SeqLen: o.SeqLen, InputIDs: make([]int32, o.Rows*o.SeqLen)}
 	for i := range in.InputIDs {
-		in.InputIDs[i] = int32(r.IntN(c.VocabSize))
+		in.InputIDs[i] = int32(r.IntN(res.Config.VocabSize))
 	}
 	var total time.Duration
 	sum := map[kernels.DType]time.Duration{}
@@ -356,9 +385,9 @@ func Step(o StepOptions) (StepResult, error) {
 	wsum, wfast := map[bool]time.Duration{}, map[bool]time.Duration{}
 	stopSampling := anonPeak(20 * time.Millisecond)
 	for s := 0; s <= n; s++ { // step 0 warms up
-		v := &variants[0]
+		v := variants[0]
 		if len(variants) == 2 { // bf16, nf4, then nf4, bf16, ...
-			v = &variants[[]int{0, 1, 1, 0}[s%4]]
+			v = variants[[]int{0, 1, 1, 0}[s%4]]
 		}
 		m, set, opt := v.m, v.set, v.opt
 		if o.SideBySide {
@@ -373,7 +402,7 @@ func Step(o StepOptions) (StepResult, error) {
 		loss, _, err := m.Loss(tp, in, in.InputIDs, 0)
 		if err != nil {
 			stopSampling()
-			return res, err
+			return err
 		}
 		res.LastLoss = loss.Item()
 		tp.Backward(loss)
@@ -397,21 +426,19 @@ func Step(o StepOptions) (StepResult, error) {
 			d.Round(time.Millisecond), res.LastLoss, map[bool]string{true: " (warm-up)", false: ""}[warm])
 	}
 	res.PeakAnonSteps = stopSampling()
-	res.MeanStep = total / time.Duration(max(o.Steps, 1))
+	steps := time.Duration(max(o.Steps, 1))
+	res.MeanStep = total / steps
 	if len(variants) == 2 {
-		res.MeanStep = total / time.Duration(2*max(o.Steps, 1))
-		res.MeanWBF16, res.MeanWNF4 = wsum[false]/time.Duration(max(o.Steps, 1)), wsum[true]/time.Duration(max(o.Steps, 1))
+		res.MeanStep = total / (2 * steps)
+		res.MeanWBF16, res.MeanWNF4 = wsum[false]/steps, wsum[true]/steps
 		res.MinWBF16, res.MinWNF4 = wfast[false], wfast[true]
 	}
 	if o.SideBySide {
-		res.MeanStep = total / time.Duration(2*max(o.Steps, 1))
-		res.MeanF32, res.MeanBF16 = sum[kernels.F32]/time.Duration(max(o.Steps, 1)), sum[kernels.BF16]/time.Duration(max(o.Steps, 1))
+		res.MeanStep = total / (2 * steps)
+		res.MeanF32, res.MeanBF16 = sum[kernels.F32]/steps, sum[kernels.BF16]/steps
 		res.MinF32, res.MinBF16 = fastest[kernels.F32], fastest[kernels.BF16]
 	}
-	res.TokensPerSec = float64(o.Rows*o.SeqLen) / res.MeanStep.Seconds()
-	res.GFLOPS = res.FLOPs.Total / res.MeanStep.Seconds() / 1e9
-	res.PeakRSS = PeakRSS()
-	return res, nil
+	return nil
 }
 
 // shapeDir returns the cached model directory of o.Shape, writing it first
