@@ -16,6 +16,12 @@ import (
 
 func init() {
 	bench := &cobra.Command{Use: "bench", Short: "Measure GEMM GFLOP/s and training-step tokens/s on this machine"}
+	bench.AddCommand(benchGEMMCmd(), benchStepCmd(), benchTokenizerCmd())
+	rootCmd.AddCommand(bench)
+}
+
+// benchGEMMCmd is `llamatune bench gemm`.
+func benchGEMMCmd() *cobra.Command {
 	var size, reps int
 	var gemmCompute string
 	gemm := &cobra.Command{
@@ -48,6 +54,11 @@ func init() {
 	gemm.Flags().IntVar(&size, "size", 1024, "matrix size")
 	gemm.Flags().IntVar(&reps, "reps", 10, "repetitions (the best is reported)")
 	gemm.Flags().StringVar(&gemmCompute, "compute", "f32", "f32, bf16, or both")
+	return gemm
+}
+
+// benchStepCmd is `llamatune bench step`.
+func benchStepCmd() *cobra.Command {
 	var o benchmark.StepOptions
 	var compute string
 	step := &cobra.Command{
@@ -115,6 +126,11 @@ weight trainable in f32. --recompute defaults to true with --model/--shape.`,
 	step.Flags().IntVar(&o.SeqLen, "seq", 256, "tokens per row")
 	step.Flags().IntVar(&o.Steps, "steps", 5, "timed steps (after one warm-up)")
 	step.Flags().BoolVar(&o.Recompute, "recompute", false, "activation recomputation per layer (default true with --shape/--model)")
+	return step
+}
+
+// benchTokenizerCmd is `llamatune bench tokenizer`.
+func benchTokenizerCmd() *cobra.Command {
 	var kind, textFile string
 	tok := &cobra.Command{
 		Use:   "tokenizer [--kind llama3|llama2] [--text FILE]",
@@ -139,6 +155,5 @@ weight trainable in f32. --recompute defaults to true with --model/--shape.`,
 	}
 	tok.Flags().StringVar(&kind, "kind", "llama3", "llama3 or llama2")
 	tok.Flags().StringVar(&textFile, "text", "", "UTF-8 text file to encode")
-	bench.AddCommand(gemm, step, tok)
-	rootCmd.AddCommand(bench)
+	return tok
 }

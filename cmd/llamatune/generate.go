@@ -88,55 +88,13 @@ func runGenerate(ctx context.Context, jobPath string, setList []string, f genera
 	if f.out == "" {
 		return errors.New("generate: --out DIR is required")
 	}
-	changed := f.changed
-	if changed == nil {
-		changed = func(string) bool { return false }
-	}
 	job, err := configs.Load(jobPath, setList)
 	if err != nil {
 		return err
 	}
-	// Teacher and sampling: the job's distill section, then the flags.
-	tc := configs.Teacher{Concurrency: 8, Timeout: 300, Retries: 5}
-	sm := distill.Sampling{MaxNewTokens: 512, Temperature: 0.7, TopP: 0.95, Seed: job.Seed}
-	if d := job.Distill; d != nil {
-		tc = d.Teacher
-		g := d.Generate
-		sm = distill.Sampling{MaxNewTokens: g.MaxNewTokens, Temperature: g.Temperature, TopP: g.TopP, Seed: g.Seed}
-	}
-	if f.model != "" || f.url != "" {
-		tc.Model, tc.URL, tc.Shards = f.model, f.url, ""
-	}
-	if f.name != "" {
-		tc.Name = f.name
-	}
-	if changed("max-new-tokens") {
-		sm.MaxNewTokens = f.maxNew
-	}
-	if changed("temperature") {
-		sm.Temperature = f.temperature
-	}
-	if changed("top-p") {
-		sm.TopP = f.topP
-	}
-	if changed("seed") {
-		sm.Seed = f.seed
-	}
-	concurrency := tc.Concurrency
-	if changed("concurrency") {
-		concurrency = f.concurrency
-	}
-	if concurrency < 1 {
-		return fmt.Errorf("generate: concurrency must be >= 1 (got %d)", concurrency)
-	}
-	if sm.MaxNewTokens < 1 {
-		return fmt.Errorf("generate: max_new_tokens must be >= 1 (got %d)", sm.MaxNewTokens)
-	}
-	if tc.Model == "" && tc.URL == "" {
-		if tc.Shards != "" {
-			return fmt.Errorf("%s: distill.teacher.shards holds top-k log-probs, not a model that writes text; generate needs teacher.model or teacher.url (or --teacher-model / --teacher-url)", jobPath)
-		}
-		return fmt.Errorf("%s: no teacher; add distill: {teacher: {model: DIR}} or {teacher: {url: URL, name: NAME}} to the job, or pass --teacher-model / --teacher-url", jobPath)
+	tc, sm, concurrency, err := generateSettings(job, jobPath, f)
+	if err != nil {
+		return err
 	}
 
 	// The prompts.
@@ -156,37 +114,9 @@ func runGenerate(ctx context.Context, jobPath string, setList []string, f genera
 		src = &limitPrompts{PromptSource: src, left: f.limit}
 	}
 
-	// The teacher.
-	var gen distill.Generator
-	if tc.Model != "" {
-		be, err := jobBackend(job)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stderr, "loading teacher %s\n", tc.Model)
-		m, err := llama.Load(tc.Model, be, frozenDType(job))
-		if err != nil {
-			return err
-		}
-		m.Compute = computeDType(job)
-		tok, err := tokenizer.Load(tc.Model)
-		if err != nil {
-			return err
-		}
-		template, opts, how := generateTemplate(tc.Model, job.Data.Template, tok)
-		fmt.Fprintf(stderr, "prompts rendered with %s\n", how)
-		if gen, err = distill.NewModelGenerator(m, tok, template, tc.Model, opts...); err != nil {
-			return err
-		}
-	} else {
-		retries := tc.Retries
-		if retries == 0 {
-			retries = -1 // an explicit retries: 0 means no retries
-		}
-		if gen, err = distill.NewChatServer(distill.ChatServerOptions{BaseURL: tc.URL, Model: tc.Name, APIKeyEnv: tc.APIKeyEnv,
-			Timeout: time.Duration(tc.Timeout * float64(time.Second)), MaxRetries: retries}); err != nil {
-			return err
-		}
+	gen, err := openGenerator(job, tc, stderr)
+	if err != nil {
+		return err
 	}
 
 	badRows := data.BadRows(job.Data.BadRows)
@@ -219,6 +149,87 @@ func runGenerate(ctx context.Context, jobPath string, setList []string, f genera
 		f.out, st.Written, len(files), st.Prompts, resumed, st.Duplicates, st.DupOutputs, st.Empty, st.TooLong, st.Invalid, st.Failed, st.Tokens)
 	fmt.Fprintf(stdout, "train on it with data.datasets: [{path: %s, type: messages}]\n", f.out)
 	return nil
+}
+
+// generateSettings are the teacher, sampling and concurrency of a generate
+// run: the job's distill section, then the flags.
+func generateSettings(job *configs.Job, jobPath string, f generateFlags) (configs.Teacher, distill.Sampling, int, error) {
+	changed := f.changed
+	if changed == nil {
+		changed = func(string) bool { return false }
+	}
+	tc := configs.Teacher{Concurrency: 8, Timeout: 300, Retries: 5}
+	sm := distill.Sampling{MaxNewTokens: 512, Temperature: 0.7, TopP: 0.95, Seed: job.Seed}
+	if d := job.Distill; d != nil {
+		tc = d.Teacher
+		g := d.Generate
+		sm = distill.Sampling{MaxNewTokens: g.MaxNewTokens, Temperature: g.Temperature, TopP: g.TopP, Seed: g.Seed}
+	}
+	if f.model != "" || f.url != "" {
+		tc.Model, tc.URL, tc.Shards = f.model, f.url, ""
+	}
+	if f.name != "" {
+		tc.Name = f.name
+	}
+	if changed("max-new-tokens") {
+		sm.MaxNewTokens = f.maxNew
+	}
+	if changed("temperature") {
+		sm.Temperature = f.temperature
+	}
+	if changed("top-p") {
+		sm.TopP = f.topP
+	}
+	if changed("seed") {
+		sm.Seed = f.seed
+	}
+	concurrency := tc.Concurrency
+	if changed("concurrency") {
+		concurrency = f.concurrency
+	}
+	if concurrency < 1 {
+		return tc, sm, 0, fmt.Errorf("generate: concurrency must be >= 1 (got %d)", concurrency)
+	}
+	if sm.MaxNewTokens < 1 {
+		return tc, sm, 0, fmt.Errorf("generate: max_new_tokens must be >= 1 (got %d)", sm.MaxNewTokens)
+	}
+	if tc.Model == "" && tc.URL == "" {
+		if tc.Shards != "" {
+			return tc, sm, 0, fmt.Errorf("%s: distill.teacher.shards holds top-k log-probs, not a model that writes text; generate needs teacher.model or teacher.url (or --teacher-model / --teacher-url)", jobPath)
+		}
+		return tc, sm, 0, fmt.Errorf("%s: no teacher; add distill: {teacher: {model: DIR}} or {teacher: {url: URL, name: NAME}} to the job, or pass --teacher-model / --teacher-url", jobPath)
+	}
+	return tc, sm, concurrency, nil
+}
+
+// openGenerator is the teacher that writes the replies: a model loaded on
+// the job's device, or an OpenAI-compatible chat server.
+func openGenerator(job *configs.Job, tc configs.Teacher, stderr io.Writer) (distill.Generator, error) {
+	if tc.Model != "" {
+		be, err := jobBackend(job)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(stderr, "loading teacher %s\n", tc.Model)
+		m, err := llama.Load(tc.Model, be, frozenDType(job))
+		if err != nil {
+			return nil, err
+		}
+		m.Compute = computeDType(job)
+		tok, err := tokenizer.Load(tc.Model)
+		if err != nil {
+			return nil, err
+		}
+		template, opts, how := generateTemplate(tc.Model, job.Data.Template, tok)
+		fmt.Fprintf(stderr, "prompts rendered with %s\n", how)
+		return distill.NewModelGenerator(m, tok, template, tc.Model, opts...)
+	}
+	retries := tc.Retries
+	if retries == 0 {
+		retries = -1 // an explicit retries: 0 means no retries
+	}
+	return distill.NewChatServer(distill.ChatServerOptions{BaseURL: tc.URL, Model: tc.Name, APIKeyEnv: tc.APIKeyEnv,
+		Timeout: time.Duration(tc.Timeout * float64(time.Second)), MaxRetries: retries})
 }
 
 // generateTemplate picks the chat template an in-process teacher is prompted with: the
