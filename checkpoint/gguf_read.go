@@ -394,47 +394,11 @@ func parseGGUF(path string, b []byte) (*GGUFFile, error) {
 		g.alignment = int64(a)
 	}
 	for i := 0; i < int(nt); i++ {
-		d.what = fmt.Sprintf("tensor info #%d", i)
-		name := d.str()
-		if d.err == nil {
-			d.what = fmt.Sprintf("tensor %q", name)
+		t, err := g.readTensorInfo(d, i)
+		if err != nil {
+			return nil, fail("%v", err)
 		}
-		nd := d.u32()
-		if d.err == nil && (nd == 0 || nd > 4) {
-			return nil, fail("tensor %q has %d dimensions (GGUF allows 1 to 4); the file is corrupt", name, nd)
-		}
-		ne := make([]uint64, nd)
-		for j := range ne {
-			ne[j] = d.u64()
-		}
-		typ := GGMLType(d.u32())
-		off := d.u64()
-		if d.err != nil {
-			return nil, fail("%v", d.err)
-		}
-		if _, dup := g.byName[name]; dup {
-			return nil, fail("tensor %q appears twice", name)
-		}
-		t := GGUFTensorInfo{Name: name, Type: typ, Shape: make([]int, nd), Size: -1}
-		n := int64(1)
-		for j, e := range ne {
-			if e > math.MaxInt32 || (e > 0 && n > math.MaxInt64/int64(e)/8) {
-				return nil, fail("tensor %q has an implausible shape (ne %v); the file is corrupt", name, ne)
-			}
-			n *= int64(e)
-			t.Shape[int(nd)-1-j] = int(e) // ne[0] is innermost
-		}
-		if off > math.MaxInt64/2 || int64(off)%g.alignment != 0 {
-			return nil, fail("tensor %q: data offset %d is not a multiple of the alignment %d; the file is corrupt", name, off, g.alignment)
-		}
-		t.Offset = int64(off)
-		if ti, ok := ggmlTypes[typ]; ok {
-			if len(ne) > 0 && int64(ne[0])%ti.blockSize != 0 {
-				return nil, fail("tensor %q: type %s stores blocks of %d values, but its rows have %d; the file is corrupt", name, ti.name, ti.blockSize, ne[0])
-			}
-			t.Size = n / ti.blockSize * ti.typeSize
-		}
-		g.byName[name] = len(g.tensors)
+		g.byName[t.Name] = len(g.tensors)
 		g.tensors = append(g.tensors, t)
 	}
 	g.headerEnd = d.pos
@@ -449,6 +413,52 @@ func parseGGUF(path string, b []byte) (*GGUFFile, error) {
 		}
 	}
 	return g, nil
+}
+
+// readTensorInfo reads tensor info #i: name, ne, type and data offset,
+// checked for plausibility (dimensions, size, alignment, whole blocks).
+func (g *GGUFFile) readTensorInfo(d *ggufDec, i int) (GGUFTensorInfo, error) {
+	d.what = fmt.Sprintf("tensor info #%d", i)
+	name := d.str()
+	if d.err == nil {
+		d.what = fmt.Sprintf("tensor %q", name)
+	}
+	nd := d.u32()
+	if d.err == nil && (nd == 0 || nd > 4) {
+		return GGUFTensorInfo{}, fmt.Errorf("tensor %q has %d dimensions (GGUF allows 1 to 4); the file is corrupt", name, nd)
+	}
+	ne := make([]uint64, nd)
+	for j := range ne {
+		ne[j] = d.u64()
+	}
+	typ := GGMLType(d.u32())
+	off := d.u64()
+	if d.err != nil {
+		return GGUFTensorInfo{}, d.err
+	}
+	if _, dup := g.byName[name]; dup {
+		return GGUFTensorInfo{}, fmt.Errorf("tensor %q appears twice", name)
+	}
+	t := GGUFTensorInfo{Name: name, Type: typ, Shape: make([]int, nd), Size: -1}
+	n := int64(1)
+	for j, e := range ne {
+		if e > math.MaxInt32 || (e > 0 && n > math.MaxInt64/int64(e)/8) {
+			return GGUFTensorInfo{}, fmt.Errorf("tensor %q has an implausible shape (ne %v); the file is corrupt", name, ne)
+		}
+		n *= int64(e)
+		t.Shape[int(nd)-1-j] = int(e) // ne[0] is innermost
+	}
+	if off > math.MaxInt64/2 || int64(off)%g.alignment != 0 {
+		return GGUFTensorInfo{}, fmt.Errorf("tensor %q: data offset %d is not a multiple of the alignment %d; the file is corrupt", name, off, g.alignment)
+	}
+	t.Offset = int64(off)
+	if ti, ok := ggmlTypes[typ]; ok {
+		if len(ne) > 0 && int64(ne[0])%ti.blockSize != 0 {
+			return GGUFTensorInfo{}, fmt.Errorf("tensor %q: type %s stores blocks of %d values, but its rows have %d; the file is corrupt", name, ti.name, ti.blockSize, ne[0])
+		}
+		t.Size = n / ti.blockSize * ti.typeSize
+	}
+	return t, nil
 }
 
 // dataStart is where the data section begins: the header padded to the
