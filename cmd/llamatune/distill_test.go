@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
@@ -31,16 +30,7 @@ func TestDistillTeachers(t *testing.T) {
 	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "student"), randmodel.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Seed: 2}); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile("../../testdata/war-and-peace-60k.txt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lines strings.Builder
-	for i := 0; i < 6000; i += 400 {
-		b, _ := json.Marshal(map[string]string{"text": string(raw[i : i+400])})
-		lines.Write(append(b, '\n'))
-	}
-	os.WriteFile(filepath.Join(dir, "data.jsonl"), []byte(lines.String()), 0o644)
+	writeTextRows(t, filepath.Join(dir, "data.jsonl"), 6000)
 	job, err := os.ReadFile("../../configs/examples/distill_tiny.yaml")
 	if err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,16 +20,7 @@ func TestTrainDoRAJob(t *testing.T) {
 	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "model"), randmodel.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32}); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile("../../testdata/war-and-peace-60k.txt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lines strings.Builder
-	for i := 0; i < 4000; i += 400 {
-		b, _ := json.Marshal(map[string]string{"text": string(raw[i : i+400])})
-		lines.Write(append(b, '\n'))
-	}
-	os.WriteFile(filepath.Join(dir, "data.jsonl"), []byte(lines.String()), 0o644)
+	writeTextRows(t, filepath.Join(dir, "data.jsonl"), 4000)
 	jobPath := filepath.Join(dir, "job.yaml")
 	os.WriteFile(jobPath, []byte(`model: model
 method: lora

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,4 +121,24 @@ func TestExportGGUFLoRA(t *testing.T) {
 	if _, err := os.Stat(fullOut); !os.IsNotExist(err) {
 		t.Errorf("a refused export wrote %s", fullOut)
 	}
+}
+
+// writeTextRows writes the first chars characters of the War and Peace
+// sample to path as JSONL text rows of 400 characters, and returns the
+// whole sample.
+func writeTextRows(t *testing.T, path string, chars int) []byte {
+	t.Helper()
+	raw, err := os.ReadFile("../../testdata/war-and-peace-60k.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines strings.Builder
+	for i := 0; i < chars; i += 400 {
+		b, _ := json.Marshal(map[string]string{"text": string(raw[i : i+400])})
+		lines.Write(append(b, '\n'))
+	}
+	if err := os.WriteFile(path, []byte(lines.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return raw
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
@@ -42,18 +41,7 @@ func testGGUFBase(t *testing.T, kind string) {
 	if err := export.GGUF(export.Source{BaseDir: hf}, base, "Q8_0"); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile("../../testdata/war-and-peace-60k.txt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lines strings.Builder
-	for i := 0; i < 4000; i += 400 {
-		b, _ := json.Marshal(map[string]string{"text": string(raw[i : i+400])})
-		lines.Write(append(b, '\n'))
-	}
-	if err := os.WriteFile(filepath.Join(dir, "data.jsonl"), []byte(lines.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	raw := writeTextRows(t, filepath.Join(dir, "data.jsonl"), 4000)
 	job, err := os.ReadFile("../../configs/examples/gguf_lora.yaml")
 	if err != nil {
 		t.Fatal(err)
