@@ -67,3 +67,12 @@ func modelChatTemplate(modelDir, template string) (string, error) {
 	}
 	return t, nil
 }
+
+// loadJobWithOut loads the job of a command that writes into --out (which
+// it requires).
+func loadJobWithOut(command, jobPath string, sets []string, out string) (*configs.Job, error) {
+	if out == "" {
+		return nil, fmt.Errorf("%s: --out DIR is required", command)
+	}
+	return configs.Load(jobPath, sets)
+}

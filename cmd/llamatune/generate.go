@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -85,10 +84,7 @@ run again: nothing is written twice or lost.`,
 }
 
 func runGenerate(ctx context.Context, jobPath string, setList []string, f generateFlags, stdout, stderr io.Writer) error {
-	if f.out == "" {
-		return errors.New("generate: --out DIR is required")
-	}
-	job, err := configs.Load(jobPath, setList)
+	job, err := loadJobWithOut("generate", jobPath, setList, f.out)
 	if err != nil {
 		return err
 	}

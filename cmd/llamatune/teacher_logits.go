@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -61,10 +60,7 @@ override the job.`,
 }
 
 func runTeacherLogits(ctx context.Context, jobPath string, setList []string, f teacherLogitsFlags, stdout, stderr io.Writer) error {
-	if f.out == "" {
-		return errors.New("teacher-logits: --out DIR is required")
-	}
-	job, err := configs.Load(jobPath, setList)
+	job, err := loadJobWithOut("teacher-logits", jobPath, setList, f.out)
 	if err != nil {
 		return err
 	}
