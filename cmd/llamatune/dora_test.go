@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,20 +20,7 @@ func TestTrainDoRAJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeTextRows(t, filepath.Join(dir, "data.jsonl"), 4000)
-	jobPath := filepath.Join(dir, "job.yaml")
-	os.WriteFile(jobPath, []byte(`model: model
-method: lora
-lora: {r: 4, alpha: 8, target_modules: [q_proj, down_proj], use_dora: true}
-data:
-  datasets: [{path: data.jsonl, type: text}]
-  seq_len: 64
-  shuffle_buffer: 0
-optimizer: {lr: 0.01}
-batch: {micro_batch_size: 2}
-max_steps: 2
-device: cpu
-output_dir: `+filepath.Join(dir, "run")+`
-`), 0o644)
+	jobPath := writeTinyJob(t, dir, "lora: {r: 4, alpha: 8, target_modules: [q_proj, down_proj], use_dora: true}", 2)
 	job, err := configs.Load(jobPath, nil)
 	if err != nil {
 		t.Fatal(err)

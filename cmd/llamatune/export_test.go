@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -141,4 +142,28 @@ func writeTextRows(t *testing.T, path string, chars int) []byte {
 		t.Fatal(err)
 	}
 	return raw
+}
+
+// writeTinyJob writes DIR/job.yaml: LoRA (loraLine) on DIR/model over
+// DIR/data.jsonl, seq 64, micro-batches of 2, maxSteps steps, into DIR/run.
+func writeTinyJob(t *testing.T, dir, loraLine string, maxSteps int) string {
+	t.Helper()
+	path := filepath.Join(dir, "job.yaml")
+	job := fmt.Sprintf(`model: model
+method: lora
+%s
+data:
+  datasets: [{path: data.jsonl, type: text}]
+  seq_len: 64
+  shuffle_buffer: 0
+optimizer: {lr: 0.01}
+batch: {micro_batch_size: 2}
+max_steps: %d
+device: cpu
+output_dir: %s
+`, loraLine, maxSteps, filepath.Join(dir, "run"))
+	if err := os.WriteFile(path, []byte(job), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
