@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -16,7 +17,7 @@ import (
 
 func init() {
 	bench := &cobra.Command{Use: "bench", Short: "Measure GEMM GFLOP/s and training-step tokens/s on this machine"}
-	bench.AddCommand(benchGEMMCmd(), benchStepCmd(), benchTokenizerCmd())
+	bench.AddCommand(benchGEMMCmd(), benchStepCmd(), benchTokenizerCmd(), benchKernelsCmd())
 	rootCmd.AddCommand(bench)
 }
 
@@ -156,4 +157,50 @@ func benchTokenizerCmd() *cobra.Command {
 	tok.Flags().StringVar(&kind, "kind", "llama3", "llama3 or llama2")
 	tok.Flags().StringVar(&textFile, "text", "", "UTF-8 text file to encode")
 	return tok
+}
+
+// benchKernelsCmd is `llamatune bench kernels`.
+func benchKernelsCmd() *cobra.Command {
+	var kShapes, kSet, kDevice, kCompute string
+	var kJSON bool
+	kern := &cobra.Command{
+		Use:   "kernels [--device cpu|cuda] [--shapes FILE] [--set NAME] [--compute bf16|f32] [--json]",
+		Short: "Time forward+backward of RMSNorm, RoPE, SwiGLU, attention, fused CE and KD at the shapes torch is timed at (tools/gpu/shapes.json)",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			s, err := benchmark.LoadKernelShapes(kShapes, kSet)
+			if err != nil {
+				return fmt.Errorf("bench kernels: %w", err)
+			}
+			var cd kernels.DType
+			switch kCompute {
+			case "bf16":
+				cd = kernels.BF16
+			case "f32":
+				cd = kernels.F32
+			default:
+				return fmt.Errorf("bench kernels: --compute %q: want bf16 or f32", kCompute)
+			}
+			be, err := kernels.New(kDevice)
+			if err != nil {
+				return fmt.Errorf("bench kernels: %w", err)
+			}
+			rs := benchmark.Kernels(be, s, cd)
+			if kJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(map[string]any{"side": "llamatune", "device": kDevice, "compute": kCompute, "set": kSet, "shapes": s, "results": rs})
+			}
+			for _, r := range rs {
+				fmt.Println(r)
+			}
+			return nil
+		},
+	}
+	kern.Flags().StringVar(&kShapes, "shapes", "tools/gpu/shapes.json", "shapes file (shared with tools/gpu/bench_torch.py)")
+	kern.Flags().StringVar(&kSet, "set", "gpu", "shape set in the file")
+	kern.Flags().StringVar(&kDevice, "device", "cpu", "backend: cpu or cuda")
+	kern.Flags().StringVar(&kCompute, "compute", "bf16", "GEMM precision: bf16 or f32")
+	kern.Flags().BoolVar(&kJSON, "json", false, "print JSON")
+	return kern
 }
