@@ -155,7 +155,8 @@ class TorchLlamaLoRA:
         xf = x.float()
         return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.cfg["rms_norm_eps"])).to(x.dtype)
 
-    def loss(self, ids):
+    def loss(self, ids, labels=None, return_logits=False):
+        """Mean shifted cross-entropy as LlamaForCausalLM (labels default to ids; -100 ignored)."""
         c, w = self.cfg, self.w
         Bn, T = ids.shape
         x = w["model.embed_tokens.weight"][ids]
@@ -183,7 +184,9 @@ class TorchLlamaLoRA:
         x = self.rms(x, w["model.norm.weight"])
         head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
         logits = (x @ head.t()).float()
-        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        lab = ids if labels is None else labels
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
+        return (loss, logits) if return_logits else loss
 
 
 # ---------------------------------------------------------------- train
