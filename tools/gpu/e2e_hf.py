@@ -274,14 +274,21 @@ def cmd_train(a):
 # ---------------------------------------------------------------- compare
 
 def cmd_compare(a):
-    lt = []
-    with open(a.llamatune) as f:
-        for line in f:
-            r = json.loads(line)
-            if "loss" in r and "step" in r and r.get("eval_loss") is None and not r.get("skipped"):
-                lt.append(r)
-    hf = json.load(open(a.hf))
-    hs = hf["steps_log"]
+    lt, errors = [], []
+    try:
+        with open(a.llamatune) as f:
+            for line in f:
+                r = json.loads(line)
+                if "loss" in r and "step" in r and r.get("eval_loss") is None and not r.get("skipped"):
+                    lt.append(r)
+    except (OSError, ValueError) as e:
+        errors.append(f"llamatune: {a.llamatune}: {e} (did llamatune train run? see its log)")
+    try:
+        hf = json.load(open(a.hf))
+    except (OSError, ValueError) as e:
+        errors.append(f"reference: {a.hf}: {e} (did e2e_hf.py train run? see its log)")
+        hf = {}
+    hs = hf.get("steps_log", [])
     n = min(len(lt), len(hs))
     rows, ok_first, ok_rest = [], None, True
     for i in range(n):
@@ -307,7 +314,11 @@ def cmd_compare(a):
     if out.get("llamatune_peak_gpu_mib_smi") and out.get("reference_peak_gpu_mib_smi"):
         out["memory_ratio_smi"] = out["llamatune_peak_gpu_mib_smi"] / out["reference_peak_gpu_mib_smi"]
     if n == 0:
-        out["error"] = "no steps to compare (did both sides run?)"
+        errors.append("no steps to compare (did both sides run?)")
+    if errors:
+        out["errors"] = errors
+        for e in errors:
+            print("e2e_hf compare:", e, file=sys.stderr)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=2)
     for r in rows:
