@@ -55,6 +55,24 @@ for p in ${PYTHON:-} python3 /usr/bin/python3 python3.12 python3.11 python3.10; 
   if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import torch' >/dev/null 2>&1; then PY=$p; break; fi
 done
 
+# cuBLAS and NVRTC: the system's (/usr/local/cuda, ld.so.cache) when present, else the
+# nvidia-* pip wheels torch depends on (site-packages/nvidia/{cublas,cuda_nvrtc}/lib).
+if [ -z "${LLAMATUNE_CUDA_LIB_DIR:-}" ] && [ -n "$PY" ] && ! ls /usr/local/cuda/lib64/libnvrtc.so* >/dev/null 2>&1 \
+   && ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
+  WHEEL_LIBS=$($PY -c '
+import importlib.util, os
+spec = importlib.util.find_spec("nvidia")
+dirs = []
+for base in (spec.submodule_search_locations if spec else []):
+    for sub in ("cuda_nvrtc/lib", "cublas/lib", "cuda_runtime/lib"):
+        d = os.path.join(base, sub)
+        if os.path.isdir(d):
+            dirs.append(d)
+print(":".join(dirs))' 2>/dev/null)
+  [ -n "$WHEEL_LIBS" ] && export LLAMATUNE_CUDA_LIB_DIR=$WHEEL_LIBS
+fi
+chmod +x bin/* 2>/dev/null
+
 # step NAME BUDGET_S 'COMMAND' — runs COMMAND in bash under timeout, log in $LOGS/NAME.log.
 step() {
   local name=$1 want=$2 cmd=$3
@@ -90,6 +108,12 @@ smi_stop() { [ -n "$SMI_PID" ] && kill "$SMI_PID" 2>/dev/null; wait "$SMI_PID" 2
 say "llamatune GPU check $(date -u +%Y-%m-%dT%H:%M:%SZ)  mode: $([ $DRY = 1 ] && echo 'DRY RUN (cpu, tiny shapes)' || echo device)"
 say "build: $(cat bin/BUILD 2>/dev/null || echo 'bin/BUILD missing: run tools/gpu/build.sh')"
 say "work: $WORK  out: $OUT  budget: ${BUDGET}s"
+say "LLAMATUNE_CUDA_LIB_DIR: ${LLAMATUNE_CUDA_LIB_DIR:-(unset: system library paths)}"
+HEAD_REV=$(git rev-parse --short HEAD 2>/dev/null || true)
+case "$(cat bin/BUILD 2>/dev/null)" in
+  "$HEAD_REV"*|"") ;;
+  *) [ -n "$HEAD_REV" ] && say "WARNING: bin/ was built from another commit than HEAD $HEAD_REV: rerun tools/gpu/build.sh" ;;
+esac
 for b in bin/llamatune bin/kernels_cuda.test bin/llama.test; do
   [ -x "$b" ] || say "MISSING $b: run tools/gpu/build.sh here and carry bin/"
 done
