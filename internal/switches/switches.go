@@ -38,11 +38,14 @@ const (
 	TestBigDir   = "LLAMATUNE_BIG_DIR"   // its directory
 	TestBigChild = "LLAMATUNE_BIG_CHILD" // set in the child process it starts
 	TestGemmTune = "LLAMATUNE_GEMM_TUNE" // gemm: the blocking sweep
+	// TestPEFTGolden: the directory of the transformers+peft goldens
+	// (model/llama TestGoldenPEFT; default testdata/golden/tiny_llama_peft).
+	TestPEFTGolden = "LLAMATUNE_PEFT_GOLDEN"
 )
 
 // All lists every switch.
 var All = []string{NoFused, NoMemCheck, GemmNoAVX512, GemmNoBF16, VMathNoAVX512, CUDALibDir, CUDACache, CUDATF32,
-	TestBig, TestBigDir, TestBigChild, TestGemmTune}
+	TestBig, TestBigDir, TestBigChild, TestGemmTune, TestPEFTGolden}
 
 // On reports whether switch name is set to something other than "", "0" or
 // "false".

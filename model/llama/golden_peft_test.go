@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/llamatune/llamatune/checkpoint"
+	"github.com/llamatune/llamatune/internal/switches"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/lora"
@@ -20,7 +21,7 @@ import (
 // testdata/golden/tiny_llama_peft, or in $LLAMATUNE_PEFT_GOLDEN (check.sh
 // --dry-run points it at the plain-torch stand-in's output).
 func TestGoldenPEFT(t *testing.T) {
-	dir := os.Getenv("LLAMATUNE_PEFT_GOLDEN")
+	dir := switches.Value(switches.TestPEFTGolden)
 	if dir == "" {
 		dir = "../../testdata/golden/tiny_llama_peft"
 	}
