@@ -6,7 +6,7 @@
 #   bin/llama.test         model/llama tests (golden comparisons, incl. the transformers+peft
 #                          goldens once check.sh has written them)
 # Run from anywhere; writes into <repo>/bin. Then, on the device:
-#   run(carry=["bin", "tools/gpu"], command="bash tools/gpu/check.sh")
+#   run(carry=["bin"], timeout_s=570, command="bash tools/gpu/check.sh")
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CGO_ENABLED=0 GOOS=linux GOARCH=amd64

@@ -3,7 +3,7 @@
 #
 #   here:   bash tools/gpu/build.sh          (cross-compiles bin/; the device has no Go)
 #           bash tools/gpu/check.sh --dry-run (the same steps on this CPU, tiny shapes)
-#   device: run(carry=["bin", "tools/gpu"], timeout_s=570, command="bash tools/gpu/check.sh")
+#   device: run(carry=["bin"], timeout_s=570, command="bash tools/gpu/check.sh")
 #
 # Each step runs under its own `timeout`, so a hang costs that step only; every step's status,
 # exit code and time go to $OUT/summary.txt and nothing aborts the rest. What comes back
