@@ -42,10 +42,10 @@ T0=$SECONDS
 say() { echo "$*" >> "$SUMMARY"; }
 
 if [ $DRY = 1 ]; then
-  DEV=cpu SET=dry SEQ=64 STEPS=3 MODEL=$WORK/tiny
+  DEV=cpu SET=dry SEQ=64 STEPS=3 QS_STEPS=8 MODEL=$WORK/tiny
   MODEL_CMD="bin/llamatune init-tiny --out $MODEL --check=false"
 else
-  DEV=cuda SET=gpu SEQ=2048 STEPS=8 MODEL=$WORK/llama3.2-1b
+  DEV=cuda SET=gpu SEQ=2048 STEPS=8 QS_STEPS=20 MODEL=$WORK/llama3.2-1b
   MODEL_CMD="bin/llamatune init-tiny --shape llama3.2-1b --out $MODEL"
 fi
 
@@ -166,12 +166,12 @@ else
   skip e2e_data "no python with torch"
 fi
 smi_start "$WORK/smi_llamatune.csv"
-step train_lt 110 "bin/llamatune train tools/gpu/e2e_job.yaml --set model=$MODEL --set data.datasets.0.path=$WORK/batches.jsonl \
+step train_lt 100 "bin/llamatune train tools/gpu/e2e_job.yaml --set model=$MODEL --set data.datasets.0.path=$WORK/batches.jsonl \
   --set data.seq_len=$SEQ --set max_steps=$STEPS --set device=$DEV --set output_dir=$WORK/run_llamatune"
 smi_stop
 if [ -n "$PY" ]; then
   smi_start "$WORK/smi_hf.csv"
-  step train_hf 110 "$PY tools/gpu/e2e_hf.py train --model $MODEL --data $WORK/batches.jsonl --steps $STEPS --device $DEV --out $WORK/e2e_hf.json"
+  step train_hf 85 "$PY tools/gpu/e2e_hf.py train --model $MODEL --data $WORK/batches.jsonl --steps $STEPS --device $DEV --out $WORK/e2e_hf.json"
   smi_stop
   step e2e_compare 10 "$PY tools/gpu/e2e_hf.py compare --llamatune $WORK/run_llamatune/metrics.jsonl --hf $WORK/e2e_hf.json \
     --llamatune-smi $WORK/smi_llamatune.csv --hf-smi $WORK/smi_hf.csv --out $OUT/e2e.json"
@@ -188,6 +188,9 @@ if [ -n "$PY" ]; then
 else
   skip golden "no python with torch"
 fi
+
+# ---- the quickstart (LoRA fine-tune, export, distillation, CE baseline) on the device
+step quickstart 35 "bin/llamatune quickstart --out $WORK/quickstart --set device=$DEV --set max_steps=$QS_STEPS"
 
 # ---- the Go benchmarks of kernels/cuda (8B-like shapes), with what time is left
 step cuda_gobench 15 "cd kernels/cuda && ../../bin/kernels_cuda.test -test.run '^\$' -test.bench . -test.benchtime 3x -test.timeout 14s"
@@ -208,6 +211,7 @@ for k in ("llamatune_tokens_per_sec", "reference_tokens_per_sec", "speedup", "ll
         print(f"  {k}: {e[k]:.3f}" if isinstance(e[k], float) else f"  {k}: {e[k]}")
 EOF
   fi
+  if [ -s "$LOGS/quickstart.log" ]; then echo ""; echo "quickstart on $DEV ($QS_STEPS steps):"; grep -E 'held-out loss|^done in|rror' "$LOGS/quickstart.log" | tail -4 | sed 's/^/  /'; fi
   for f in conformance golden_test; do
     [ -s "$LOGS/$f.log" ] && { echo ""; echo "$f failures/skips:"; grep -E '^\s*--- (FAIL|SKIP)|^(FAIL|ok|PASS)' "$LOGS/$f.log" | head -40 | sed 's/^/  /'; }
   done
