@@ -147,6 +147,9 @@ say "step             status    exit   time"
 # (kernels/cuda tests read the package's sources, e.g. TestLaunchArity: run them in its directory)
 step conformance 80 "cd kernels/cuda && ../../bin/kernels_cuda.test -test.run '^TestConformance\$' -test.v -test.timeout 75s"
 cp "$LOGS/conformance.log" "$OUT/conformance.log" 2>/dev/null
+if [ $DRY = 0 ] && grep -q -- '--- SKIP: TestConformance' "$LOGS/conformance.log" 2>/dev/null; then
+  say "ERROR: the conformance suite skipped on the device: $(grep -m1 'no usable CUDA GPU' "$LOGS/conformance.log" | sed 's/^ *//')"
+fi
 step cuda_host 20 "cd kernels/cuda && ../../bin/kernels_cuda.test -test.skip '^TestConformance\$' -test.v -test.timeout 18s"
 
 # ---- kernel benchmarks, same shapes on both sides
