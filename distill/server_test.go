@@ -157,29 +157,36 @@ func TestServerTeacherErrors(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("exhausted", func(t *testing.T) {
-		for _, kind := range []fakeserver.Kind{fakeserver.Status5xx, fakeserver.Malformed, fakeserver.WrongIDs, fakeserver.Truncated, fakeserver.MissingIDs, fakeserver.Hang} {
-			fs := fakeserver.New(fakeserver.Options{Model: te.Model(), Faults: []fakeserver.Fault{{Kind: kind, Probability: 1}}})
-			cl := newClient(t, fs, te.Info(), func(o *distill.ServerOptions) {
-				o.MaxRetries = 2
-				if kind == fakeserver.Hang {
-					// Every request hangs until the client's timeout, so the timeout can be
-					// short: no answer has to arrive within it. The other kinds keep the
-					// minute-long default, which a slow answer cannot reach.
-					o.Timeout = 100 * time.Millisecond
+		// Each fault on every request, on both routes: prompt_logprobs (vLLM) and
+		// echo + logprobs (a server that refuses prompt_logprobs).
+		for _, support := range []fakeserver.Support{fakeserver.Supported, fakeserver.Rejected} {
+			for _, kind := range []fakeserver.Kind{fakeserver.Status5xx, fakeserver.Malformed, fakeserver.WrongIDs, fakeserver.Truncated, fakeserver.MissingIDs, fakeserver.Hang} {
+				fs := fakeserver.New(fakeserver.Options{Model: te.Model(), PromptLogprobs: support, Faults: []fakeserver.Fault{{Kind: kind, Probability: 1}}})
+				cl := newClient(t, fs, te.Info(), func(o *distill.ServerOptions) {
+					o.MaxRetries = 2
+					if kind == fakeserver.Hang {
+						// Every request hangs until the client's timeout, so the timeout can be
+						// short: no answer has to arrive within it. The other kinds keep the
+						// minute-long default, which a slow answer cannot reach.
+						o.Timeout = 100 * time.Millisecond
+					}
+				})
+				_, err := cl.TopK(ctx, b, 4)
+				fs.Close()
+				if err == nil {
+					t.Fatalf("%v on every request (support %d): no error", kind, support)
 				}
-			})
-			_, err := cl.TopK(ctx, b, 4)
-			fs.Close()
-			if err == nil {
-				t.Fatalf("%v on every request: no error", kind)
-			}
-			msg := err.Error()
-			want := map[fakeserver.Kind]string{fakeserver.Status5xx: "HTTP 503", fakeserver.Malformed: "malformed reply",
-				fakeserver.WrongIDs: "was sent", fakeserver.Truncated: "truncated", fakeserver.MissingIDs: "token_id:N",
-				fakeserver.Hang: "timeout"}[kind]
-			for _, s := range []string{"giving up after 3 attempts", "row 0 positions", want} {
-				if !strings.Contains(msg, s) {
-					t.Errorf("%v: error %q lacks %q", kind, msg, s)
+				msg := err.Error()
+				want := map[fakeserver.Kind]string{fakeserver.Status5xx: "HTTP 503", fakeserver.Malformed: "malformed reply",
+					fakeserver.WrongIDs: "was sent", fakeserver.Truncated: "truncated", fakeserver.MissingIDs: "is not a token id",
+					fakeserver.Hang: "timeout"}[kind]
+				if support == fakeserver.Rejected && kind == fakeserver.MissingIDs {
+					want = "token_id:N"
+				}
+				for _, s := range []string{"giving up after 3 attempts", "row 0 positions", want} {
+					if !strings.Contains(msg, s) {
+						t.Errorf("%v (support %d): error %q lacks %q", kind, support, msg, s)
+					}
 				}
 			}
 		}
@@ -198,7 +205,7 @@ func TestServerTeacherErrors(t *testing.T) {
 		defer fs.Close()
 		cl := newClient(t, fs, te.Info(), nil)
 		_, err := cl.TopK(ctx, b, 32)
-		if err == nil || !strings.Contains(err.Error(), "--max-logprobs") || !strings.Contains(err.Error(), "greater than max allowed: 20") {
+		if err == nil || !strings.Contains(err.Error(), "start vLLM with --max-logprobs 32 or set distill.top_k: 20") || !strings.Contains(err.Error(), "Requested prompt logprobs of 32, which is greater than max allowed: 20") {
 			t.Fatalf("err %v", err)
 		}
 	})

@@ -1,9 +1,14 @@
 // Package fakeserver is an OpenAI-compatible completions server for tests:
-// it answers POST /v1/completions the way vLLM does for token-id prompts with
-// echo and logprobs (the fields llamatune's server teacher reads), computing
-// the log-probabilities with a tiny in-process Llama, and injects faults
-// (delays, 5xx, 429, malformed JSON, wrong or missing token ids, truncated
-// lists) on chosen requests or at random under a seed.
+// it answers POST /v1/completions for token-id prompts the way vLLM does, in
+// vLLM's exact reply schema (distill/testdata/vllm holds the shapes), on both
+// routes llamatune's server teacher uses — prompt_logprobs, and echo +
+// logprobs — computing the log-probabilities with a tiny in-process Llama. It
+// refuses logprobs or prompt_logprobs above MaxLogprobs as vLLM refuses them
+// above --max-logprobs (HTTP 400, "Requested prompt logprobs of K, which is
+// greater than max allowed: N"), can play a server that is not vLLM
+// (PromptLogprobs: Rejected or Ignored), and injects faults (delays, 5xx,
+// 429, malformed JSON, wrong or missing token ids, truncated lists) on chosen
+// requests or at random under a seed.
 package fakeserver
 
 import (
@@ -52,6 +57,15 @@ type Fault struct {
 	Status      int
 }
 
+// Support says how the server treats the prompt_logprobs request field.
+type Support int
+
+const (
+	Supported Support = iota // as vLLM: choices[0].prompt_logprobs
+	Rejected                 // as OpenAI: HTTP 400 "Unrecognized request argument supplied: prompt_logprobs"
+	Ignored                  // as a server that drops unknown fields: no prompt_logprobs in the reply
+)
+
 // Options configure a Server.
 type Options struct {
 	Model  *llama.Model // required
@@ -61,6 +75,8 @@ type Options struct {
 	// MaxLogprobs is the largest logprobs a request may ask for (vLLM's
 	// --max-logprobs; default 20 as vLLM's).
 	MaxLogprobs int
+	// PromptLogprobs: how the prompt_logprobs field is treated (default Supported).
+	PromptLogprobs Support
 }
 
 // Served is one successful answer: the prompt it scored.
@@ -132,8 +148,10 @@ type request struct {
 	MaxTokens              *int    `json:"max_tokens"`
 	Echo                   bool    `json:"echo"`
 	Logprobs               *int    `json:"logprobs"`
+	PromptLogprobs         *int    `json:"prompt_logprobs"`
 	Temperature            float64 `json:"temperature"`
 	ReturnTokensAsTokenIDs bool    `json:"return_tokens_as_token_ids"`
+	ReturnTokenIDs         bool    `json:"return_token_ids"`
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -142,8 +160,14 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// errorBody is vLLM's ErrorResponse: {"error": {message, type, param, code}}
+// (vLLM before 0.10 sent the fields at the top level with "object": "error").
 func errorBody(msg, typ string, code int) map[string]any {
-	return map[string]any{"object": "error", "message": msg, "type": typ, "param": nil, "code": code}
+	return paramError(msg, typ, nil, code)
+}
+
+func paramError(msg, typ string, param any, code int) map[string]any {
+	return map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": param, "code": code}}
 }
 
 // fault picks the fault of request n, if any.
@@ -216,22 +240,37 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	k := 0
-	if req.Logprobs != nil {
-		k = *req.Logprobs
+	if req.PromptLogprobs != nil && s.o.PromptLogprobs == Rejected {
+		writeJSON(w, 400, map[string]any{"error": map[string]any{"message": "Unrecognized request argument supplied: prompt_logprobs",
+			"type": "invalid_request_error", "param": nil, "code": nil}})
+		return
 	}
-	if k > s.o.MaxLogprobs {
-		writeJSON(w, 400, errorBody(fmt.Sprintf("Requested sample logprobs of %d, which is greater than max allowed: %d", k, s.o.MaxLogprobs), "BadRequestError", 400))
+	if s.o.PromptLogprobs == Ignored {
+		req.PromptLogprobs = nil
+	}
+	// vLLM's checks, in its order: sample logprobs, then prompt logprobs (the
+	// request's, else logprobs when echo is set).
+	if req.Logprobs != nil && *req.Logprobs > s.o.MaxLogprobs {
+		writeJSON(w, 400, paramError(fmt.Sprintf("Requested sample logprobs of %d, which is greater than max allowed: %d", *req.Logprobs, s.o.MaxLogprobs), "BadRequestError", "logprobs", 400))
+		return
+	}
+	promptK := req.PromptLogprobs
+	if promptK == nil && req.Echo {
+		promptK = req.Logprobs
+	}
+	if promptK != nil && *promptK > s.o.MaxLogprobs {
+		writeJSON(w, 400, paramError(fmt.Sprintf("Requested prompt logprobs of %d, which is greater than max allowed: %d", *promptK, s.o.MaxLogprobs), "BadRequestError", "prompt_logprobs", 400))
 		return
 	}
 	maxTokens := 16
 	if req.MaxTokens != nil {
 		maxTokens = *req.MaxTokens
 	}
-	if maxTokens != 1 || !req.Echo || req.Logprobs == nil {
-		writeJSON(w, 400, errorBody("this fake server answers only echo + logprobs with max_tokens 1", "BadRequestError", 400))
+	if maxTokens != 1 || promptK == nil || (req.Echo && req.Logprobs == nil) || (!req.Echo && req.Logprobs != nil) || *promptK < 0 {
+		writeJSON(w, 400, errorBody("this fake server answers only max_tokens 1 with prompt_logprobs, or with echo + logprobs", "BadRequestError", 400))
 		return
 	}
+	k := *promptK
 	body := s.answer(req, k, n)
 	if f != nil {
 		body = corrupt(body, f.Kind, k)
@@ -253,6 +292,7 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// logprobs is vLLM's CompletionLogProbs.
 type logprobs struct {
 	TextOffset    []int                `json:"text_offset"`
 	TokenLogprobs []*float64           `json:"token_logprobs"`
@@ -260,27 +300,52 @@ type logprobs struct {
 	TopLogprobs   []map[string]float64 `json:"top_logprobs"`
 }
 
+// logprob is vLLM's Logprob, an item of a prompt_logprobs entry.
+type logprob struct {
+	Logprob      float64 `json:"logprob"`
+	Rank         int     `json:"rank"`
+	DecodedToken string  `json:"decoded_token"`
+}
+
+// choice is vLLM's CompletionResponseChoice.
 type choice struct {
-	Index          int       `json:"index"`
-	Text           string    `json:"text"`
-	Logprobs       *logprobs `json:"logprobs"`
-	FinishReason   string    `json:"finish_reason"`
-	StopReason     any       `json:"stop_reason"`
-	PromptLogprobs any       `json:"prompt_logprobs"`
+	Index          int                   `json:"index"`
+	Text           string                `json:"text"`
+	Logprobs       *logprobs             `json:"logprobs"`
+	FinishReason   string                `json:"finish_reason"`
+	StopReason     any                   `json:"stop_reason"`
+	TokenIDs       []int32               `json:"token_ids"`
+	PromptLogprobs []map[string]*logprob `json:"prompt_logprobs"`
+	PromptTokenIDs []int32               `json:"prompt_token_ids"`
 }
 
+// usage is vLLM's UsageInfo.
+type usage struct {
+	PromptTokens        int `json:"prompt_tokens"`
+	TotalTokens         int `json:"total_tokens"`
+	CompletionTokens    int `json:"completion_tokens"`
+	PromptTokensDetails any `json:"prompt_tokens_details"`
+}
+
+// response is vLLM's CompletionResponse.
 type response struct {
-	ID      string         `json:"id"`
-	Object  string         `json:"object"`
-	Created int64          `json:"created"`
-	Model   string         `json:"model"`
-	Choices []choice       `json:"choices"`
-	Usage   map[string]int `json:"usage"`
+	ID                string   `json:"id"`
+	Object            string   `json:"object"`
+	Created           int64    `json:"created"`
+	Model             string   `json:"model"`
+	Choices           []choice `json:"choices"`
+	ServiceTier       any      `json:"service_tier"`
+	SystemFingerprint any      `json:"system_fingerprint"`
+	Usage             usage    `json:"usage"`
+	KVTransferParams  any      `json:"kv_transfer_params"`
 }
 
-// answer scores the prompt: vLLM's echo reply, tokens = prompt + one greedy
-// token, top_logprobs[j] = the distribution that produced token j (null for
-// the first) holding the token itself plus the k most likely.
+// answer scores the prompt as vLLM does with k prompt log-probs: entry j of
+// prompt_logprobs is the distribution that produced prompt token j (null for
+// the first), holding the k most likely and the prompt token itself (k or k+1
+// items); one greedy token is generated. With echo the prompt and that token
+// come back in logprobs, top_logprobs[j] holding the token itself plus the k
+// most likely; without echo logprobs is null.
 func (s *Server) answer(req request, k, n int) response {
 	m := s.o.Model
 	V := m.Config.VocabSize
@@ -299,13 +364,10 @@ func (s *Server) answer(req request, k, n int) response {
 		if req.ReturnTokensAsTokenIDs {
 			return fmt.Sprintf("token_id:%d", id)
 		}
-		return fmt.Sprintf("<%d>", id)
+		return text(id)
 	}
 	lp := &logprobs{}
-	// choices[0].prompt_logprobs as vLLM returns it next to the echo: null for
-	// the first token, then {"id": {logprob, rank, decoded_token}} holding the
-	// prompt token and the k most likely.
-	promptLPs := []any{nil}
+	promptLPs := []map[string]*logprob{nil}
 	var gen int32
 	for j := 0; j <= P; j++ {
 		var tok int32
@@ -337,9 +399,9 @@ func (s *Server) answer(req request, k, n int) response {
 					rank++
 				}
 			}
-			pl := map[string]map[string]any{fmt.Sprint(tok): {"logprob": float64(ls[tok]), "rank": rank, "decoded_token": name(tok)}}
+			pl := map[string]*logprob{fmt.Sprint(tok): {Logprob: float64(ls[tok]), Rank: rank, DecodedToken: text(tok)}}
 			for r, id := range order[:k] {
-				pl[fmt.Sprint(id)] = map[string]any{"logprob": float64(ls[id]), "rank": r + 1, "decoded_token": name(id)}
+				pl[fmt.Sprint(id)] = &logprob{Logprob: float64(ls[id]), Rank: r + 1, DecodedToken: text(id)}
 			}
 			promptLPs = append(promptLPs, pl)
 		}
@@ -349,10 +411,28 @@ func (s *Server) answer(req request, k, n int) response {
 		lp.TopLogprobs = append(lp.TopLogprobs, top)
 		lp.TextOffset = append(lp.TextOffset, lp.TextOffset[len(lp.TextOffset)-1]+len(lp.Tokens[len(lp.Tokens)-2]))
 	}
+	c := choice{Index: 0, Text: text(gen), FinishReason: "length", PromptLogprobs: promptLPs}
+	if req.Echo {
+		c.Logprobs = lp
+		c.Text = ""
+		for _, id := range req.Prompt {
+			c.Text += text(id)
+		}
+		c.Text += text(gen)
+	}
+	if req.ReturnTokenIDs {
+		c.TokenIDs = []int32{gen}
+		c.PromptTokenIDs = append([]int32(nil), req.Prompt...)
+	}
+	if s.o.PromptLogprobs == Ignored && !req.Echo {
+		c.PromptLogprobs = nil // a server that dropped the field computes none
+	}
 	return response{ID: fmt.Sprintf("cmpl-%d", n), Object: "text_completion", Created: time.Now().Unix(), Model: req.Model,
-		Choices: []choice{{Index: 0, Text: name(gen), Logprobs: lp, FinishReason: "length", PromptLogprobs: promptLPs}},
-		Usage:   map[string]int{"prompt_tokens": P, "completion_tokens": 1, "total_tokens": P + 1}}
+		Choices: []choice{c}, Usage: usage{PromptTokens: P, CompletionTokens: 1, TotalTokens: P + 1}}
 }
+
+// text is the fake detokenization of id.
+func text(id int32) string { return fmt.Sprintf("<%d>", id) }
 
 // topIDs returns the ids of the n largest values, best first (equal values
 // by smaller id), by insertion into a short sorted list.
@@ -392,9 +472,15 @@ func logSoftmax(row []float32) []float32 {
 	return out
 }
 
-// corrupt applies a content fault to a good reply.
+// corrupt applies a content fault to a good reply: to logprobs on the echo
+// route, to prompt_logprobs (and prompt_token_ids) on the other.
 func corrupt(r response, kind Kind, k int) response {
-	lp := r.Choices[0].Logprobs
+	c := &r.Choices[0]
+	if c.Logprobs == nil {
+		corruptPrompt(c, kind, k)
+		return r
+	}
+	lp := c.Logprobs
 	switch kind {
 	case WrongIDs:
 		j := len(lp.Tokens) / 2
@@ -409,15 +495,53 @@ func corrupt(r response, kind Kind, k int) response {
 		lp.Tokens = lp.Tokens[:len(lp.Tokens)-2]
 		lp.TopLogprobs = lp.TopLogprobs[:len(lp.TopLogprobs)-2]
 		if len(lp.TopLogprobs) > 1 {
-			m := lp.TopLogprobs[1]
-			i := 0
-			for key := range m {
-				if i >= k/2 {
-					delete(m, key)
-				}
-				i++
-			}
+			shrink(lp.TopLogprobs[1], k)
 		}
 	}
 	return r
+}
+
+func corruptPrompt(c *choice, kind Kind, k int) {
+	pl := c.PromptLogprobs
+	switch kind {
+	case WrongIDs: // the server scored another prompt: one token differs
+		j := len(pl) / 2
+		if c.PromptTokenIDs != nil {
+			c.PromptTokenIDs[j]++
+		}
+		m := map[string]*logprob{}
+		for key, v := range pl[j] {
+			var id int
+			fmt.Sscanf(key, "%d", &id)
+			m[fmt.Sprint(id+1000003)] = v
+		}
+		pl[j] = m
+	case MissingIDs: // keys are text, not token ids
+		for j, m := range pl {
+			if m == nil {
+				continue
+			}
+			t := map[string]*logprob{}
+			for key, v := range m {
+				t["▁"+key] = v
+			}
+			pl[j] = t
+		}
+	case Truncated:
+		c.PromptLogprobs = pl[:max(len(pl)-2, 0)]
+		if len(c.PromptLogprobs) > 1 {
+			shrink(c.PromptLogprobs[1], k)
+		}
+	}
+}
+
+// shrink keeps about k/2 entries of m.
+func shrink[V any](m map[string]V, k int) {
+	i := 0
+	for key := range m {
+		if i >= k/2 {
+			delete(m, key)
+		}
+		i++
+	}
 }
