@@ -4,6 +4,11 @@ import (
 	"fmt"
 )
 
+// ServerTopK is distill.top_k's default for a server teacher: vLLM's
+// default --max-logprobs, the most log-probs per position it returns unless
+// started with a larger --max-logprobs.
+const ServerTopK = 20
+
 // Distill is the `distill:` section: where the teacher is and how the
 // student learns from it.
 //
@@ -15,7 +20,7 @@ import (
 //	  beta: 0.5                 # jsd: weight of the teacher in the mixture
 //	  temperature: 2.0          # both distributions softened; the loss is scaled by T²
 //	  kd_weight: 0.5            # loss = kd_weight·T²·KD + (1 − kd_weight)·CE
-//	  top_k: 32                 # server/shards teachers give top-k; in-process: 0 = full distribution
+//	  top_k: 32                 # server/shards teachers give top-k (default: server 20, shards 32); in-process: 0 = full distribution
 //	  sparse: tail              # tail: top-k + one bucket for the rest | renorm: top-k renormalized
 type Distill struct {
 	Teacher     Teacher  `yaml:"teacher"`
@@ -62,8 +67,15 @@ func (d *Distill) fillDefaults(j *Job) {
 	if j.unset("distill.kd_weight", d.KDWeight == 0) {
 		d.KDWeight = 0.5
 	}
+	// A server teacher's top_k defaults to vLLM's default --max-logprobs (20),
+	// so that a server started without the flag answers; more needs
+	// `vllm serve --max-logprobs K`. Shards (written ahead of time) keep 32;
+	// an in-process teacher keeps 0 (the full distribution).
 	if j.unset("distill.top_k", d.TopK == 0) && d.Teacher.Model == "" {
 		d.TopK = 32
+		if d.Teacher.URL != "" {
+			d.TopK = ServerTopK
+		}
 	}
 	if d.Sparse == "" {
 		d.Sparse = "tail"
@@ -134,7 +146,7 @@ func (d *Distill) validate() []error {
 		addf("distill.top_k: must be ≥ 0, got %d", d.TopK)
 	}
 	if d.TopK == 0 && t.Model == "" {
-		addf("distill.top_k: server and shard teachers give top-k log-probs; set top_k (e.g. 32)")
+		addf("distill.top_k: server and shard teachers give top-k log-probs; set top_k (e.g. 20 for a server: vLLM's default --max-logprobs)")
 	}
 	if t.Concurrency < 1 || t.Timeout <= 0 || t.Retries < 0 {
 		addf("distill.teacher: concurrency must be ≥ 1, timeout > 0 and retries ≥ 0")
