@@ -269,3 +269,24 @@ func TestServerTeacherRoutes(t *testing.T) {
 		}
 	})
 }
+
+// TestServerOldVLLMErrorBody: vLLM before 0.10 sent its refusal as
+// {"object": "error", "message": ...}; the client reads that too.
+func TestServerOldVLLMErrorBody(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(400)
+		io.WriteString(w, `{"object": "error", "message": "Requested prompt logprobs of 32, which is greater than max allowed: 16", "type": "BadRequestError", "param": null, "code": 400}`)
+	}))
+	defer srv.Close()
+	cl, err := distill.NewServer(distill.ServerOptions{BaseURL: srv.URL, Model: "m", Info: distill.Info{VocabHash: "h"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	b := &data.Batch{Rows: 1, SeqLen: 3, InputIDs: []int32{1, 2, 3}}
+	_, err = cl.TopK(context.Background(), b, 32)
+	if err == nil || !strings.Contains(err.Error(), "allows at most 16 log-probs") || !strings.Contains(err.Error(), "--max-logprobs 32 or set distill.top_k: 16") {
+		t.Fatalf("err %v", err)
+	}
+}
