@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -90,6 +91,7 @@ func (c *Client) fetchBlob(ctx context.Context, blobs string, m fileMeta, p *pro
 	}
 	fails := 0
 	var lastErr error
+	best := have // the most bytes ever held: an attempt that does not pass it is no progress
 	for have < m.size {
 		if fails >= c.retries() {
 			return newErr(ErrConnection, "%s: the connection was cut %d times in a row (%v); %d of %d bytes are kept in %s and the next run resumes from there",
@@ -105,6 +107,9 @@ func (c *Client) fetchBlob(ctx context.Context, blobs string, m fileMeta, p *pro
 			have = 0
 		}
 		have += n
+		if err == nil && have < m.size {
+			err = fmt.Errorf("the body ended after %d of %d bytes", have, m.size) // short body: retried, counted
+		}
 		switch {
 		case err == nil:
 		case ctx.Err() != nil:
@@ -115,8 +120,8 @@ func (c *Client) fetchBlob(ctx context.Context, blobs string, m fileMeta, p *pro
 			return err
 		default:
 			lastErr = err
-			if n > 0 {
-				fails = 0
+			if have > best {
+				best, fails = have, 0
 			}
 			fails++
 		}
@@ -219,6 +224,9 @@ func (c *Client) getRange(ctx context.Context, m fileMeta, f *os.File, w io.Writ
 	defer resp.Body.Close()
 	switch {
 	case resp.StatusCode == http.StatusPartialContent && have > 0:
+		if !strings.HasPrefix(resp.Header.Get("Content-Range"), "bytes "+strconv.FormatInt(have, 10)+"-") {
+			return 0, false, fmt.Errorf("HTTP 206 with Content-Range %q for a request from byte %d", resp.Header.Get("Content-Range"), have)
+		}
 	case resp.StatusCode == http.StatusOK:
 		if have > 0 { // the server ignored the Range: start over
 			if err := f.Truncate(0); err != nil {

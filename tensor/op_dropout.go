@@ -6,8 +6,11 @@ import "math/rand/v2"
 // 1/(1−p) (inverted dropout, as torch.nn.Dropout in training). The mask comes
 // from seed alone, so re-running the op (activation recomputation) draws the
 // same mask. dx = mask·dy/(1−p).
+//
+// On an Inference tape (evaluation, generation) it is the identity, as
+// dropout in torch's eval mode.
 func (tp *Tape) Dropout(x *Tensor, p float64, seed uint64) *Tensor {
-	if p <= 0 {
+	if p <= 0 || tp.Inference {
 		return x
 	}
 	if p >= 1 {

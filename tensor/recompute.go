@@ -13,14 +13,14 @@ import "github.com/llamatune/llamatune/kernels"
 func (tp *Tape) Recompute(x *Tensor, fn func(tp *Tape, x *Tensor) *Tensor) *Tensor {
 	if !tp.recording() {
 		// Inference: keep only fn's output, free its intermediates now.
-		inner := &Tape{be: tp.be, NoGrad: true, Compute: tp.Compute}
+		inner := &Tape{be: tp.be, NoGrad: true, Inference: tp.Inference, Compute: tp.Compute}
 		y0 := fn(inner, x)
 		y := tp.result(tp.alloc(y0.Numel()), y0.Shape)
 		tp.be.Copy(y.Buf, y0.Buf)
 		inner.Release()
 		return y
 	}
-	inner := &Tape{be: tp.be, NoGrad: true, Compute: tp.Compute}
+	inner := &Tape{be: tp.be, NoGrad: true, Inference: tp.Inference, Compute: tp.Compute}
 	y0 := fn(inner, x)
 	// Keep only the output buffer; drop everything else fn made.
 	y := tp.result(tp.alloc(y0.Numel()), y0.Shape, x)

@@ -21,6 +21,11 @@ import (
 type Tape struct {
 	be     kernels.Backend
 	NoGrad bool
+	// Inference runs the ops as a model in eval mode does: dropout is the
+	// identity (torch's model.eval()). Evaluation and generation set it;
+	// the tapes of a training step, their recompute passes included, keep
+	// dropout on.
+	Inference bool
 	// Compute is the GEMM precision of the ops recorded from now on
 	// (Linear, Attention, the fused losses): F32 (the zero value, the
 	// reference) or BF16 (operands rounded to bf16, f32 accumulation; see

@@ -56,10 +56,11 @@ func (m *Model) Step(cache *KVCache, tokens []int32) ([]float32, error) {
 	return logits.F32(), nil
 }
 
-// NewInferenceTape returns a tape that records nothing.
+// NewInferenceTape returns a tape that records nothing and runs the model as
+// in eval mode (no dropout).
 func NewInferenceTape(be kernels.Backend) *tensor.Tape {
 	tp := tensor.NewTape(be)
-	tp.NoGrad = true
+	tp.NoGrad, tp.Inference = true, true
 	return tp
 }
 
