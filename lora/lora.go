@@ -400,13 +400,13 @@ func (s *Set) Merge(m *llama.Model) {
 			merged := be.Alloc(kernels.F32, out*in)
 			be.Copy(merged, w.Buf)
 			AddLowRank(be, merged, l.A.Buf, l.B.Buf, nil, out, in, s.Config.R, l.Scaling)
-			if w.DType() == kernels.NF4 {
-				// A 4-bit base cannot hold the update: the merged
-				// weight (dequantized base + B·A) becomes bf16.
-				old := w.Buf
-				w.Buf = be.Alloc(kernels.BF16, out*in)
-				be.Free(old)
-			}
+			// A fresh buffer, never the old one: a bf16 base may be used
+			// in place from a read-only memory map, and a 4-bit base
+			// cannot hold the update (the merged weight, dequantized base
+			// + B·A, becomes bf16).
+			old := w.Buf
+			w.Buf = be.Alloc(kernels.BF16, out*in)
+			be.Free(old)
 			be.Copy(w.Buf, merged)
 			be.Free(merged)
 		}

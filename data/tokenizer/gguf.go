@@ -101,7 +101,7 @@ func VocabFromGGUF(g *checkpoint.GGUFFile) (*Vocab, error) {
 		v.AddBOS, v.AddBOSSet = b, true
 	}
 	if b, ok := get[bool](g, "tokenizer.ggml.add_eos_token"); ok {
-		v.AddEOS, v.AddBOSSet = b, true
+		v.AddEOS = b
 	}
 	if !v.AddBOSSet {
 		v.AddBOS, v.AddBOSSet = v.BOS >= 0, true // llama.cpp's default for both models

@@ -166,7 +166,7 @@ func (v *Vocab) lookupSpecials(tc *exportConfig, find func(string) int) {
 		v.AddBOS, v.AddBOSSet = *tc.AddBOS, true
 	}
 	if tc.AddEOS != nil {
-		v.AddEOS, v.AddBOSSet = *tc.AddEOS, true
+		v.AddEOS = *tc.AddEOS
 	}
 	v.ChatTemplate = tc.ChatTemplate
 }
@@ -347,7 +347,11 @@ func exportByteLevel(data []byte, path string, tc *exportConfig, vocabSize int) 
 		return -1
 	})
 	if !v.AddBOSSet {
+		addEOS := v.AddEOS
 		v.AddBOS, v.AddEOS, v.AddBOSSet = templateAdds(f.PostProcessor)
+		if tc.AddEOS != nil {
+			v.AddEOS = addEOS // tokenizer_config.json's add_eos_token wins over the template
+		}
 	}
 	if !v.AddBOSSet && v.BOS >= 0 {
 		// Early Llama 3 tokenizer.json files have no TemplateProcessing; the

@@ -267,8 +267,12 @@ func openGGUF(path string) (Config, *checkpoint.Reader, []string, map[string][]i
 	for i, n := range names {
 		v := checkpoint.GGUFView{Name: n, Tensor: GGUFTensorName(n)}
 		// Shapes first: a corrupt file's config must not size anything.
-		if t, ok := g.Tensor(v.Tensor); ok && !slices.Equal(t.Shape, shapes[n]) {
+		t, ok := g.Tensor(v.Tensor)
+		if ok && !slices.Equal(t.Shape, shapes[n]) {
 			return cfg, nil, nil, nil, fmt.Errorf("%s: tensor %s (%s) has shape %v, want %v from the llama.* keys; the file is inconsistent", path, v.Tensor, n, t.Shape, shapes[n])
+		}
+		if !ok && (strings.HasSuffix(n, "self_attn.q_proj.weight") || strings.HasSuffix(n, "self_attn.k_proj.weight")) {
+			return cfg, nil, nil, nil, fmt.Errorf("%s: tensor %s (%s) is missing; the file is corrupt or not a llama model", path, v.Tensor, n)
 		}
 		switch {
 		case strings.HasSuffix(n, "self_attn.q_proj.weight"):

@@ -52,13 +52,18 @@ func Load(dir string, be kernels.Backend, dt kernels.DType) (*Model, error) {
 		return nil, err
 	}
 	keep := false
+	params := map[string]*tensor.Tensor{}
 	defer func() {
 		if !keep {
 			r.Close()
+			for _, p := range params { // a failed load frees what it made (NF4 lives off the Go heap)
+				if p.DType() == kernels.NF4 {
+					be.Free(p.Buf)
+				}
+			}
 		}
 	}()
 	hm, _ := be.(kernels.HostMapper)
-	params := map[string]*tensor.Tensor{}
 	mapped := 0
 	for _, n := range names {
 		var buf kernels.Buffer
@@ -95,9 +100,11 @@ func Load(dir string, be kernels.Backend, dt kernels.DType) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
+	keep = true // the model owns its buffers now
 	if mapped > 0 {
-		keep = true
 		m.mapping = r
+	} else {
+		r.Close()
 	}
 	return m, nil
 }
