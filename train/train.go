@@ -285,7 +285,7 @@ func Evaluate(m *llama.Model, open func() (Batches, error), maxBatches int) (flo
 			return 0, err
 		}
 		tp := tensor.NewTape(m.Backend())
-		tp.NoGrad, tp.Inference = true, true // eval mode: no dropout
+		tp.NoGrad, tp.Inference = true, true              // eval mode: no dropout
 		loss, n, err := m.Loss(tp, Input(b), b.Labels, 1) // normalizer 1: the sum
 		if err != nil {
 			return 0, err
