@@ -23,9 +23,10 @@ type InProcess struct {
 	// LogitBudget caps the logits made at once (default DefaultLogitBudget).
 	LogitBudget int
 
-	mu   sync.Mutex
-	m    *llama.Model
-	info Info
+	mu    sync.Mutex
+	m     *llama.Model
+	info  Info
+	owned bool // loaded by NewInProcess: Close releases it
 }
 
 var _ DenseTeacher = (*InProcess)(nil)
@@ -41,7 +42,9 @@ func NewInProcess(modelDir string, be kernels.Backend, dt kernels.DType) (*InPro
 	if err != nil {
 		return nil, fmt.Errorf("teacher %s: %w", modelDir, err)
 	}
-	return NewInProcessModel(m, Info{Name: modelDir, VocabSize: m.Config.VocabSize, VocabHash: hash}), nil
+	t := NewInProcessModel(m, Info{Name: modelDir, VocabSize: m.Config.VocabSize, VocabHash: hash})
+	t.owned = true
+	return t, nil
 }
 
 // NewInProcessModel wraps an already loaded model (frozen: it must carry no
@@ -59,8 +62,17 @@ func (t *InProcess) Info() Info { return t.info }
 // Model is the teacher model (for dense KD losses).
 func (t *InProcess) Model() *llama.Model { return t.m }
 
-// Close drops the model reference.
-func (t *InProcess) Close() error { return nil }
+// Close releases a model NewInProcess loaded (its memory map, its NF4
+// weights); a model given to NewInProcessModel stays the caller's.
+func (t *InProcess) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.owned {
+		return nil
+	}
+	t.owned = false
+	return t.m.Close()
+}
 
 // TopK runs the teacher on b (position ids and document starts respected, so
 // no document sees another) and returns the top-k log-softmax values of every

@@ -212,8 +212,8 @@ func (c *Client) getRange(ctx context.Context, m fileMeta, f *os.File, w io.Writ
 		if len(via) >= 10 {
 			return errors.New("too many redirects")
 		}
-		if r.URL.Host != via[0].URL.Host {
-			r.Header.Del("Authorization") // the token goes to the Hub only, not to a CDN (even a subdomain)
+		if r.URL.Host != via[0].URL.Host || r.URL.Scheme != via[0].URL.Scheme {
+			r.Header.Del("Authorization") // the token goes to the Hub only (not to a CDN, even a subdomain, nor over a downgraded scheme)
 		}
 		return nil
 	}

@@ -405,7 +405,7 @@ func (c *Client) head(ctx context.Context, repoType, repoID, commit, file string
 			return fileMeta{}, fmt.Errorf("%s: bad URL %q: %v", file, u, err)
 		}
 		resp, err := c.do(ctx, &hc, file+" of "+repoID, func() (*http.Request, error) {
-			req, err := c.newRequest(ctx, http.MethodHead, u, cur.Host == base.Host)
+			req, err := c.newRequest(ctx, http.MethodHead, u, cur.Host == base.Host && cur.Scheme == base.Scheme)
 			if err == nil {
 				req.Header.Set("Accept-Encoding", "identity")
 			}
