@@ -108,35 +108,7 @@ func GGUFMetadata(c llama.Config, v *tokenizer.Vocab, name string, ftype checkpo
 	if v == nil {
 		return kv
 	}
-	kv = append(kv,
-		checkpoint.GGUFKV{Key: "tokenizer.ggml.model", Value: v.Model},
-		checkpoint.GGUFKV{Key: "tokenizer.ggml.pre", Value: v.Pre},
-		checkpoint.GGUFKV{Key: "tokenizer.ggml.tokens", Value: v.Tokens})
-	if v.Scores != nil {
-		kv = append(kv, checkpoint.GGUFKV{Key: "tokenizer.ggml.scores", Value: v.Scores})
-	}
-	kv = append(kv, checkpoint.GGUFKV{Key: "tokenizer.ggml.token_type", Value: v.Types})
-	if v.Merges != nil {
-		kv = append(kv, checkpoint.GGUFKV{Key: "tokenizer.ggml.merges", Value: v.Merges})
-	}
-	for _, s := range []struct {
-		key string
-		id  int
-	}{{"tokenizer.ggml.bos_token_id", v.BOS}, {"tokenizer.ggml.eos_token_id", v.EOS},
-		{"tokenizer.ggml.unknown_token_id", v.UNK}, {"tokenizer.ggml.padding_token_id", v.Pad}} {
-		if s.id >= 0 && s.id < len(v.Tokens) {
-			kv = append(kv, checkpoint.GGUFKV{Key: s.key, Value: uint32(s.id)})
-		}
-	}
-	if v.AddBOSSet {
-		kv = append(kv,
-			checkpoint.GGUFKV{Key: "tokenizer.ggml.add_bos_token", Value: v.AddBOS},
-			checkpoint.GGUFKV{Key: "tokenizer.ggml.add_eos_token", Value: v.AddEOS})
-	}
-	if v.ChatTemplate != "" {
-		kv = append(kv, checkpoint.GGUFKV{Key: "tokenizer.chat_template", Value: v.ChatTemplate})
-	}
-	return kv
+	return append(kv, v.GGUFKVs()...)
 }
 
 // PermuteQK reorders the rows of an HF q_proj/k_proj weight [heads·hd, cols]

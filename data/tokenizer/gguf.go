@@ -172,16 +172,21 @@ func (v *Vocab) Tokenizer(name string) (Tokenizer, error) {
 
 // LoadGGUF reads the tokenizer stored in a GGUF file's metadata.
 func LoadGGUF(path string) (Tokenizer, error) {
+	v, err := vocabFromGGUFFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return v.Tokenizer(path)
+}
+
+// vocabFromGGUFFile opens the GGUF file at path and reads its tokenizer.
+func vocabFromGGUFFile(path string) (*Vocab, error) {
 	g, err := checkpoint.OpenGGUF(path)
 	if err != nil {
 		return nil, err
 	}
 	defer g.Close()
-	v, err := VocabFromGGUF(g)
-	if err != nil {
-		return nil, err
-	}
-	return v.Tokenizer(path)
+	return VocabFromGGUF(g)
 }
 
 // isAdded reports whether token type t is an added (not merged) token.
@@ -394,12 +399,7 @@ func ReadConfigJSON(model string) ([]byte, error) {
 	if !checkpoint.IsGGUF(model) {
 		return os.ReadFile(filepath.Join(model, "tokenizer_config.json"))
 	}
-	g, err := checkpoint.OpenGGUF(model)
-	if err != nil {
-		return nil, err
-	}
-	defer g.Close()
-	v, err := VocabFromGGUF(g)
+	v, err := vocabFromGGUFFile(model)
 	if err != nil {
 		return nil, err
 	}

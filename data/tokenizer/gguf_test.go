@@ -9,40 +9,9 @@ import (
 	"github.com/llamatune/llamatune/checkpoint"
 )
 
-// vocabKVs writes v as the tokenizer.ggml.* keys export.GGUFMetadata writes
-// (export imports this package, so the test cannot call it; the export
-// tests check the real path end to end).
+// vocabKVs is v's tokenizer metadata in a GGUF of architecture llama.
 func vocabKVs(v *Vocab) []checkpoint.GGUFKV {
-	kv := []checkpoint.GGUFKV{
-		{Key: "general.architecture", Value: "llama"},
-		{Key: "tokenizer.ggml.model", Value: v.Model},
-		{Key: "tokenizer.ggml.pre", Value: v.Pre},
-		{Key: "tokenizer.ggml.tokens", Value: v.Tokens},
-		{Key: "tokenizer.ggml.token_type", Value: v.Types},
-	}
-	if v.Scores != nil {
-		kv = append(kv, checkpoint.GGUFKV{Key: "tokenizer.ggml.scores", Value: v.Scores})
-	}
-	if v.Merges != nil {
-		kv = append(kv, checkpoint.GGUFKV{Key: "tokenizer.ggml.merges", Value: v.Merges})
-	}
-	for _, s := range []struct {
-		key string
-		id  int
-	}{{"tokenizer.ggml.bos_token_id", v.BOS}, {"tokenizer.ggml.eos_token_id", v.EOS},
-		{"tokenizer.ggml.unknown_token_id", v.UNK}, {"tokenizer.ggml.padding_token_id", v.Pad}} {
-		if s.id >= 0 {
-			kv = append(kv, checkpoint.GGUFKV{Key: s.key, Value: uint32(s.id)})
-		}
-	}
-	if v.AddBOSSet {
-		kv = append(kv, checkpoint.GGUFKV{Key: "tokenizer.ggml.add_bos_token", Value: v.AddBOS},
-			checkpoint.GGUFKV{Key: "tokenizer.ggml.add_eos_token", Value: v.AddEOS})
-	}
-	if v.ChatTemplate != "" {
-		kv = append(kv, checkpoint.GGUFKV{Key: "tokenizer.chat_template", Value: v.ChatTemplate})
-	}
-	return kv
+	return append([]checkpoint.GGUFKV{{Key: "general.architecture", Value: "llama"}}, v.GGUFKVs()...)
 }
 
 // TestGGUFTokenizerRoundTrip: HF files → Vocab → GGUF metadata → tokenizer

@@ -52,12 +52,7 @@ type Vocab struct {
 // modelDir may be a GGUF file (its tokenizer.ggml.* keys, see VocabFromGGUF).
 func ExportVocab(modelDir string, vocabSize int) (*Vocab, error) {
 	if checkpoint.IsGGUF(modelDir) {
-		g, err := checkpoint.OpenGGUF(modelDir)
-		if err != nil {
-			return nil, err
-		}
-		defer g.Close()
-		v, err := VocabFromGGUF(g)
+		v, err := vocabFromGGUFFile(modelDir)
 		if err != nil {
 			return nil, err
 		}
@@ -394,4 +389,39 @@ func templateAdds(raw json.RawMessage) (addBOS, addEOS, found bool) {
 		return false, false, false
 	}
 	return pp.Single[0].SpecialToken != nil, len(pp.Single) > 1 && pp.Single[len(pp.Single)-1].SpecialToken != nil, true
+}
+
+// GGUFKVs are v as GGUF tokenizer.ggml.* metadata, the keys VocabFromGGUF
+// reads back (export writes them after the llama.* keys).
+func (v *Vocab) GGUFKVs() []checkpoint.GGUFKV {
+	var kv []checkpoint.GGUFKV
+	kv = append(kv,
+		checkpoint.GGUFKV{Key: "tokenizer.ggml.model", Value: v.Model},
+		checkpoint.GGUFKV{Key: "tokenizer.ggml.pre", Value: v.Pre},
+		checkpoint.GGUFKV{Key: "tokenizer.ggml.tokens", Value: v.Tokens})
+	if v.Scores != nil {
+		kv = append(kv, checkpoint.GGUFKV{Key: "tokenizer.ggml.scores", Value: v.Scores})
+	}
+	kv = append(kv, checkpoint.GGUFKV{Key: "tokenizer.ggml.token_type", Value: v.Types})
+	if v.Merges != nil {
+		kv = append(kv, checkpoint.GGUFKV{Key: "tokenizer.ggml.merges", Value: v.Merges})
+	}
+	for _, s := range []struct {
+		key string
+		id  int
+	}{{"tokenizer.ggml.bos_token_id", v.BOS}, {"tokenizer.ggml.eos_token_id", v.EOS},
+		{"tokenizer.ggml.unknown_token_id", v.UNK}, {"tokenizer.ggml.padding_token_id", v.Pad}} {
+		if s.id >= 0 && s.id < len(v.Tokens) {
+			kv = append(kv, checkpoint.GGUFKV{Key: s.key, Value: uint32(s.id)})
+		}
+	}
+	if v.AddBOSSet {
+		kv = append(kv,
+			checkpoint.GGUFKV{Key: "tokenizer.ggml.add_bos_token", Value: v.AddBOS},
+			checkpoint.GGUFKV{Key: "tokenizer.ggml.add_eos_token", Value: v.AddEOS})
+	}
+	if v.ChatTemplate != "" {
+		kv = append(kv, checkpoint.GGUFKV{Key: "tokenizer.chat_template", Value: v.ChatTemplate})
+	}
+	return kv
 }
