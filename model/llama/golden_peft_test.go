@@ -57,24 +57,7 @@ func goldenPEFT(t *testing.T, path string, dt kernels.DType, tol float64) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	ints := func(name string) []int32 {
-		raw, err := g.Raw(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := make([]int32, len(raw)/4)
-		for i := range out {
-			out[i] = int32(uint32(raw[4*i]) | uint32(raw[4*i+1])<<8 | uint32(raw[4*i+2])<<16 | uint32(raw[4*i+3])<<24)
-		}
-		return out
-	}
-	floats := func(name string) []float32 {
-		v, err := g.F32(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	ints, floats := goldenReaders(t, g)
 	info, ok := g.Info("input_ids")
 	if !ok {
 		t.Fatalf("%s has no input_ids", path)

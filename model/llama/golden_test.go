@@ -26,24 +26,7 @@ func TestGoldenPyTorch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	ints := func(name string) []int32 {
-		raw, err := g.Raw(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := make([]int32, len(raw)/4)
-		for i := range out {
-			out[i] = int32(uint32(raw[4*i]) | uint32(raw[4*i+1])<<8 | uint32(raw[4*i+2])<<16 | uint32(raw[4*i+3])<<24)
-		}
-		return out
-	}
-	floats := func(name string) []float32 {
-		v, err := g.F32(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	ints, floats := goldenReaders(t, g)
 	info, _ := g.Info("input_ids")
 	in := &llama.Input{Rows: info.Shape[0], SeqLen: info.Shape[1], InputIDs: ints("input_ids"),
 		PositionIDs: ints("position_ids"), DocStart: ints("doc_start")}
@@ -86,4 +69,28 @@ func compare(t *testing.T, what string, got, want []float32, tol float64) {
 			return
 		}
 	}
+}
+
+// goldenReaders read a golden file's tensors: int32 ones (ids, labels,
+// positions) from their raw little-endian bytes, and float ones as f32.
+func goldenReaders(t *testing.T, g *checkpoint.Reader) (ints func(string) []int32, floats func(string) []float32) {
+	ints = func(name string) []int32 {
+		raw, err := g.Raw(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := make([]int32, len(raw)/4)
+		for i := range out {
+			out[i] = int32(uint32(raw[4*i]) | uint32(raw[4*i+1])<<8 | uint32(raw[4*i+2])<<16 | uint32(raw[4*i+3])<<24)
+		}
+		return out
+	}
+	floats = func(name string) []float32 {
+		v, err := g.F32(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	return ints, floats
 }
