@@ -275,29 +275,7 @@ func TestDoRAMagnitudeGradientsNumeric(t *testing.T) {
 	tp.Backward(loss)
 	r := rand.New(rand.NewPCG(2, 3))
 	for _, l := range s.Linears {
-		p := l.M
-		g, orig := p.GradF32(), p.F32()
-		dir := randVec(r, len(orig), 0, 1)
-		var ana float64
-		for i := range dir {
-			ana += float64(dir[i] * g[i])
-		}
-		set := func(e float32) {
-			v := make([]float32, len(orig))
-			for i := range v {
-				v[i] = orig[i] + e*dir[i]
-			}
-			be.Copy(p.Buf, be.FromF32(kernels.F32, v))
-		}
-		const eps = 1e-3
-		set(eps)
-		lp := lossOf(t, m, in, labels)
-		set(-eps)
-		lm := lossOf(t, m, in, labels)
-		set(0)
-		if num := (lp - lm) / (2 * eps); math.Abs(num-ana) > 2e-3+2e-2*math.Abs(ana) {
-			t.Errorf("%s: analytic %.6g numeric %.6g", p.Name, ana, num)
-		}
+		checkDirectional(t, m, in, labels, l.M, randVec(r, l.M.Numel(), 0, 1))
 	}
 	if got := s.Linears[0].M.Name; got != "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector" {
 		t.Fatalf("magnitude key %q", got)

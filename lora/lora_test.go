@@ -114,29 +114,11 @@ func TestAdapterGradientsNumeric(t *testing.T) {
 	tp.Backward(loss)
 	r := rand.New(rand.NewPCG(2, 2))
 	for _, p := range s.Params() {
-		g, orig := p.GradF32(), p.F32()
-		dir := make([]float32, len(orig))
-		var ana float64
+		dir := make([]float32, p.Numel())
 		for i := range dir {
 			dir[i] = float32(r.NormFloat64())
-			ana += float64(dir[i] * g[i])
 		}
-		set := func(e float32) {
-			v := make([]float32, len(orig))
-			for i := range v {
-				v[i] = orig[i] + e*dir[i]
-			}
-			be.Copy(p.Buf, be.FromF32(kernels.F32, v))
-		}
-		const eps = 1e-3
-		set(eps)
-		lp := lossOf(t, m, in, labels)
-		set(-eps)
-		lm := lossOf(t, m, in, labels)
-		set(0)
-		if num := (lp - lm) / (2 * eps); math.Abs(num-ana) > 2e-3+2e-2*math.Abs(ana) {
-			t.Errorf("%s: analytic %.6g numeric %.6g", p.Name, ana, num)
-		}
+		checkDirectional(t, m, in, labels, p, dir)
 	}
 }
 
@@ -375,5 +357,34 @@ func TestConfigJSONKeys(t *testing.T) {
 		if err := json.Unmarshal([]byte(in), &back); err != nil || !reflect.DeepEqual(back, c) {
 			t.Fatalf("%s read as %+v (%v), want %+v", in, back, err, c)
 		}
+	}
+}
+
+// checkDirectional compares the gradient of the loss along dir (p's
+// recorded gradient · dir) with the central difference of the loss when p
+// moves by ±1e-3·dir.
+func checkDirectional(t *testing.T, m *llama.Model, in *llama.Input, labels []int32, p *tensor.Tensor, dir []float32) {
+	t.Helper()
+	be := m.Backend()
+	g, orig := p.GradF32(), p.F32()
+	var ana float64
+	for i := range dir {
+		ana += float64(dir[i] * g[i])
+	}
+	set := func(e float32) {
+		v := make([]float32, len(orig))
+		for i := range v {
+			v[i] = orig[i] + e*dir[i]
+		}
+		be.Copy(p.Buf, be.FromF32(kernels.F32, v))
+	}
+	const eps = 1e-3
+	set(eps)
+	lp := lossOf(t, m, in, labels)
+	set(-eps)
+	lm := lossOf(t, m, in, labels)
+	set(0)
+	if num := (lp - lm) / (2 * eps); math.Abs(num-ana) > 2e-3+2e-2*math.Abs(ana) {
+		t.Errorf("%s: analytic %.6g numeric %.6g", p.Name, ana, num)
 	}
 }
