@@ -2,6 +2,7 @@ package export
 
 import (
 	"fmt"
+	"github.com/llamatune/llamatune/checkpoint"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -34,8 +35,8 @@ func TestExportRefusesOtherBase(t *testing.T) {
 	}
 	ck := filepath.Join(t.TempDir(), "step-000010")
 	copyDir(t, f.adapter, ck)
-	writeFile(t, filepath.Join(ck, StateFile), fmt.Sprintf(`{"format":%q,"step":10,"method":"lora","base_model":%q,"model_hash":%q,"base_weights":%q}`,
-		StateFormat, f.base, shape1, want))
+	writeFile(t, filepath.Join(ck, checkpoint.StateFile), fmt.Sprintf(`{"format":%q,"step":10,"method":"lora","base_model":%q,"model_hash":%q,"base_weights":%q}`,
+		checkpoint.StateFormat, f.base, shape1, want))
 
 	if src, err := ResolveSource(ck, ""); err != nil || src.BaseDir != f.base {
 		t.Fatalf("recorded base: %+v %v", src, err)
@@ -52,8 +53,8 @@ func TestExportRefusesOtherBase(t *testing.T) {
 	// The recorded base itself changed on disk.
 	changed := filepath.Join(t.TempDir(), "base")
 	copyDir(t, other, changed)
-	writeFile(t, filepath.Join(ck, StateFile), fmt.Sprintf(`{"format":%q,"step":10,"method":"lora","base_model":%q,"base_weights":%q}`,
-		StateFormat, changed, want))
+	writeFile(t, filepath.Join(ck, checkpoint.StateFile), fmt.Sprintf(`{"format":%q,"step":10,"method":"lora","base_model":%q,"base_weights":%q}`,
+		checkpoint.StateFormat, changed, want))
 	_, err = ResolveSource(ck, "")
 	if err == nil || !strings.Contains(err.Error(), "has changed since training") {
 		t.Fatalf("changed base: %v", err)

@@ -33,13 +33,13 @@ func openInMemory(src Source) (*llama.Model, Dirs, error) {
 	if src.WeightsDir != "" {
 		if isFile(filepath.Join(src.WeightsDir, "config.json")) && hasWeights(src.WeightsDir) {
 			d.ConfigDir = src.WeightsDir
-		} else if p := filepath.Join(src.WeightsDir, TrainableFile); isFile(p) {
+		} else if p := filepath.Join(src.WeightsDir, checkpoint.TrainableFile); isFile(p) {
 			if src.BaseDir == "" || sameDir(src.BaseDir, src.WeightsDir) {
-				return nil, Dirs{}, fmt.Errorf("export: %s holds only the trained tensors (%s); the base model is needed too (pass --base DIR)", src.WeightsDir, TrainableFile)
+				return nil, Dirs{}, fmt.Errorf("export: %s holds only the trained tensors (%s); the base model is needed too (pass --base DIR)", src.WeightsDir, checkpoint.TrainableFile)
 			}
 			overlay = p
 		} else {
-			return nil, Dirs{}, fmt.Errorf("export: %s has neither config.json + model.safetensors nor %s; it holds no weights to export", src.WeightsDir, TrainableFile)
+			return nil, Dirs{}, fmt.Errorf("export: %s has neither config.json + model.safetensors nor %s; it holds no weights to export", src.WeightsDir, checkpoint.TrainableFile)
 		}
 	}
 	switch {

@@ -117,13 +117,6 @@ func Open(src Source) (*llama.Model, Dirs, error) {
 	return m, w.dirs, nil
 }
 
-// The files of a training checkpoint (checkpoint.Run owns the run layout).
-const (
-	TrainableFile = checkpoint.TrainableFile
-	StateFile     = checkpoint.StateFile
-	StateFormat   = checkpoint.StateFormat
-)
-
 // CheckpointState is the part of a training checkpoint's state.json export needs.
 type CheckpointState struct {
 	Format    string `json:"format"`
@@ -170,7 +163,7 @@ func resolve(dir, base string, depth int, o ResolveOptions) (Source, error) {
 	if base != "" && !isBase(base) {
 		return Source{}, fmt.Errorf("export: base model %s does not exist (a model directory or a .gguf file)", base)
 	}
-	statePath := filepath.Join(dir, StateFile)
+	statePath := filepath.Join(dir, checkpoint.StateFile)
 	if isFile(statePath) {
 		return fromState(dir, statePath, base, o)
 	}
@@ -190,7 +183,7 @@ func resolve(dir, base string, depth int, o ResolveOptions) (Source, error) {
 		}
 		return Source{BaseDir: base, WeightsDir: dir}, nil
 	}
-	return Source{}, fmt.Errorf("export: %s is not something to export: expected a checkpoint (%s), a PEFT adapter (%s), a run directory (checkpoints/step-N/), or an HF model directory (config.json + model.safetensors)", dir, StateFile, checkpoint.PEFTConfigFile)
+	return Source{}, fmt.Errorf("export: %s is not something to export: expected a checkpoint (%s), a PEFT adapter (%s), a run directory (checkpoints/step-N/), or an HF model directory (config.json + model.safetensors)", dir, checkpoint.StateFile, checkpoint.PEFTConfigFile)
 }
 
 func hasWeights(dir string) bool {
@@ -207,10 +200,10 @@ func fromState(dir, statePath, base string, o ResolveOptions) (Source, error) {
 		return Source{}, fmt.Errorf("export: %s: not valid JSON: %v", statePath, err)
 	}
 	if !strings.HasPrefix(st.Format, "llamatune-checkpoint/") {
-		return Source{}, fmt.Errorf("export: %s: format %q is not a llamatune checkpoint (want %q)", statePath, st.Format, StateFormat)
+		return Source{}, fmt.Errorf("export: %s: format %q is not a llamatune checkpoint (want %q)", statePath, st.Format, checkpoint.StateFormat)
 	}
-	if st.Format != StateFormat {
-		return Source{}, fmt.Errorf("export: %s: format %q is newer than this llamatune understands (%q); upgrade llamatune", statePath, st.Format, StateFormat)
+	if st.Format != checkpoint.StateFormat {
+		return Source{}, fmt.Errorf("export: %s: format %q is newer than this llamatune understands (%q); upgrade llamatune", statePath, st.Format, checkpoint.StateFormat)
 	}
 	if base == "" && st.BaseModel != "" {
 		base = st.BaseModel
@@ -233,8 +226,8 @@ func fromState(dir, statePath, base string, o ResolveOptions) (Source, error) {
 	case "full":
 		hfDir := isFile(filepath.Join(dir, "config.json")) && hasWeights(dir)
 		if !hfDir {
-			if !isFile(filepath.Join(dir, TrainableFile)) {
-				return Source{}, fmt.Errorf("export: %s says method full but %s has neither %s nor config.json + model.safetensors; the checkpoint is incomplete", statePath, dir, TrainableFile)
+			if !isFile(filepath.Join(dir, checkpoint.TrainableFile)) {
+				return Source{}, fmt.Errorf("export: %s says method full but %s has neither %s nor config.json + model.safetensors; the checkpoint is incomplete", statePath, dir, checkpoint.TrainableFile)
 			}
 			if base == "" || !isBase(base) {
 				return Source{}, fmt.Errorf("export: %s: base model %q (key base_model) is not a directory or .gguf file here; pass --base DIR", statePath, st.BaseModel)

@@ -2,6 +2,7 @@ package export
 
 import (
 	"fmt"
+	"github.com/llamatune/llamatune/checkpoint"
 	"os"
 	"path/filepath"
 	"testing"
@@ -47,7 +48,7 @@ func TestResolveSourceLayouts(t *testing.T) {
 	for _, s := range []int{100, 2000} {
 		d := filepath.Join(run, "checkpoints", "step-"+pad6(s))
 		copyDir(t, f.adapter, d)
-		writeFile(t, filepath.Join(d, StateFile), state(s, "lora", f.base))
+		writeFile(t, filepath.Join(d, checkpoint.StateFile), state(s, "lora", f.base))
 	}
 	// An unfinished step (no state.json, no adapter) is skipped.
 	if err := os.MkdirAll(filepath.Join(run, "checkpoints", "step-009999"), 0o755); err != nil {
@@ -68,7 +69,7 @@ func TestResolveSourceLayouts(t *testing.T) {
 	// Steps are ordered by number, not name: step-1000000 is newer than step-002000.
 	big := filepath.Join(run, "checkpoints", "step-1000000")
 	copyDir(t, f.adapter, big)
-	writeFile(t, filepath.Join(big, StateFile), state(1000000, "lora", f.base))
+	writeFile(t, filepath.Join(big, checkpoint.StateFile), state(1000000, "lora", f.base))
 	if src, err := ResolveSource(run, ""); err != nil || src.AdapterDir != big {
 		t.Errorf("with step-1000000: %+v, %v", src, err)
 	}
@@ -85,7 +86,7 @@ func TestResolveSourceLayouts(t *testing.T) {
 	// A full fine-tune checkpoint.
 	full := filepath.Join(t.TempDir(), "step-000010")
 	copyDir(t, f.base, full)
-	writeFile(t, filepath.Join(full, StateFile), state(10, "full", "/nonexistent/base"))
+	writeFile(t, filepath.Join(full, checkpoint.StateFile), state(10, "full", "/nonexistent/base"))
 	if src, err := ResolveSource(full, ""); err != nil || src.WeightsDir != full || src.BaseDir != full {
 		t.Errorf("full checkpoint: %+v, %v", src, err)
 	}
@@ -93,14 +94,14 @@ func TestResolveSourceLayouts(t *testing.T) {
 	// Errors name the file and what to do.
 	lost := filepath.Join(t.TempDir(), "ck")
 	copyDir(t, f.adapter, lost)
-	writeFile(t, filepath.Join(lost, StateFile), state(1, "lora", "/nonexistent/base"))
+	writeFile(t, filepath.Join(lost, checkpoint.StateFile), state(1, "lora", "/nonexistent/base"))
 	_, err = ResolveSource(lost, "")
 	wantErr(t, err, "state.json", "/nonexistent/base", "--base")
 	if src, err := ResolveSource(lost, f.base); err != nil || src.BaseDir != f.base {
 		t.Errorf("--base override: %+v, %v", src, err)
 	}
 	newer := filepath.Join(t.TempDir(), "ck")
-	writeFile(t, filepath.Join(newer, StateFile), `{"format":"llamatune-checkpoint/2","method":"lora"}`)
+	writeFile(t, filepath.Join(newer, checkpoint.StateFile), `{"format":"llamatune-checkpoint/2","method":"lora"}`)
 	_, err = ResolveSource(newer, "")
 	wantErr(t, err, "llamatune-checkpoint/2", "upgrade")
 	_, err = ResolveSource(t.TempDir(), "")

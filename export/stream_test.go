@@ -217,7 +217,7 @@ func fullOverlay(t *testing.T, base string) string {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	err = checkpoint.WriteFile(filepath.Join(dir, TrainableFile), []checkpoint.WriteTensor{
+	err = checkpoint.WriteFile(filepath.Join(dir, checkpoint.TrainableFile), []checkpoint.WriteTensor{
 		tensor("lm_head.weight", shapes["model.embed_tokens.weight"]),
 		tensor("model.layers.1.mlp.up_proj.weight", shapes["model.layers.1.mlp.up_proj.weight"]),
 		tensor("model.norm.weight", shapes["model.norm.weight"]),

@@ -104,10 +104,10 @@ func TestFullFineTuneCheckpoint(t *testing.T) {
 	if err := os.MkdirAll(ck, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := checkpoint.WriteFile(filepath.Join(ck, TrainableFile), ts, nil); err != nil {
+	if err := checkpoint.WriteFile(filepath.Join(ck, checkpoint.TrainableFile), ts, nil); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(ck, StateFile), `{"format":"llamatune-checkpoint/1","step":42,"method":"full","base_model":"`+f.base+`"}`)
+	writeFile(t, filepath.Join(ck, checkpoint.StateFile), `{"format":"llamatune-checkpoint/1","step":42,"method":"full","base_model":"`+f.base+`"}`)
 	src, err := ResolveSource(run, "")
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +129,7 @@ func TestFullFineTuneCheckpoint(t *testing.T) {
 	}
 	wantErr(t, PEFT(src, t.TempDir()), "LoRA")
 	// Without a reachable base model the error says what to pass.
-	writeFile(t, filepath.Join(ck, StateFile), `{"format":"llamatune-checkpoint/1","step":42,"method":"full","base_model":"/gone"}`)
+	writeFile(t, filepath.Join(ck, checkpoint.StateFile), `{"format":"llamatune-checkpoint/1","step":42,"method":"full","base_model":"/gone"}`)
 	_, err = ResolveSource(ck, "")
 	wantErr(t, err, "/gone", "--base")
 }

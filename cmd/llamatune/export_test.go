@@ -11,7 +11,6 @@ import (
 	gguf "github.com/gpustack/gguf-parser-go"
 
 	"github.com/llamatune/llamatune/checkpoint"
-	"github.com/llamatune/llamatune/export"
 	"github.com/llamatune/llamatune/internal/randmodel"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
@@ -52,8 +51,8 @@ func TestExportGGUFLoRA(t *testing.T) {
 	if err := checkpoint.WritePEFT(final, checkpoint.NewAdapterConfig(base, 4, 16, 0, set.ModuleNames(), false), ts); err != nil {
 		t.Fatal(err)
 	}
-	state := `{"format":"` + export.StateFormat + `","step":3,"method":"%s","base_model":"` + base + `"}`
-	if err := os.WriteFile(filepath.Join(final, export.StateFile), []byte(strings.Replace(state, "%s", "lora", 1)), 0o644); err != nil {
+	state := `{"format":"` + checkpoint.StateFormat + `","step":3,"method":"%s","base_model":"` + base + `"}`
+	if err := os.WriteFile(filepath.Join(final, checkpoint.StateFile), []byte(strings.Replace(state, "%s", "lora", 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -107,11 +106,11 @@ func TestExportGGUFLoRA(t *testing.T) {
 		t.Fatal(err)
 	}
 	norm := m.Param("model.norm.weight")
-	if err := checkpoint.WriteFile(filepath.Join(full, export.TrainableFile),
+	if err := checkpoint.WriteFile(filepath.Join(full, checkpoint.TrainableFile),
 		[]checkpoint.WriteTensor{{Name: "model.norm.weight", DType: "F32", Shape: norm.Shape, Data: checkpoint.EncodeF32(norm.F32())}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(full, export.StateFile), []byte(strings.Replace(state, "%s", "full", 1)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(full, checkpoint.StateFile), []byte(strings.Replace(state, "%s", "full", 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	fullOut := filepath.Join(dir, "full.gguf")
