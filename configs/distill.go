@@ -22,15 +22,27 @@ const ServerTopK = 20
 //	  kd_weight: 0.5            # loss = kd_weight·T²·KD + (1 − kd_weight)·CE
 //	  top_k: 32                 # server/shards teachers give top-k (default: server 20, shards 32); in-process: 0 = full distribution
 //	  sparse: tail              # tail: top-k + one bucket for the rest | renorm: top-k renormalized
+//	  cross_tokenizer: uld      # a teacher with another tokenizer (in-process only): Universal Logit Distillation
+//
+// With cross_tokenizer: uld the teacher re-tokenizes the student's text with
+// its own tokenizer, and at every student position whose text prefix ends
+// on a teacher token boundary the loss compares the two next-token
+// distributions sorted by probability: the L1 distance of the top_k sorted
+// probabilities (top_k 0: 128), temperature applied to both, and
+// loss = kd_weight·ULD + (1 − kd_weight)·CE (no T² factor). loss, beta and
+// sparse do not apply.
 type Distill struct {
-	Teacher     Teacher  `yaml:"teacher"`
-	Loss        string   `yaml:"loss"`
-	Beta        float64  `yaml:"beta"`
-	Temperature float64  `yaml:"temperature"`
-	KDWeight    float64  `yaml:"kd_weight"`
-	TopK        int      `yaml:"top_k"`
-	Sparse      string   `yaml:"sparse"`
-	Generate    Generate `yaml:"generate"`
+	Teacher     Teacher `yaml:"teacher"`
+	Loss        string  `yaml:"loss"`
+	Beta        float64 `yaml:"beta"`
+	Temperature float64 `yaml:"temperature"`
+	KDWeight    float64 `yaml:"kd_weight"`
+	TopK        int     `yaml:"top_k"`
+	Sparse      string  `yaml:"sparse"`
+	// CrossTokenizer is "" (teacher and student share a tokenizer) or
+	// "uld" (Universal Logit Distillation across tokenizers).
+	CrossTokenizer string   `yaml:"cross_tokenizer"`
+	Generate       Generate `yaml:"generate"`
 }
 
 // Teacher says where the teacher is: exactly one of model, url, shards.
@@ -132,6 +144,12 @@ func (d *Distill) validate() []error {
 	}
 	if d.Loss == "jsd" && (d.Beta <= 0 || d.Beta >= 1) {
 		addf("distill.beta: must be in (0, 1) for jsd, got %g", d.Beta)
+	}
+	if err := oneOf("distill.cross_tokenizer", d.CrossTokenizer, "uld"); err != nil {
+		errs = append(errs, fmt.Errorf("%w (or leave it empty when teacher and student share a tokenizer)", err))
+	}
+	if d.CrossTokenizer == "uld" && t.Model == "" && n == 1 {
+		addf("distill.cross_tokenizer: uld needs an in-process teacher (distill.teacher.model): the teacher re-tokenizes the student's text with its own tokenizer and scores it, while server and shards teachers score the student's token ids")
 	}
 	if d.Sparse == "renorm" && d.Loss != "forward_kl" {
 		addf("distill.sparse: renorm works with loss forward_kl only (the student's mass outside the top-k has no teacher counterpart); use sparse: tail")

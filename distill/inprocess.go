@@ -3,6 +3,7 @@ package distill
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 
 	"github.com/llamatune/llamatune/data"
@@ -88,32 +89,91 @@ func (t *InProcess) TopK(ctx context.Context, b *data.Batch, k int) (*TopK, erro
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	be := t.m.Backend()
 	in := &llama.Input{Rows: b.Rows, SeqLen: b.SeqLen, InputIDs: b.InputIDs, PositionIDs: b.PositionIDs, DocStart: b.DocStart}
 	h, err := t.hidden(ctx, in)
 	if err != nil {
 		return nil, err
 	}
-	N, H := b.Rows*b.SeqLen, t.m.Config.HiddenSize
+	N := b.Rows * b.SeqLen
+	out := &TopK{K: k, IDs: make([]int32, N*k), LogProbs: make([]float32, N*k)}
+	err = t.headChunks(ctx, h, N, func(c0, c1 int, logits []float32) {
+		topKLogSoftmax(logits, c1-c0, V, k, out.IDs[c0*k:c1*k], out.LogProbs[c0*k:c1*k])
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SortedProbs runs the teacher on b and returns, at each of positions (flat
+// indices into b), its k largest next-token probabilities at temperature T,
+// in descending order: [len(positions)·k], zero-padded past the vocabulary.
+// This is the teacher side of the cross-tokenizer ULD loss (uldRow); the
+// lm_head runs over the positions chunk by chunk.
+func (t *InProcess) SortedProbs(ctx context.Context, b *data.Batch, positions []int32, k int, temperature float64) ([]float32, error) {
+	V, H := t.m.Config.VocabSize, t.m.Config.HiddenSize
+	if k <= 0 || temperature <= 0 {
+		return nil, fmt.Errorf("teacher %s: sorted probabilities need k ≥ 1 and temperature > 0 (got %d, %g)", t.info.Name, k, temperature)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	in := &llama.Input{Rows: b.Rows, SeqLen: b.SeqLen, InputIDs: b.InputIDs, PositionIDs: b.PositionIDs, DocStart: b.DocStart}
+	h, err := t.hidden(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	n := len(positions)
+	hp := make([]float32, n*H) // the hidden states of the positions asked for
+	for i, p := range positions {
+		if p < 0 || int(p) >= b.Rows*b.SeqLen {
+			return nil, fmt.Errorf("teacher %s: position %d outside the batch (%d×%d)", t.info.Name, p, b.Rows, b.SeqLen)
+		}
+		copy(hp[i*H:(i+1)*H], h[int(p)*H:(int(p)+1)*H])
+	}
+	kv := min(k, V)
+	out := make([]float32, n*k)
+	ids := make([]int32, n*kv)
+	lps := make([]float32, n*kv)
+	invT := float32(1 / temperature)
+	err = t.headChunks(ctx, hp, n, func(c0, c1 int, logits []float32) {
+		for i := range logits {
+			logits[i] *= invT
+		}
+		topKLogSoftmax(logits, c1-c0, V, kv, ids[c0*kv:c1*kv], lps[c0*kv:c1*kv])
+	})
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i < n; i++ {
+		for j := 0; j < kv; j++ {
+			out[i*k+j] = float32(math.Exp(float64(lps[i*kv+j])))
+		}
+	}
+	return out, nil
+}
+
+// headChunks runs the lm_head over h [rows, hidden] in chunks of at most
+// LogitBudget logits and hands each chunk's logits [c1−c0, vocab] to fn.
+func (t *InProcess) headChunks(ctx context.Context, h []float32, rows int, fn func(c0, c1 int, logits []float32)) error {
+	be, V, H := t.m.Backend(), t.m.Config.VocabSize, t.m.Config.HiddenSize
 	budget := t.LogitBudget
 	if budget <= 0 {
 		budget = DefaultLogitBudget
 	}
 	chunk := max(1, budget/V)
-	out := &TopK{K: k, IDs: make([]int32, N*k), LogProbs: make([]float32, N*k)}
-	for c0 := 0; c0 < N; c0 += chunk {
+	for c0 := 0; c0 < rows; c0 += chunk {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
-		c1 := min(c0+chunk, N)
+		c1 := min(c0+chunk, rows)
 		ctp := llama.NewInferenceTape(be)
 		x := tensor.FromF32(be, kernels.F32, h[c0*H:c1*H], c1-c0, H)
 		logits := ctp.Linear(x, t.m.LMHead).F32()
 		ctp.Release()
 		be.Free(x.Buf)
-		topKLogSoftmax(logits, c1-c0, V, k, out.IDs[c0*k:c1*k], out.LogProbs[c0*k:c1*k])
+		fn(c0, c1, logits)
 	}
-	return out, nil
+	return nil
 }
 
 // hidden is the model's final hidden states [tokens, hidden] on the host.

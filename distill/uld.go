@@ -1,0 +1,108 @@
+package distill
+
+import (
+	"fmt"
+	"math"
+)
+
+// DefaultULDTopK is how many sorted probabilities the ULD loss compares per
+// position when distill.top_k is 0: the tails beyond it carry little mass.
+const DefaultULDTopK = 128
+
+// Universal Logit Distillation (Boizard et al. 2024, "Towards Cross-Tokenizer
+// Distillation: the Universal Logit Distillation Loss") at one position.
+//
+// Shapes: z [V] the student's logits at the position (V its vocabulary), q [k]
+// the teacher's k largest next-token probabilities at temperature T, in
+// descending order (zero-padded when the teacher's vocabulary is smaller),
+// dz [V] the gradient.
+//
+// Forward:
+//
+//	p = softmax(z/T)                       (over the student's vocabulary)
+//	π = the ids of p's k largest, descending (ties: smaller id first)
+//	ULD = Σ_{i<k} |p[π_i] − q_i|            (missing entries count as 0)
+//
+// The sorted probabilities are compared because the vocabularies differ: the
+// closed-form Wasserstein-1 distance between the two distributions with a
+// uniform transport cost is this L1 distance of the sorted vectors.
+//
+// Backward (the sort is a fixed permutation almost everywhere, so the
+// gradient flows through it): with s_i = sign(p[π_i] − q_i) scattered back
+// as g[π_i] = s_i (g = 0 elsewhere), and the softmax's VJP at temperature T,
+//
+//	dULD/dz_j = (1/T)·p_j·(g_j − Σ_i p[π_i]·s_i)
+//
+// uldRow returns ULD and, when dz is non-nil, adds scale·dULD/dz into it.
+// scratch holds V floats and ids k entries.
+func uldRow(z []float32, invT float32, q []float32, dz []float32, scale float32, scratch []float32, ids []int32, lps []float32, heap *[]topEntry) float64 {
+	k, V := len(q), len(z)
+	if len(scratch) != V || len(ids) != k || len(lps) != k {
+		panic(fmt.Sprintf("distill.uldRow: z [%d], q [%d], scratch [%d], ids [%d], lps [%d]", V, k, len(scratch), len(ids), len(lps)))
+	}
+	for j, v := range z {
+		scratch[j] = v * invT
+	}
+	ks := min(k, V) // the student's sorted vector has V entries; the rest are 0
+	rowTopK(scratch, ks, ids[:ks], lps[:ks], heap)
+	// lse of the scaled logits, from the best entry: lps[0] = scratch[ids[0]] − lse.
+	lse := float64(scratch[ids[0]]) - float64(lps[0])
+	var loss, dot float64
+	for i := 0; i < k; i++ {
+		var p float64
+		if i < ks {
+			p = math.Exp(float64(lps[i]))
+		}
+		d := p - float64(q[i])
+		loss += math.Abs(d)
+		s := 0.0
+		switch {
+		case d > 0:
+			s = 1
+		case d < 0:
+			s = -1
+		}
+		if i < ks {
+			lps[i] = float32(s) // reuse: the sign at rank i
+			dot += p * s
+		}
+	}
+	if dz == nil {
+		return loss
+	}
+	// Dense part: −(1/T)·p_j·dot at every j; then (1/T)·p_j·g_j on the top ks.
+	c := float64(scale) * float64(invT)
+	for j, v := range scratch {
+		p := math.Exp(float64(v) - lse)
+		dz[j] += float32(-c * p * dot)
+	}
+	for i := 0; i < ks; i++ {
+		j := ids[i]
+		p := math.Exp(float64(scratch[j]) - lse)
+		dz[j] += float32(c * p * float64(lps[i]))
+	}
+	return loss
+}
+
+// uldRows is uldRow over rows positions: z [rows, V] logits, q [rows, k]
+// sorted teacher probabilities; dz [rows, V] (nil: no gradient) gets
+// scale·dULD/dz. It returns the sum of the rows' ULD.
+func uldRows(z []float32, rows int, q []float32, k int, invT float32, dz []float32, scale float32) float64 {
+	V := len(z) / max(rows, 1)
+	if len(z) != rows*V || len(q) != rows*k || (dz != nil && len(dz) != len(z)) {
+		panic(fmt.Sprintf("distill.uldRows: z [%d], %d rows, q [%d], k %d, dz [%d]", len(z), rows, len(q), k, len(dz)))
+	}
+	scratch := make([]float32, V)
+	ids := make([]int32, k)
+	lps := make([]float32, k)
+	heap := make([]topEntry, 0, k)
+	var sum float64
+	for r := 0; r < rows; r++ {
+		var d []float32
+		if dz != nil {
+			d = dz[r*V : (r+1)*V]
+		}
+		sum += uldRow(z[r*V:(r+1)*V], invT, q[r*k:(r+1)*k], d, scale, scratch, ids, lps, &heap)
+	}
+	return sum
+}

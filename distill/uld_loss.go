@@ -1,0 +1,138 @@
+package distill
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/llamatune/llamatune/data"
+	"github.com/llamatune/llamatune/data/tokenizer"
+	"github.com/llamatune/llamatune/kernels"
+	"github.com/llamatune/llamatune/model/llama"
+	"github.com/llamatune/llamatune/tensor"
+	"github.com/llamatune/llamatune/train"
+)
+
+// ULDConfig configures the cross-tokenizer loss (ULDLoss).
+type ULDConfig struct {
+	Temperature float64 // both softmaxes are taken at T
+	KDWeight    float64 // loss = KDWeight·ULD + (1−KDWeight)·CE
+	TopK        int     // sorted probabilities compared per position (0: DefaultULDTopK)
+	Chunk       int     // student positions per logits chunk (0: from DefaultLogitBudget)
+	// Student and Teacher are the two tokenizers: the student's batch is
+	// decoded with the first and re-encoded with the second.
+	Student, Teacher tokenizer.Tokenizer
+}
+
+// ULDLoss is a train.LossFunc for a teacher with another tokenizer:
+// Universal Logit Distillation (uldRow) at the student positions Align pairs
+// with teacher positions, plus the student's cross-entropy on every trained
+// position:
+//
+//	loss = [KDWeight·Σ_aligned ULD + (1−KDWeight)·Σ_trained CE] / normalizer
+//
+// The teacher runs on its own tokenization of the batch's text (Align). The
+// student's logits for the ULD term are made chunk by chunk and not kept:
+// each chunk is recomputed in the backward pass (tensor.Tape.Recompute), so
+// [tokens × vocab] never exists at once. Its parts are "uld" and "ce", each
+// per trained token like the total.
+func ULDLoss(ctx context.Context, student *llama.Model, teacher *InProcess, c ULDConfig) train.LossFunc {
+	k := c.TopK
+	if k <= 0 {
+		k = DefaultULDTopK
+	}
+	V := student.Config.VocabSize
+	chunk := c.Chunk
+	if chunk <= 0 {
+		chunk = max(1, DefaultLogitBudget/4/V) // logits, their copy and gradient
+	}
+	invT := float32(1 / c.Temperature)
+	w := c.KDWeight
+	return func(tp *tensor.Tape, b *data.Batch, normalizer float64) (*tensor.Tensor, train.LossParts, error) {
+		if c.Temperature <= 0 || w < 0 || w > 1 || c.Student == nil || c.Teacher == nil {
+			return nil, nil, fmt.Errorf("distill: ULD needs temperature > 0, kd_weight in [0, 1] and both tokenizers")
+		}
+		targets := llama.ShiftLabels(b.Labels, b.Rows, b.SeqLen, b.DocStart)
+		al := Align(b, c.Student, c.Teacher)
+		var spos, tpos []int32
+		for i, s := range al.Student {
+			if targets[s] != kernels.IgnoreIndex {
+				spos, tpos = append(spos, s), append(tpos, al.TeacherPos[i])
+			}
+		}
+		var q []float32
+		if len(spos) > 0 {
+			var err error
+			if q, err = teacher.SortedProbs(ctx, al.Teacher, tpos, k, c.Temperature); err != nil {
+				return nil, nil, fmt.Errorf("distill: teacher forward: %w", err)
+			}
+		}
+		h, err := student.Hidden(tp, train.Input(b))
+		if err != nil {
+			return nil, nil, err
+		}
+		hr, wr, err := student.LMHeadLowRank(tp, h)
+		if err != nil {
+			return nil, nil, err
+		}
+		ce, count := tp.LinearCrossEntropyLowRank(h, student.LMHead, hr, wr, targets, normalizer, student.CEChunk)
+		if normalizer <= 0 {
+			normalizer = float64(max(count, 1)) // as the cross-entropy does
+		}
+		ceVal := float64(ce.Item())
+		total := tp.Scale(ce, float32(1-w))
+		var uldSum float64
+		for c0 := 0; c0 < len(spos); c0 += chunk {
+			c1 := min(c0+chunk, len(spos))
+			s, sum := uldChunk(tp, student, h, hr, wr, spos[c0:c1], q[c0*k:c1*k], k, invT)
+			uldSum += sum
+			total = tp.Add(total, tp.Scale(s, float32(w/normalizer)))
+		}
+		// The ULD chunks are surrogates (their gradient is right, their value
+		// is not the loss): set the value the trainer reports.
+		val := (1-w)*ceVal + w*uldSum/normalizer
+		be := tp.Backend()
+		v := be.FromF32(kernels.F32, []float32{float32(val)})
+		be.Copy(total.Buf, v)
+		be.Free(v)
+		return total, train.LossParts{"uld": uldSum / normalizer, "ce": ceVal}, nil
+	}
+}
+
+// uldChunk is the ULD term of the student positions pos: q [len(pos), k]
+// holds the teacher's sorted probabilities there. It returns a scalar
+// surrogate on tp whose gradient is that of Σ ULD (its value is ⟨z, dULD/dz⟩,
+// not the loss) and the sum of ULD over the positions.
+//
+// Forward and VJP side by side: z = h[pos]·Wᵀ (+ hr[pos]·wrᵀ, the lm_head's
+// LoRA term) are the chunk's logits [C, V]; G = dΣULD/dz is made on the host
+// (uldRows) and the surrogate is ⟨z, G⟩ = Linear(z as [1, C·V], G as
+// [1, C·V]) with G held constant, whose VJP is dz = G, which the Linear ops
+// carry on to h, W, hr and wr. The chunk runs inside Recompute: its logits
+// are freed after the forward pass and made again in the backward pass.
+func uldChunk(tp *tensor.Tape, m *llama.Model, h, hr, wr *tensor.Tensor, pos []int32, q []float32, k int, invT float32) (*tensor.Tensor, float64) {
+	C, V := len(pos), m.Config.VocabSize
+	hc := tp.Embedding(h, pos) // the chunk's rows of h (scatter-add back)
+	var hrc *tensor.Tensor
+	if hr != nil {
+		hrc = tp.Embedding(hr, pos)
+	}
+	var sum float64
+	first := true
+	s := tp.Recompute(hc, func(sub *tensor.Tape, x *tensor.Tensor) *tensor.Tensor {
+		z := sub.Linear(x, m.LMHead)
+		if hrc != nil {
+			z = sub.AddLinear(z, hrc, wr, 1)
+		}
+		g := make([]float32, C*V)
+		l := uldRows(z.F32(), C, q, k, invT, g, 1)
+		if first { // the forward pass (the backward pass makes the same again)
+			sum, first = l, false
+		}
+		be := sub.Backend()
+		g0 := tensor.FromF32(be, kernels.F32, g, 1, C*V)
+		gt := sub.Scale(g0, 1) // owned by sub: freed with it
+		be.Free(g0.Buf)
+		return sub.Linear(sub.Reshape(z, 1, C*V), gt)
+	})
+	return s, sum
+}
