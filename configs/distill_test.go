@@ -26,3 +26,22 @@ func TestDistillTopKDefault(t *testing.T) {
 		t.Fatalf("ServerTopK %d: vLLM's default --max-logprobs is 20", ServerTopK)
 	}
 }
+
+// distill.cross_tokenizer: "" or uld; uld with an in-process teacher only;
+// the errors name the key.
+func TestDistillCrossTokenizer(t *testing.T) {
+	path := tinyJob(t, minimalJob+"distill: {teacher: {model: model}}\n")
+	j, err := Load(path, []string{"distill.cross_tokenizer=uld"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Distill.CrossTokenizer != "uld" {
+		t.Fatalf("cross_tokenizer %q", j.Distill.CrossTokenizer)
+	}
+	_, err = Load(path, []string{"distill.cross_tokenizer=ulb"})
+	mustContain(t, err, "distill.cross_tokenizer", `"ulb"`, "uld")
+	_, err = Load(path, []string{"distill.cross_tokenizer=uld", "distill.teacher.model=", "distill.teacher.url=http://h:8000/v1", "distill.teacher.name=m"})
+	mustContain(t, err, "distill.cross_tokenizer", "in-process", "distill.teacher.model")
+	_, err = Load(path, []string{"distill.cross_tokenizer=uld", "distill.teacher.model=", "distill.teacher.shards=s"})
+	mustContain(t, err, "distill.cross_tokenizer", "in-process")
+}

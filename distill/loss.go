@@ -65,7 +65,7 @@ func KDLoss(ctx context.Context, student *llama.Model, teacher Teacher, c LossCo
 		if dt, ok := teacher.(DenseTeacher); ok && c.TopK == 0 {
 			tm := dt.Model()
 			if tm.Config.VocabSize != V {
-				return nil, nil, fmt.Errorf("distill: teacher vocab_size %d != student vocab_size %d; logit distillation needs one tokenizer", tm.Config.VocabSize, V)
+				return nil, nil, fmt.Errorf("distill: teacher vocab_size %d != student vocab_size %d; logit distillation needs one tokenizer (set distill.cross_tokenizer: uld to distill across tokenizers)", tm.Config.VocabSize, V)
 			}
 			ttp := llama.NewInferenceTape(tm.Backend())
 			defer ttp.Release() // the teacher's activations live until the loss is computed

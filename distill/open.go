@@ -25,12 +25,27 @@ type OpenOptions struct {
 	// Student is the vocabulary the teacher must share: logit distillation
 	// compares distributions over one vocabulary.
 	Student Info
-	Log     io.Writer // notes (nil: none)
+	// CrossTokenizer "uld": the teacher may have another tokenizer (ULDLoss
+	// aligns the two tokenizations); it must then run in-process.
+	CrossTokenizer string
+	Log            io.Writer // notes (nil: none)
 }
 
 // OpenTeacher opens the teacher o names and checks that it shares the
-// student's vocabulary (CheckVocab). The caller closes it.
+// student's vocabulary (CheckVocab), unless o.CrossTokenizer is "uld": then
+// the teacher must be in-process and the tokenizations are aligned instead.
+// The caller closes it.
 func OpenTeacher(o OpenOptions) (Teacher, error) {
+	switch o.CrossTokenizer {
+	case "":
+	case "uld":
+		if o.Model == "" {
+			return nil, fmt.Errorf("distill.cross_tokenizer: uld needs an in-process teacher (distill.teacher.model): " +
+				"the teacher re-tokenizes the student's text with its own tokenizer, which a server or shards teacher (scoring the student's token ids) cannot")
+		}
+	default:
+		return nil, fmt.Errorf("distill.cross_tokenizer: %q is not one of uld (or empty)", o.CrossTokenizer)
+	}
 	var t Teacher
 	switch {
 	case o.Model != "":
@@ -63,6 +78,13 @@ func OpenTeacher(o OpenOptions) (Teacher, error) {
 		}
 	default:
 		return nil, fmt.Errorf("no teacher: set distill.teacher.model (a model directory) or distill.teacher.url and name (a server)")
+	}
+	if o.CrossTokenizer == "uld" {
+		if o.Log != nil && t.Info().VocabHash != o.Student.VocabHash {
+			fmt.Fprintf(o.Log, "note: teacher %s and student %s have different tokenizers (vocab %d and %d): distilling across tokenizers (ULD)\n",
+				t.Info().Name, o.Student.Name, t.Info().VocabSize, o.Student.VocabSize)
+		}
+		return t, nil
 	}
 	if err := CheckVocab(t.Info(), o.Student); err != nil {
 		t.Close()

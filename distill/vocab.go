@@ -39,7 +39,8 @@ func TokenizerHash(tok tokenizer.Tokenizer) string {
 
 // CheckVocab refuses a teacher whose vocabulary differs from the student's:
 // logit distillation compares distributions id by id, which only means
-// something when both models share one tokenizer.
+// something when both models share one tokenizer. (Cross-tokenizer
+// distillation, ULDLoss, aligns the two tokenizations instead and skips it.)
 func CheckVocab(teacher, student Info) error {
 	if teacher.VocabHash != "" && teacher.VocabHash == student.VocabHash &&
 		(teacher.VocabSize == 0 || student.VocabSize == 0 || teacher.VocabSize == student.VocabSize) {
@@ -54,7 +55,8 @@ func CheckVocab(teacher, student Info) error {
 	}
 	return fmt.Errorf("teacher %q (vocab %d, hash %s) and student %q (vocab %d, hash %s) do not share a vocabulary (%s): "+
 		"logit knowledge distillation compares next-token distributions id by id, so teacher and student must use the same tokenizer — "+
-		"pick a teacher of the same family (e.g. Llama 3.1 405B/70B/8B for a Llama 3.2 1B/3B student)",
+		"pick a teacher of the same family (e.g. Llama 3.1 405B/70B/8B for a Llama 3.2 1B/3B student), "+
+		"or set distill.cross_tokenizer: uld to align the two tokenizations instead (in-process teacher only)",
 		teacher.Name, teacher.VocabSize, orNone(teacher.VocabHash), student.Name, student.VocabSize, orNone(student.VocabHash), why)
 }
 
