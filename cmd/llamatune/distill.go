@@ -12,6 +12,7 @@ import (
 
 	"github.com/llamatune/llamatune/configs"
 	"github.com/llamatune/llamatune/data"
+	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/distill"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/train"
@@ -51,7 +52,9 @@ func openTeacher(job *configs.Job, s *session, log io.Writer) (distill.Teacher, 
 		return nil, err
 	}
 	student := distill.Info{Name: job.Model, VocabSize: s.model.Config.VocabSize, VocabHash: studentHash}
-	return distill.OpenTeacher(teacherOptions(job, job.Distill.Teacher, s.model.Backend(), student, log))
+	o := teacherOptions(job, job.Distill.Teacher, s.model.Backend(), student, log)
+	o.CrossTokenizer = job.Distill.CrossTokenizer
+	return distill.OpenTeacher(o)
 }
 
 // teacherOptions are distill.OpenOptions for the teacher tc of job: an
@@ -70,6 +73,9 @@ func distillSetup(ctx context.Context, s *session, o *train.Options) (func(), er
 	kind, err := distill.ParseKind(d.Loss)
 	if err != nil {
 		return nil, err
+	}
+	if d.CrossTokenizer == "uld" {
+		return uldSetup(ctx, s, o)
 	}
 	var t distill.Teacher
 	if dir := d.Teacher.Shards; dir != "" {
@@ -104,6 +110,40 @@ func distillSetup(ctx context.Context, s *session, o *train.Options) (func(), er
 	o.Loss = distill.KDLoss(ctx, s.model, t, distill.LossConfig{Kind: kind, Beta: d.Beta, Temperature: d.Temperature,
 		KDWeight: d.KDWeight, TopK: d.TopK, Renorm: d.Sparse == "renorm"})
 	fmt.Fprintf(o.Log, "distilling from %s (%s, T=%g, kd_weight %g, top_k %d)\n", t.Info().Name, d.Loss, d.Temperature, d.KDWeight, d.TopK)
+	return func() { t.Close() }, nil
+}
+
+// uldSetup swaps the loss for the cross-tokenizer ULD loss against the
+// job's in-process teacher, which may use another tokenizer.
+func uldSetup(ctx context.Context, s *session, o *train.Options) (func(), error) {
+	d := s.job.Distill
+	t, err := openTeacher(s.job, s, o.Log)
+	if err != nil {
+		return nil, err
+	}
+	ip, ok := t.(*distill.InProcess)
+	if !ok {
+		t.Close()
+		return nil, fmt.Errorf("distill.cross_tokenizer: uld needs an in-process teacher (distill.teacher.model)")
+	}
+	stok, err := tokenizer.Load(s.job.Model)
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("student tokenizer: %w", err)
+	}
+	ttok, err := tokenizer.Load(d.Teacher.Model)
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("distill.teacher.model: its tokenizer: %w", err)
+	}
+	o.Loss = distill.ULDLoss(ctx, s.model, ip, distill.ULDConfig{Temperature: d.Temperature, KDWeight: d.KDWeight,
+		TopK: d.TopK, Student: stok, Teacher: ttok})
+	k := d.TopK
+	if k <= 0 {
+		k = distill.DefaultULDTopK
+	}
+	fmt.Fprintf(o.Log, "distilling from %s across tokenizers (%s teacher, %s student: ULD over the top %d sorted probabilities, T=%g, kd_weight %g)\n",
+		t.Info().Name, ttok.Kind(), stok.Kind(), k, d.Temperature, d.KDWeight)
 	return func() { t.Close() }, nil
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -109,5 +110,67 @@ func checkLossParts(t *testing.T, name string, j *configs.Job, log string) {
 	}
 	if !strings.Contains(log, "(ce ") || !strings.Contains(log, " kd ") {
 		t.Fatalf("%s: progress lines lack the loss parts:\n%s", name, log)
+	}
+}
+
+// The cross-tokenizer example job (configs/examples/distill_cross_tokenizer_tiny.yaml):
+// a Llama 3 teacher in-process and a Llama 2 student. It trains with the
+// ULD loss, whose parts (uld, ce) make up the total as kd_weight weighs
+// them; the same job without cross_tokenizer is refused with the advice to
+// set it.
+func TestDistillCrossTokenizer(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "teacher"), randmodel.TinyOptions{Tokenizer: "llama3", Layers: 2, Hidden: 64, Seed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "student"), randmodel.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Seed: 2}); err != nil {
+		t.Fatal(err)
+	}
+	writeTextRows(t, filepath.Join(dir, "data.jsonl"), 6000)
+	job, err := os.ReadFile("../../configs/examples/distill_cross_tokenizer_tiny.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobPath := filepath.Join(dir, "job.yaml")
+	os.WriteFile(jobPath, job, 0o644)
+	j, err := configs.Load(jobPath, []string{"output_dir=" + filepath.Join(dir, "run")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	res, err := runTrainWith(context.Background(), j, "", &log, runHooks{setup: distillSetup})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log.String())
+	}
+	if res.Steps != 3 || len(res.Losses) != 3 {
+		t.Fatalf("%d steps, losses %v", res.Steps, res.Losses)
+	}
+	if !strings.Contains(log.String(), "across tokenizers") || !strings.Contains(log.String(), " uld ") {
+		t.Fatalf("log:\n%s", log.String())
+	}
+	ms, err := train.ReadMetrics(j.OutputDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := j.Distill.KDWeight
+	for _, m := range ms {
+		if m.Tokens == 0 {
+			continue // an evaluation's line
+		}
+		uld, ce := m.Parts["uld"], m.Parts["ce"]
+		if len(m.Parts) != 2 || uld <= 0 || ce <= 0 || math.IsNaN(m.Loss) {
+			t.Fatalf("step %d: loss %v, parts %v", m.Step, m.Loss, m.Parts)
+		}
+		if want := w*uld + (1-w)*ce; math.Abs(m.Loss-want) > 1e-5*math.Max(1, want) {
+			t.Fatalf("step %d: loss %v but %g·uld + %g·ce = %v", m.Step, m.Loss, w, 1-w, want)
+		}
+	}
+	j, err = configs.Load(jobPath, []string{"output_dir=" + filepath.Join(dir, "run-same"), "distill.cross_tokenizer="})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = runTrainWith(context.Background(), j, "", io.Discard, runHooks{setup: distillSetup})
+	if err == nil || !strings.Contains(err.Error(), "distill.cross_tokenizer: uld") {
+		t.Fatalf("a llama3 teacher for a llama2 student without cross_tokenizer: %v", err)
 	}
 }
