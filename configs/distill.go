@@ -28,7 +28,8 @@ const ServerTopK = 20
 // its own tokenizer, and at every student position whose text prefix ends
 // on a teacher token boundary the loss compares the two next-token
 // distributions sorted by probability: the L1 distance of the top_k sorted
-// probabilities (top_k 0: 128), temperature applied to both, and
+// probabilities plus that of the masses past them (top_k 0: 128),
+// temperature applied to both, and
 // loss = kd_weight·ULD + (1 − kd_weight)·CE (no T² factor). loss, beta and
 // sparse do not apply.
 type Distill struct {

@@ -19,22 +19,27 @@ const DefaultULDTopK = 128
 //
 // Forward:
 //
-//	p = softmax(z/T)                       (over the student's vocabulary)
+//	p = softmax(z/T)                        (over the student's vocabulary)
 //	π = the ids of p's k largest, descending (ties: smaller id first)
-//	ULD = Σ_{i<k} |p[π_i] − q_i|            (missing entries count as 0)
+//	P = 1 − Σ_{i<k} p[π_i],  Q = 1 − Σ_i q_i  (the tails' mass)
+//	ULD = Σ_{i<k} |p[π_i] − q_i| + |P − Q|   (ranks past V count as 0)
 //
 // The sorted probabilities are compared because the vocabularies differ: the
-// closed-form Wasserstein-1 distance between the two distributions with a
-// uniform transport cost is this L1 distance of the sorted vectors.
+// L1 distance of the two sorted vectors is the closed-form Wasserstein-1
+// distance with a uniform transport cost. Only the top k are sorted (the
+// tails are tiny); the tails' masses are compared as one bucket, as the
+// sparse KD loss does, so the student cannot hide mass past rank k. With k
+// at least both vocabularies both tails are empty and this is exact ULD;
+// otherwise it is a lower bound of it (|ΣP − ΣQ| ≤ Σ|P − Q|).
 //
 // Backward (the sort is a fixed permutation almost everywhere, so the
-// gradient flows through it): with s_i = sign(p[π_i] − q_i) scattered back
-// as g[π_i] = s_i (g = 0 elsewhere), and the softmax's VJP at temperature T,
+// gradient flows through it): g[π_i] = sign(p[π_i] − q_i) scattered back,
+// g_j = sign(P − Q) at every j past rank k, and the softmax's VJP at T:
 //
-//	dULD/dz_j = (1/T)·p_j·(g_j − Σ_i p[π_i]·s_i)
+//	dULD/dz_j = (1/T)·p_j·(g_j − Σ_l p_l·g_l)
 //
 // uldRow returns ULD and, when dz is non-nil, adds scale·dULD/dz into it.
-// scratch holds V floats and ids k entries.
+// scratch holds V floats, ids and lps k entries, heap is rowTopK's.
 func uldRow(z []float32, invT float32, q []float32, dz []float32, scale float32, scratch []float32, ids []int32, lps []float32, heap *[]topEntry) float64 {
 	k, V := len(q), len(z)
 	if len(scratch) != V || len(ids) != k || len(lps) != k {
@@ -47,41 +52,57 @@ func uldRow(z []float32, invT float32, q []float32, dz []float32, scale float32,
 	rowTopK(scratch, ks, ids[:ks], lps[:ks], heap)
 	// lse of the scaled logits, from the best entry: lps[0] = scratch[ids[0]] − lse.
 	lse := float64(scratch[ids[0]]) - float64(lps[0])
-	var loss, dot float64
+	var loss, dot, P, Q float64 = 0, 0, 1, 1
 	for i := 0; i < k; i++ {
 		var p float64
 		if i < ks {
 			p = math.Exp(float64(lps[i]))
 		}
+		P -= p
+		Q -= float64(q[i])
 		d := p - float64(q[i])
 		loss += math.Abs(d)
-		s := 0.0
-		switch {
-		case d > 0:
-			s = 1
-		case d < 0:
-			s = -1
-		}
 		if i < ks {
-			lps[i] = float32(s) // reuse: the sign at rank i
-			dot += p * s
+			lps[i] = float32(sign(d)) // reuse: the sign at rank i
+			dot += p * sign(d)
 		}
 	}
+	P, Q = max(P, 0), max(Q, 0)
+	if ks == V { // no student tail: the teacher's is compared with nothing
+		P = 0
+	}
+	loss += math.Abs(P - Q)
+	st := sign(P - Q) // the tail's sign
+	if ks == V {
+		st = 0
+	}
+	dot += P * st
 	if dz == nil {
 		return loss
 	}
-	// Dense part: −(1/T)·p_j·dot at every j; then (1/T)·p_j·g_j on the top ks.
+	// Every j as if in the tail, (1/T)·p_j·(st − dot); then the top ks corrected.
 	c := float64(scale) * float64(invT)
 	for j, v := range scratch {
 		p := math.Exp(float64(v) - lse)
-		dz[j] += float32(-c * p * dot)
+		dz[j] += float32(c * p * (st - dot))
 	}
 	for i := 0; i < ks; i++ {
 		j := ids[i]
 		p := math.Exp(float64(scratch[j]) - lse)
-		dz[j] += float32(c * p * float64(lps[i]))
+		dz[j] += float32(c * p * (float64(lps[i]) - st))
 	}
 	return loss
+}
+
+// sign is −1, 0 or 1.
+func sign(x float64) float64 {
+	switch {
+	case x > 0:
+		return 1
+	case x < 0:
+		return -1
+	}
+	return 0
 }
 
 // uldRows is uldRow over rows positions: z [rows, V] logits, q [rows, k]

@@ -13,7 +13,8 @@ import (
 )
 
 // uldReference is ULD by its definition, in float64: both distributions
-// sorted in full, the shorter zero-padded, truncated to k.
+// sorted in full, the shorter zero-padded, truncated to k, plus the
+// difference of the masses past rank k.
 func uldReference(z []float64, T float64, q []float64, k int) float64 {
 	mx := slices.Max(z)
 	p := make([]float64, len(z))
@@ -27,6 +28,7 @@ func uldReference(z []float64, T float64, q []float64, k int) float64 {
 	}
 	sort.Sort(sort.Reverse(sort.Float64Slice(p)))
 	var l float64
+	P, Q := 1.0, 1.0
 	for i := 0; i < k; i++ {
 		var a, b float64
 		if i < len(p) {
@@ -36,8 +38,12 @@ func uldReference(z []float64, T float64, q []float64, k int) float64 {
 			b = q[i]
 		}
 		l += math.Abs(a - b)
+		P, Q = P-a, Q-b
 	}
-	return l
+	if k >= len(p) {
+		P = 0
+	}
+	return l + math.Abs(max(P, 0)-max(Q, 0))
 }
 
 // The ULD loss against its float64 definition, and its gradient with
