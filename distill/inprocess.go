@@ -3,7 +3,6 @@ package distill
 import (
 	"context"
 	"fmt"
-	"math"
 	"sync"
 
 	"github.com/llamatune/llamatune/data"
@@ -132,22 +131,19 @@ func (t *InProcess) SortedProbs(ctx context.Context, b *data.Batch, positions []
 	}
 	kv := min(k, V)
 	out := make([]float32, n*k)
-	ids := make([]int32, n*kv)
-	lps := make([]float32, n*kv)
-	invT := float32(1 / temperature)
 	err = t.headChunks(ctx, hp, n, func(c0, c1 int, logits []float32) {
-		for i := range logits {
-			logits[i] *= invT
-		}
-		topKLogSoftmax(logits, c1-c0, V, kv, ids[c0*kv:c1*kv], lps[c0*kv:c1*kv])
+		parallelRows(c1-c0, func(lo, hi int) {
+			e := make([]float32, V)
+			ids := make([]int32, kv)
+			heap := make([]topEntry, 0, kv)
+			for r := lo; r < hi; r++ {
+				o := (c0 + r) * k
+				sortedProbs(logits[r*V:(r+1)*V], float32(1/temperature), e, ids, out[o:o+kv], &heap)
+			}
+		})
 	})
 	if err != nil {
 		return nil, err
-	}
-	for i := 0; i < n; i++ {
-		for j := 0; j < kv; j++ {
-			out[i*k+j] = float32(math.Exp(float64(lps[i*kv+j])))
-		}
 	}
 	return out, nil
 }

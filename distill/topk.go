@@ -63,6 +63,16 @@ func rowTopK(row []float32, k int, ids []int32, lps []float32, hp *[]topEntry) {
 		sum += math.Exp(float64(v - mx))
 	}
 	lse := float64(mx) + math.Log(sum)
+	selectTopK(row, k, ids, lps, hp)
+	for i := range lps {
+		lps[i] = float32(float64(lps[i]) - lse)
+	}
+}
+
+// selectTopK writes the k largest values of row, best first (equal values
+// by smaller index), and their indices into ids and vals; hp is a scratch
+// heap kept between calls.
+func selectTopK(row []float32, k int, ids []int32, vals []float32, hp *[]topEntry) {
 	// Min-heap of the k best so far (root = worst kept).
 	h := (*hp)[:0]
 	for i, v := range row {
@@ -88,7 +98,7 @@ func rowTopK(row []float32, k int, ids []int32, lps []float32, hp *[]topEntry) {
 	// Pop worst first into the tail.
 	for n := len(h); n > 0; n-- {
 		ids[n-1] = h[0].id
-		lps[n-1] = float32(float64(h[0].v) - lse)
+		vals[n-1] = h[0].v
 		h[0] = h[n-1]
 		h = h[:n-1]
 		siftDown(h, 0)

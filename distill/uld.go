@@ -3,6 +3,10 @@ package distill
 import (
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
+
+	"github.com/llamatune/llamatune/kernels/cpu/vmath"
 )
 
 // DefaultULDTopK is how many sorted probabilities the ULD loss compares per
@@ -39,59 +43,63 @@ const DefaultULDTopK = 128
 //	dULD/dz_j = (1/T)·p_j·(g_j − Σ_l p_l·g_l)
 //
 // uldRow returns ULD and, when dz is non-nil, adds scale·dULD/dz into it.
-// scratch holds V floats, ids and lps k entries, heap is rowTopK's.
-func uldRow(z []float32, invT float32, q []float32, dz []float32, scale float32, scratch []float32, ids []int32, lps []float32, heap *[]topEntry) float64 {
+// scratch holds V floats, ids and ps k entries, heap is selectTopK's.
+func uldRow(z []float32, invT float32, q []float32, dz []float32, scale float32, scratch []float32, ids []int32, ps []float32, heap *[]topEntry) float64 {
 	k, V := len(q), len(z)
-	if len(scratch) != V || len(ids) != k || len(lps) != k {
-		panic(fmt.Sprintf("distill.uldRow: z [%d], q [%d], scratch [%d], ids [%d], lps [%d]", V, k, len(scratch), len(ids), len(lps)))
-	}
-	for j, v := range z {
-		scratch[j] = v * invT
+	if len(scratch) != V || len(ids) != k || len(ps) != k {
+		panic(fmt.Sprintf("distill.uldRow: z [%d], q [%d], scratch [%d], ids [%d], ps [%d]", V, k, len(scratch), len(ids), len(ps)))
 	}
 	ks := min(k, V) // the student's sorted vector has V entries; the rest are 0
-	rowTopK(scratch, ks, ids[:ks], lps[:ks], heap)
-	// lse of the scaled logits, from the best entry: lps[0] = scratch[ids[0]] − lse.
-	lse := float64(scratch[ids[0]]) - float64(lps[0])
+	S := sortedProbs(z, invT, scratch, ids[:ks], ps[:ks], heap)
+	// scratch[j]·S⁻¹ = p_j; ps = the top ks of p, descending.
 	var loss, dot, P, Q float64 = 0, 0, 1, 1
 	for i := 0; i < k; i++ {
 		var p float64
 		if i < ks {
-			p = math.Exp(float64(lps[i]))
+			p = float64(ps[i])
 		}
 		P -= p
 		Q -= float64(q[i])
 		d := p - float64(q[i])
 		loss += math.Abs(d)
 		if i < ks {
-			lps[i] = float32(sign(d)) // reuse: the sign at rank i
+			ps[i] = float32(sign(d)) // reuse: the sign at rank i
 			dot += p * sign(d)
 		}
 	}
 	P, Q = max(P, 0), max(Q, 0)
-	if ks == V { // no student tail: the teacher's is compared with nothing
-		P = 0
+	st := sign(P - Q) // the tail's sign
+	if ks == V {      // no student tail: the teacher's is compared with nothing
+		P, st = 0, 0
 	}
 	loss += math.Abs(P - Q)
-	st := sign(P - Q) // the tail's sign
-	if ks == V {
-		st = 0
-	}
 	dot += P * st
 	if dz == nil {
 		return loss
 	}
 	// Every j as if in the tail, (1/T)·p_j·(st − dot); then the top ks corrected.
-	c := float64(scale) * float64(invT)
-	for j, v := range scratch {
-		p := math.Exp(float64(v) - lse)
-		dz[j] += float32(c * p * (st - dot))
+	c := float64(scale) * float64(invT) / S
+	a := float32(c * (st - dot))
+	for j, e := range scratch {
+		dz[j] += a * e
 	}
 	for i := 0; i < ks; i++ {
 		j := ids[i]
-		p := math.Exp(float64(scratch[j]) - lse)
-		dz[j] += float32(c * p * (float64(lps[i]) - st))
+		dz[j] += float32(c * float64(scratch[j]) * (float64(ps[i]) - st))
 	}
 	return loss
+}
+
+// sortedProbs computes e_j = exp((z_j − max z)/T) into e (the softmax's
+// numerators) and the k largest probabilities e_j/S, descending, with their
+// ids; it returns S = Σ e_j.
+func sortedProbs(z []float32, invT float32, e []float32, ids []int32, ps []float32, heap *[]topEntry) float64 {
+	S := vmath.ExpSum(e, z, vmath.Max(z), invT)
+	selectTopK(e, len(ids), ids, ps, heap)
+	for i := range ps {
+		ps[i] = float32(float64(ps[i]) / S)
+	}
+	return S
 }
 
 // sign is −1, 0 or 1.
@@ -113,17 +121,38 @@ func uldRows(z []float32, rows int, q []float32, k int, invT float32, dz []float
 	if len(z) != rows*V || len(q) != rows*k || (dz != nil && len(dz) != len(z)) {
 		panic(fmt.Sprintf("distill.uldRows: z [%d], %d rows, q [%d], k %d, dz [%d]", len(z), rows, len(q), k, len(dz)))
 	}
-	scratch := make([]float32, V)
-	ids := make([]int32, k)
-	lps := make([]float32, k)
-	heap := make([]topEntry, 0, k)
-	var sum float64
-	for r := 0; r < rows; r++ {
-		var d []float32
-		if dz != nil {
-			d = dz[r*V : (r+1)*V]
+	parts := make([]float64, rows) // summed in order: the same total on every run
+	parallelRows(rows, func(lo, hi int) {
+		scratch := make([]float32, V)
+		ids := make([]int32, k)
+		ps := make([]float32, k)
+		heap := make([]topEntry, 0, k)
+		for r := lo; r < hi; r++ {
+			var d []float32
+			if dz != nil {
+				d = dz[r*V : (r+1)*V]
+			}
+			parts[r] = uldRow(z[r*V:(r+1)*V], invT, q[r*k:(r+1)*k], d, scale, scratch, ids, ps, &heap)
 		}
-		sum += uldRow(z[r*V:(r+1)*V], invT, q[r*k:(r+1)*k], d, scale, scratch, ids, lps, &heap)
+	})
+	var sum float64
+	for _, l := range parts {
+		sum += l
 	}
 	return sum
+}
+
+// parallelRows runs fn over [0, rows) split into one range per core.
+func parallelRows(rows int, fn func(lo, hi int)) {
+	workers := max(1, min(runtime.GOMAXPROCS(0), rows))
+	per := (rows + workers - 1) / workers
+	var wg sync.WaitGroup
+	for lo := 0; lo < rows; lo += per {
+		wg.Add(1)
+		go func(lo, hi int) {
+			defer wg.Done()
+			fn(lo, hi)
+		}(lo, min(lo+per, rows))
+	}
+	wg.Wait()
 }
