@@ -3,6 +3,8 @@ package distill
 import (
 	"context"
 	"fmt"
+	"io"
+	"sync"
 
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/data/tokenizer"
@@ -21,6 +23,9 @@ type ULDConfig struct {
 	// Student and Teacher are the two tokenizers: the student's batch is
 	// decoded with the first and re-encoded with the second.
 	Student, Teacher tokenizer.Tokenizer
+	// Log, when set, gets one line on the first batch: how many of its
+	// trained positions the alignment paired with a teacher position.
+	Log io.Writer
 }
 
 // ULDLoss is a train.LossFunc for a teacher with another tokenizer:
@@ -47,6 +52,7 @@ func ULDLoss(ctx context.Context, student *llama.Model, teacher *InProcess, c UL
 	}
 	invT := float32(1 / c.Temperature)
 	w := c.KDWeight
+	var once sync.Once
 	return func(tp *tensor.Tape, b *data.Batch, normalizer float64) (*tensor.Tensor, train.LossParts, error) {
 		if c.Temperature <= 0 || w < 0 || w > 1 || c.Student == nil || c.Teacher == nil {
 			return nil, nil, fmt.Errorf("distill: ULD needs temperature > 0, kd_weight in [0, 1] and both tokenizers")
@@ -77,6 +83,12 @@ func ULDLoss(ctx context.Context, student *llama.Model, teacher *InProcess, c UL
 		ce, count := tp.LinearCrossEntropyLowRank(h, student.LMHead, hr, wr, targets, normalizer, student.CEChunk)
 		if normalizer <= 0 {
 			normalizer = float64(max(count, 1)) // as the cross-entropy does
+		}
+		if c.Log != nil {
+			once.Do(func() {
+				fmt.Fprintf(c.Log, "ULD: %d of the first batch's %d trained positions are paired with a teacher position (%.0f%%)\n",
+					len(spos), count, 100*float64(len(spos))/float64(max(count, 1)))
+			})
 		}
 		ceVal := float64(ce.Item())
 		total := tp.Scale(ce, float32(1-w))

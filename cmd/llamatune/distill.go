@@ -137,7 +137,7 @@ func uldSetup(ctx context.Context, s *session, o *train.Options) (func(), error)
 		return nil, fmt.Errorf("distill.teacher.model: its tokenizer: %w", err)
 	}
 	o.Loss = distill.ULDLoss(ctx, s.model, ip, distill.ULDConfig{Temperature: d.Temperature, KDWeight: d.KDWeight,
-		TopK: d.TopK, Student: stok, Teacher: ttok})
+		TopK: d.TopK, Student: stok, Teacher: ttok, Log: o.Log})
 	k := d.TopK
 	if k <= 0 {
 		k = distill.DefaultULDTopK
