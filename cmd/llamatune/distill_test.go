@@ -116,8 +116,8 @@ func checkLossParts(t *testing.T, name string, j *configs.Job, log string) {
 // The cross-tokenizer example job (configs/examples/distill_cross_tokenizer_tiny.yaml):
 // a Llama 3 teacher in-process and a Llama 2 student. It trains with the
 // ULD loss, whose parts (uld, ce) make up the total as kd_weight weighs
-// them; the same job without cross_tokenizer is refused with the advice to
-// set it.
+// them; teacher-logits refuses the job (shards are over the student's ids);
+// the same job without cross_tokenizer is refused with the advice to set it.
 func TestDistillCrossTokenizer(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "teacher"), randmodel.TinyOptions{Tokenizer: "llama3", Layers: 2, Hidden: 64, Seed: 1}); err != nil {
@@ -164,6 +164,11 @@ func TestDistillCrossTokenizer(t *testing.T) {
 		if want := w*uld + (1-w)*ce; math.Abs(m.Loss-want) > 1e-5*math.Max(1, want) {
 			t.Fatalf("step %d: loss %v but %g·uld + %g·ce = %v", m.Step, m.Loss, w, 1-w, want)
 		}
+	}
+	var out bytes.Buffer
+	err = runTeacherLogits(context.Background(), jobPath, nil, teacherLogitsFlags{out: filepath.Join(dir, "shards"), k: 8}, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "distill.cross_tokenizer") {
+		t.Fatalf("teacher-logits for a cross-tokenizer job: %v", err)
 	}
 	j, err = configs.Load(jobPath, []string{"output_dir=" + filepath.Join(dir, "run-same"), "distill.cross_tokenizer="})
 	if err != nil {

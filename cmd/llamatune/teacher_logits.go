@@ -96,6 +96,10 @@ func runTeacherLogits(ctx context.Context, jobPath string, setList []string, f t
 	}
 	student := distill.Info{Name: job.Model, VocabSize: cfg.VocabSize, VocabHash: distill.TokenizerHash(tok)}
 
+	if job.Distill != nil && job.Distill.CrossTokenizer != "" {
+		return fmt.Errorf("%s: distill.cross_tokenizer: %s: teacher-logits shards hold the teacher's top-k over the student's token ids, which a teacher with another tokenizer cannot give; "+
+			"run llamatune distill with the teacher in-process (distill.teacher.model) instead", jobPath, job.Distill.CrossTokenizer)
+	}
 	if job.Distill == nil { // flags only: the config defaults were not filled in
 		tc.Timeout, tc.Retries = 300, 5
 	}
