@@ -145,7 +145,8 @@ func TestDistillCrossTokenizer(t *testing.T) {
 	if res.Steps != 3 || len(res.Losses) != 3 {
 		t.Fatalf("%d steps, losses %v", res.Steps, res.Losses)
 	}
-	if !strings.Contains(log.String(), "across tokenizers") || !strings.Contains(log.String(), " uld ") {
+	if !strings.Contains(log.String(), "across tokenizers") || !strings.Contains(log.String(), " uld ") ||
+		!strings.Contains(log.String(), "paired with a teacher position") {
 		t.Fatalf("log:\n%s", log.String())
 	}
 	ms, err := train.ReadMetrics(j.OutputDir)
