@@ -2,7 +2,9 @@
 // losses (forward/reverse KL, generalized JSD, temperature, CE mix; dense or
 // top-k sparse), teacher sources (in-process model, offline top-k shards, an
 // OpenAI-compatible server such as vLLM), synthetic-data generation, and the
-// vocabulary check.
+// vocabulary check. A teacher with another tokenizer teaches through the
+// Universal Logit Distillation loss (ULDLoss) over positions paired by
+// character span (Align).
 package distill
 
 import (
