@@ -14,6 +14,7 @@ import (
 	"github.com/llamatune/llamatune/lora"
 	"github.com/llamatune/llamatune/model/llama"
 	"github.com/llamatune/llamatune/tensor"
+	"github.com/llamatune/llamatune/train"
 )
 
 // sharpen multiplies a model's final norm weight by s: its next-token
@@ -101,6 +102,21 @@ func TestULDLossGradient(t *testing.T) {
 		}
 		return float64(l.Item())
 	}
+	// kd_weight 0 is the student's cross-entropy, value and part.
+	ce0 := distill.ULDLoss(context.Background(), student, nil, distill.ULDConfig{Temperature: 2, KDWeight: 0, Student: stok, Teacher: ttok})
+	tp := tensor.NewTape(be)
+	l0, parts, err := ce0(tp, b, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _, err := student.Loss(tp, train.Input(b), b.Labels, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := float64(l0.Item()), float64(ref.Item()); math.Abs(got-want) > 1e-5*want || parts["uld"] != 0 || math.Abs(parts["ce"]-want) > 1e-5*want {
+		t.Fatalf("kd_weight 0: loss %v, parts %v; cross-entropy %v", got, parts, want)
+	}
+	tp.Release()
 	params := set.Params()
 	for _, p := range params {
 		p.SetRequiresGrad(true)

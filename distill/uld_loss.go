@@ -58,7 +58,10 @@ func ULDLoss(ctx context.Context, student *llama.Model, teacher *InProcess, c UL
 			return nil, nil, fmt.Errorf("distill: ULD needs temperature > 0, kd_weight in [0, 1] and both tokenizers")
 		}
 		targets := llama.ShiftLabels(b.Labels, b.Rows, b.SeqLen, b.DocStart)
-		al := Align(b, c.Student, c.Teacher)
+		al := &Alignment{}
+		if w > 0 { // kd_weight 0: cross-entropy alone, no teacher
+			al = Align(b, c.Student, c.Teacher)
+		}
 		var spos, tpos []int32
 		for i, s := range al.Student {
 			if targets[s] != kernels.IgnoreIndex {
