@@ -22,7 +22,7 @@ const ServerTopK = 20
 //	  kd_weight: 0.5            # loss = kd_weight·T²·KD + (1 − kd_weight)·CE
 //	  top_k: 32                 # server/shards teachers give top-k (default: server 20, shards 32); in-process: 0 = full distribution
 //	  sparse: tail              # tail: top-k + one bucket for the rest | renorm: top-k renormalized
-//	  cross_tokenizer: uld      # a teacher with another tokenizer (in-process only): Universal Logit Distillation
+//	  cross_tokenizer: uld      # a teacher with another tokenizer: Universal Logit Distillation (in-process, or a server with teacher.tokenizer)
 //
 // With cross_tokenizer: uld the teacher re-tokenizes the student's text with
 // its own tokenizer, and at every student position whose text prefix ends
@@ -31,7 +31,9 @@ const ServerTopK = 20
 // probabilities plus that of the masses past them (top_k 0: 128),
 // temperature applied to both, and
 // loss = kd_weight·ULD + (1 − kd_weight)·CE (no T² factor). loss, beta and
-// sparse do not apply.
+// sparse do not apply. A server teacher needs teacher.tokenizer (its
+// tokenizer) and temperature 1; shards cannot serve (they are over the
+// student's ids).
 type Distill struct {
 	Teacher     Teacher `yaml:"teacher"`
 	Loss        string  `yaml:"loss"`
@@ -57,6 +59,10 @@ type Teacher struct {
 	Timeout     float64 `yaml:"timeout"`     // seconds per request (default 300)
 	Retries     int     `yaml:"retries"`     // per request, with exponential backoff (default 5)
 	VocabHash   string  `yaml:"vocab_hash"`  // server teachers: the tokenizer hash the server uses (default: assume the student's)
+	// Tokenizer: with cross_tokenizer: uld and a server teacher, a model
+	// directory (or Hub id) holding the served model's tokenizer, which
+	// re-tokenizes the student's text (an in-process teacher uses its own).
+	Tokenizer string `yaml:"tokenizer"`
 }
 
 // Generate are the sampling settings of llamatune generate.
@@ -149,8 +155,19 @@ func (d *Distill) validate() []error {
 	if err := oneOf("distill.cross_tokenizer", d.CrossTokenizer, "uld"); err != nil {
 		errs = append(errs, fmt.Errorf("%w (or leave it empty when teacher and student share a tokenizer)", err))
 	}
-	if d.CrossTokenizer == "uld" && t.Model == "" && n == 1 {
-		addf("distill.cross_tokenizer: uld needs an in-process teacher (distill.teacher.model): the teacher re-tokenizes the student's text with its own tokenizer and scores it, while server and shards teachers score the student's token ids")
+	if d.CrossTokenizer == "uld" && t.Shards != "" {
+		addf("distill.cross_tokenizer: uld needs a teacher that scores its own tokenization of the student's text — in-process (distill.teacher.model) or a server (distill.teacher.url with distill.teacher.tokenizer); shards hold top-k over the student's token ids")
+	}
+	if d.CrossTokenizer == "uld" && t.URL != "" {
+		if t.Tokenizer == "" {
+			addf("distill.teacher.tokenizer: missing; with cross_tokenizer: uld a server teacher needs its tokenizer (a model directory or Hub id of the served model) to re-tokenize the student's text")
+		}
+		if d.Temperature != 1 {
+			addf("distill.temperature: must be 1 with cross_tokenizer: uld and a server teacher (the server gives log-probabilities at temperature 1), got %g", d.Temperature)
+		}
+	}
+	if t.Tokenizer != "" && (d.CrossTokenizer != "uld" || t.URL == "") {
+		addf("distill.teacher.tokenizer: only used with cross_tokenizer: uld and a server teacher (url); an in-process teacher uses its model's tokenizer")
 	}
 	if d.Sparse == "renorm" && d.Loss != "forward_kl" {
 		addf("distill.sparse: renorm works with loss forward_kl only (the student's mass outside the top-k has no teacher counterpart); use sparse: tail")

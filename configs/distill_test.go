@@ -1,6 +1,9 @@
 package configs
 
-import "testing"
+import (
+	"path/filepath"
+	"testing"
+)
 
 // TestDistillTopKDefault: a server teacher's top_k defaults to vLLM's default
 // --max-logprobs (20), shards keep 32, in-process 0; a set top_k stays.
@@ -27,8 +30,9 @@ func TestDistillTopKDefault(t *testing.T) {
 	}
 }
 
-// distill.cross_tokenizer: "" or uld; uld with an in-process teacher only;
-// the errors name the key.
+// distill.cross_tokenizer: "" or uld; uld with an in-process teacher, or a
+// server with teacher.tokenizer and temperature 1, never shards;
+// teacher.tokenizer only there. The errors name the key.
 func TestDistillCrossTokenizer(t *testing.T) {
 	path := tinyJob(t, minimalJob+"distill: {teacher: {model: model}}\n")
 	j, err := Load(path, []string{"distill.cross_tokenizer=uld"})
@@ -40,8 +44,20 @@ func TestDistillCrossTokenizer(t *testing.T) {
 	}
 	_, err = Load(path, []string{"distill.cross_tokenizer=ulb"})
 	mustContain(t, err, "distill.cross_tokenizer", `"ulb"`, "uld")
-	_, err = Load(path, []string{"distill.cross_tokenizer=uld", "distill.teacher.model=", "distill.teacher.url=http://h:8000/v1", "distill.teacher.name=m"})
-	mustContain(t, err, "distill.cross_tokenizer", "in-process", "distill.teacher.model")
+	server := []string{"distill.cross_tokenizer=uld", "distill.teacher.model=", "distill.teacher.url=http://h:8000/v1", "distill.teacher.name=m"}
+	_, err = Load(path, server)
+	mustContain(t, err, "distill.teacher.tokenizer: missing")
+	_, err = Load(path, append(server, "distill.teacher.tokenizer=model", "distill.temperature=2"))
+	mustContain(t, err, "distill.temperature", "temperature 1")
+	j, err = Load(path, append(server, "distill.teacher.tokenizer=model"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !filepath.IsAbs(j.Distill.Teacher.Tokenizer) || filepath.Base(j.Distill.Teacher.Tokenizer) != "model" {
+		t.Fatalf("teacher.tokenizer %q is not resolved against the job file", j.Distill.Teacher.Tokenizer)
+	}
+	_, err = Load(path, []string{"distill.teacher.tokenizer=model"})
+	mustContain(t, err, "distill.teacher.tokenizer", "only used with cross_tokenizer: uld")
 	_, err = Load(path, []string{"distill.cross_tokenizer=uld", "distill.teacher.model=", "distill.teacher.shards=s"})
-	mustContain(t, err, "distill.cross_tokenizer", "in-process")
+	mustContain(t, err, "distill.cross_tokenizer", "shards")
 }

@@ -560,7 +560,7 @@ func (j *Job) resolvePaths() {
 	}
 	j.Model = res(j.Model)
 	if d := j.Distill; d != nil {
-		d.Teacher.Model, d.Teacher.Shards = res(d.Teacher.Model), res(d.Teacher.Shards)
+		d.Teacher.Model, d.Teacher.Shards, d.Teacher.Tokenizer = res(d.Teacher.Model), res(d.Teacher.Shards), res(d.Teacher.Tokenizer)
 	}
 	for i := range j.Data.Datasets {
 		j.Data.Datasets[i].Path = res(j.Data.Datasets[i].Path)

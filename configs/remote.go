@@ -12,10 +12,13 @@ type RemoteRef struct {
 	Kind  string // "model" or "dataset"
 	Ref   string // the value: "org/name" or "org/name@revision"
 	Split string // a dataset's split: ("" = train)
+	// MetadataOnly: only the model's configuration and tokenizer files are
+	// needed (distill.teacher.tokenizer), never its weights.
+	MetadataOnly bool
 }
 
 // Remote, when set, fetches what a job names by Hugging Face Hub repository id instead of a
-// local path (in model:, distill.teacher.model: or a dataset's path:) and returns its local
+// local path (in model:, distill.teacher.model:, distill.teacher.tokenizer: or a dataset's path:) and returns its local
 // path: a model's directory, or a dataset's directory or glob of the split's files. It
 // returns ("", nil) for a value that is not a repository id, which then fails the usual
 // "does not exist" check. Load calls it only for a value that is not an existing path
@@ -64,6 +67,10 @@ func (j *Job) pendingRemote() *remoteRefs {
 	add("model", "model", &j.Model, nil)
 	if d := j.Distill; d != nil {
 		add("distill.teacher.model", "model", &d.Teacher.Model, nil)
+		add("distill.teacher.tokenizer", "model", &d.Teacher.Tokenizer, nil)
+		if n := len(r.refs); n > 0 && r.refs[n-1].key == "distill.teacher.tokenizer" {
+			r.refs[n-1].ref.MetadataOnly = true
+		}
 	}
 	datasets := func(key string, ds []Dataset) {
 		for i := range ds {

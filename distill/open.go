@@ -26,22 +26,24 @@ type OpenOptions struct {
 	// compares distributions over one vocabulary.
 	Student Info
 	// CrossTokenizer "uld": the teacher may have another tokenizer (ULDLoss
-	// aligns the two tokenizations); it must then run in-process.
+	// aligns the two tokenizations). A server teacher then needs its
+	// tokenizer's identity in Server.Info (VocabHash and VocabSize).
 	CrossTokenizer string
 	Log            io.Writer // notes (nil: none)
 }
 
 // OpenTeacher opens the teacher o names and checks that it shares the
 // student's vocabulary (CheckVocab), unless o.CrossTokenizer is "uld": then
-// the teacher must be in-process and the tokenizations are aligned instead.
+// the tokenizations are aligned instead (a server teacher must then say
+// which tokenizer it has, in o.Server.Info).
 // The caller closes it.
 func OpenTeacher(o OpenOptions) (Teacher, error) {
 	switch o.CrossTokenizer {
 	case "":
 	case "uld":
-		if o.Model == "" {
-			return nil, fmt.Errorf("distill.cross_tokenizer: uld needs an in-process teacher (distill.teacher.model): " +
-				"the teacher re-tokenizes the student's text with its own tokenizer, which a server or shards teacher (scoring the student's token ids) cannot")
+		if o.Model == "" && o.Server.Info.VocabHash == "" {
+			return nil, fmt.Errorf("distill.cross_tokenizer: uld with a server teacher needs the teacher's tokenizer (distill.teacher.tokenizer): " +
+				"the student's text is re-tokenized with it before the server scores it")
 		}
 	default:
 		return nil, fmt.Errorf("distill.cross_tokenizer: %q is not one of uld (or empty)", o.CrossTokenizer)

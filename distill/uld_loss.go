@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 
 	"github.com/llamatune/llamatune/data"
@@ -35,12 +36,15 @@ type ULDConfig struct {
 //
 //	loss = [KDWeight·Σ_aligned ULD + (1−KDWeight)·Σ_trained CE] / normalizer
 //
-// The teacher runs on its own tokenization of the batch's text (Align). The
+// The teacher runs on its own tokenization of the batch's text (Align): an
+// InProcess teacher gives its exact sorted probabilities at temperature T;
+// any other (a server) gives its top-k log-probabilities, which are at
+// temperature 1, so it needs T = 1. The
 // student's logits for the ULD term are made chunk by chunk and not kept:
 // each chunk is recomputed in the backward pass (tensor.Tape.Recompute), so
 // [tokens × vocab] never exists at once. Its parts are "uld" and "ce", each
 // per trained token like the total.
-func ULDLoss(ctx context.Context, student *llama.Model, teacher *InProcess, c ULDConfig) train.LossFunc {
+func ULDLoss(ctx context.Context, student *llama.Model, teacher Teacher, c ULDConfig) train.LossFunc {
 	k := c.TopK
 	if k <= 0 {
 		k = DefaultULDTopK
@@ -71,7 +75,7 @@ func ULDLoss(ctx context.Context, student *llama.Model, teacher *InProcess, c UL
 		var q []float32
 		if len(spos) > 0 {
 			var err error
-			if q, err = teacher.SortedProbs(ctx, al.Teacher, tpos, k, c.Temperature); err != nil {
+			if q, err = teacherSortedProbs(ctx, teacher, al.Teacher, tpos, k, c.Temperature); err != nil {
 				return nil, nil, fmt.Errorf("distill: teacher forward: %w", err)
 			}
 		}
@@ -152,4 +156,35 @@ func uldChunk(tp *tensor.Tape, m *llama.Model, h, hr, wr *tensor.Tensor, pos []i
 		return sub.Linear(sub.Reshape(z, 1, C*V), gt)
 	})
 	return s, sum
+}
+
+// teacherSortedProbs is the teacher's k largest next-token probabilities at
+// temperature T at positions of b, descending: [len(positions)·k] (see
+// InProcess.SortedProbs). A teacher that only gives top-k log-probabilities
+// (a server) gives them at temperature 1: T must be 1, and slots it leaves
+// empty (MissingLogProb) become 0.
+func teacherSortedProbs(ctx context.Context, t Teacher, b *data.Batch, positions []int32, k int, temperature float64) ([]float32, error) {
+	if ip, ok := t.(*InProcess); ok {
+		return ip.SortedProbs(ctx, b, positions, k, temperature)
+	}
+	if temperature != 1 {
+		return nil, fmt.Errorf("distill.temperature: %g: teacher %s gives log-probabilities at temperature 1 only, so cross-tokenizer distillation from it needs temperature 1", temperature, t.Info().Name)
+	}
+	top, err := t.TopK(ctx, b, k)
+	if err != nil {
+		return nil, err
+	}
+	n := b.Rows * b.SeqLen
+	if top.K != k || len(top.LogProbs) != n*k {
+		return nil, fmt.Errorf("teacher %s returned top-%d with %d log-probs for %d positions, want top-%d", t.Info().Name, top.K, len(top.LogProbs), n, k)
+	}
+	out := make([]float32, len(positions)*k)
+	for i, p := range positions {
+		for j, lp := range top.LogProbs[int(p)*k : (int(p)+1)*k] {
+			if lp > MissingLogProb {
+				out[i*k+j] = float32(math.Exp(float64(lp)))
+			}
+		}
+	}
+	return out, nil
 }

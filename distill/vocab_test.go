@@ -50,7 +50,7 @@ func TestVocabHash(t *testing.T) {
 
 // OpenTeacher with another tokenizer: refused (naming cross_tokenizer)
 // without distill.cross_tokenizer, opened with uld (a note says it aligns),
-// and uld with a server teacher is refused with the reason.
+// and uld with a server teacher whose tokenizer is unknown is refused.
 func TestOpenTeacherCrossTokenizer(t *testing.T) {
 	teacher, studentDir := tinyModel(t, "llama3", 0), tinyModel(t, "llama2", 0)
 	hs, err := distill.VocabHash(studentDir)
@@ -73,8 +73,8 @@ func TestOpenTeacherCrossTokenizer(t *testing.T) {
 		t.Fatalf("no note: %q", log.String())
 	}
 	o.Model, o.Server = "", distill.ServerOptions{BaseURL: "http://localhost:1/v1", Model: "m"}
-	if _, err := distill.OpenTeacher(o); err == nil || !strings.Contains(err.Error(), "in-process teacher") {
-		t.Fatalf("uld with a server teacher: %v", err)
+	if _, err := distill.OpenTeacher(o); err == nil || !strings.Contains(err.Error(), "distill.teacher.tokenizer") {
+		t.Fatalf("uld with a server teacher of unknown tokenizer: %v", err)
 	}
 	o.CrossTokenizer = "dsk"
 	if _, err := distill.OpenTeacher(o); err == nil || !strings.Contains(err.Error(), "distill.cross_tokenizer") {

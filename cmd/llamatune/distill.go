@@ -52,9 +52,7 @@ func openTeacher(job *configs.Job, s *session, log io.Writer) (distill.Teacher, 
 		return nil, err
 	}
 	student := distill.Info{Name: job.Model, VocabSize: s.model.Config.VocabSize, VocabHash: studentHash}
-	o := teacherOptions(job, job.Distill.Teacher, s.model.Backend(), student, log)
-	o.CrossTokenizer = job.Distill.CrossTokenizer
-	return distill.OpenTeacher(o)
+	return distill.OpenTeacher(teacherOptions(job, job.Distill.Teacher, s.model.Backend(), student, log))
 }
 
 // teacherOptions are distill.OpenOptions for the teacher tc of job: an
@@ -114,29 +112,33 @@ func distillSetup(ctx context.Context, s *session, o *train.Options) (func(), er
 }
 
 // uldSetup swaps the loss for the cross-tokenizer ULD loss against the
-// job's in-process teacher, which may use another tokenizer.
+// job's teacher (in-process, or a server whose tokenizer the job names),
+// which may use another tokenizer than the student.
 func uldSetup(ctx context.Context, s *session, o *train.Options) (func(), error) {
 	d := s.job.Distill
-	t, err := openTeacher(s.job, s, o.Log)
-	if err != nil {
-		return nil, err
+	key, dir := "distill.teacher.model", d.Teacher.Model
+	if d.Teacher.URL != "" {
+		key, dir = "distill.teacher.tokenizer", d.Teacher.Tokenizer
 	}
-	ip, ok := t.(*distill.InProcess)
-	if !ok {
-		t.Close()
-		return nil, fmt.Errorf("distill.cross_tokenizer: uld needs an in-process teacher (distill.teacher.model)")
+	ttok, err := tokenizer.Load(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: the teacher's tokenizer: %w", key, err)
 	}
 	stok, err := tokenizer.Load(s.job.Model)
 	if err != nil {
-		t.Close()
-		return nil, fmt.Errorf("student tokenizer: %w", err)
+		return nil, fmt.Errorf("model: the student's tokenizer: %w", err)
 	}
-	ttok, err := tokenizer.Load(d.Teacher.Model)
+	student := distill.Info{Name: s.job.Model, VocabSize: s.model.Config.VocabSize, VocabHash: distill.TokenizerHash(stok)}
+	oo := teacherOptions(s.job, d.Teacher, s.model.Backend(), student, o.Log)
+	oo.CrossTokenizer = d.CrossTokenizer
+	if d.Teacher.URL != "" {
+		oo.Server.Info.VocabHash, oo.Server.Info.VocabSize = distill.TokenizerHash(ttok), ttok.VocabSize()
+	}
+	t, err := distill.OpenTeacher(oo)
 	if err != nil {
-		t.Close()
-		return nil, fmt.Errorf("distill.teacher.model: its tokenizer: %w", err)
+		return nil, err
 	}
-	o.Loss = distill.ULDLoss(ctx, s.model, ip, distill.ULDConfig{Temperature: d.Temperature, KDWeight: d.KDWeight,
+	o.Loss = distill.ULDLoss(ctx, s.model, t, distill.ULDConfig{Temperature: d.Temperature, KDWeight: d.KDWeight,
 		TopK: d.TopK, Student: stok, Teacher: ttok, Log: o.Log})
 	k := d.TopK
 	if k <= 0 {

@@ -101,7 +101,7 @@ func fetchJobRef(r configs.RemoteRef) (string, error) {
 	}
 	id, rev := hub.ParseRef(r.Ref)
 	var include []string
-	if r.Kind == hub.Model && hubMetadataOnly {
+	if r.Kind == hub.Model && (hubMetadataOnly || r.MetadataOnly) {
 		include = hub.MetadataModelFiles
 	}
 	c := hubClient(os.Stderr)
