@@ -4,11 +4,13 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/llamatune/llamatune/data"
 	"github.com/llamatune/llamatune/data/tokenizer"
 	"github.com/llamatune/llamatune/distill"
+	"github.com/llamatune/llamatune/distill/fakeserver"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
 	"github.com/llamatune/llamatune/lora"
@@ -56,6 +58,8 @@ func textBatch(tok tokenizer.Tokenizer, texts []string, seqLen int) *data.Batch 
 // random directions of three trained tensors: a layer's LoRA A (through the
 // hidden states h), lm_head's LoRA B (wr) and A (hr). Llama 2 student,
 // Llama 3 teacher, both sharpened, temperature 2, chunks of 5 positions.
+// Also: a server teacher gives the loss the in-process one does, and
+// kd_weight 0 is the cross-entropy.
 func TestULDLossGradient(t *testing.T) {
 	be := cpu.New()
 	student, err := llama.Load(tinyModel(t, "llama2", 2), be, kernels.F32)
@@ -102,6 +106,38 @@ func TestULDLossGradient(t *testing.T) {
 		}
 		return float64(l.Item())
 	}
+	// A server teacher (the fake vLLM over the same model) gives the same
+	// loss at temperature 1: its top-k log-probs become the sorted
+	// probabilities; at another temperature it is refused.
+	srv := fakeserver.New(fakeserver.Options{Model: tm, Name: "t"})
+	defer srv.Close()
+	st, err := distill.NewServer(distill.ServerOptions{BaseURL: srv.URL(), Model: "t",
+		Info: distill.Info{VocabSize: tm.Config.VocabSize, VocabHash: distill.TokenizerHash(ttok)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var uld [2]float64
+	for i, teacher := range []distill.Teacher{distill.NewInProcessModel(tm, distill.Info{Name: "t"}), st} {
+		f := distill.ULDLoss(context.Background(), student, teacher, distill.ULDConfig{Temperature: 1, KDWeight: 0.5, TopK: 8, Student: stok, Teacher: ttok})
+		tp := tensor.NewTape(be)
+		_, parts, err := f(tp, b, 0)
+		tp.Release()
+		if err != nil {
+			t.Fatal(err)
+		}
+		uld[i] = parts["uld"]
+	}
+	if uld[0] <= 0 || math.Abs(uld[0]-uld[1]) > 1e-4*uld[0] {
+		t.Fatalf("ULD with the in-process teacher %v, with the server %v", uld[0], uld[1])
+	}
+	f := distill.ULDLoss(context.Background(), student, st, distill.ULDConfig{Temperature: 2, KDWeight: 0.5, TopK: 8, Student: stok, Teacher: ttok})
+	tp0 := tensor.NewTape(be)
+	if _, _, err := f(tp0, b, 0); err == nil || !strings.Contains(err.Error(), "temperature 1") {
+		t.Fatalf("server teacher at T=2: %v", err)
+	}
+	tp0.Release()
+
 	// kd_weight 0 is the student's cross-entropy, value and part.
 	ce0 := distill.ULDLoss(context.Background(), student, nil, distill.ULDConfig{Temperature: 2, KDWeight: 0, Student: stok, Teacher: ttok})
 	tp := tensor.NewTape(be)

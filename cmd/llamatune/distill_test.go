@@ -116,11 +116,14 @@ func checkLossParts(t *testing.T, name string, j *configs.Job, log string) {
 // The cross-tokenizer example job (configs/examples/distill_cross_tokenizer_tiny.yaml):
 // a Llama 3 teacher in-process and a Llama 2 student. It trains with the
 // ULD loss, whose parts (uld, ce) make up the total as kd_weight weighs
-// them; teacher-logits refuses the job (shards are over the student's ids);
-// the same job without cross_tokenizer is refused with the advice to set it.
+// them, and so does the same teacher behind an OpenAI-compatible server
+// (the fake vLLM) with distill.teacher.tokenizer; teacher-logits refuses the
+// job (shards are over the student's ids); the same job without
+// cross_tokenizer is refused with the advice to set it.
 func TestDistillCrossTokenizer(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "teacher"), randmodel.TinyOptions{Tokenizer: "llama3", Layers: 2, Hidden: 64, Seed: 1}); err != nil {
+	teacherDir := filepath.Join(dir, "teacher")
+	if _, err := randmodel.WriteTinyModel(teacherDir, randmodel.TinyOptions{Tokenizer: "llama3", Layers: 2, Hidden: 64, Seed: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "student"), randmodel.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Seed: 2}); err != nil {
@@ -133,22 +136,57 @@ func TestDistillCrossTokenizer(t *testing.T) {
 	}
 	jobPath := filepath.Join(dir, "job.yaml")
 	os.WriteFile(jobPath, job, 0o644)
-	j, err := configs.Load(jobPath, []string{"output_dir=" + filepath.Join(dir, "run")})
+	run := func(name string, sets ...string) {
+		t.Helper()
+		j, err := configs.Load(jobPath, append(sets, "output_dir="+filepath.Join(dir, "run-"+name)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var log bytes.Buffer
+		res, err := runTrainWith(context.Background(), j, "", &log, runHooks{setup: distillSetup})
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, log.String())
+		}
+		if res.Steps != 3 || len(res.Losses) != 3 {
+			t.Fatalf("%s: %d steps, losses %v", name, res.Steps, res.Losses)
+		}
+		if !strings.Contains(log.String(), "across tokenizers") || !strings.Contains(log.String(), " uld ") ||
+			!strings.Contains(log.String(), "paired with a teacher position") {
+			t.Fatalf("%s: log:\n%s", name, log.String())
+		}
+		checkULDParts(t, name, j)
+	}
+	run("in-process")
+
+	// The same teacher behind the fake vLLM, its tokenizer named by teacher.tokenizer.
+	tm, err := llama.Load(teacherDir, cpu.New(), kernels.F32)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var log bytes.Buffer
-	res, err := runTrainWith(context.Background(), j, "", &log, runHooks{setup: distillSetup})
+	srv := fakeserver.New(fakeserver.Options{Model: tm, Name: "tiny-llama3"})
+	defer srv.Close()
+	run("server", "distill.teacher.model=", "distill.teacher.url="+srv.URL(), "distill.teacher.name=tiny-llama3",
+		"distill.teacher.tokenizer=teacher", "distill.top_k=8")
+
+	var out bytes.Buffer
+	err = runTeacherLogits(context.Background(), jobPath, nil, teacherLogitsFlags{out: filepath.Join(dir, "shards"), k: 8}, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "distill.cross_tokenizer") {
+		t.Fatalf("teacher-logits for a cross-tokenizer job: %v", err)
+	}
+	j, err := configs.Load(jobPath, []string{"output_dir=" + filepath.Join(dir, "run-same"), "distill.cross_tokenizer="})
 	if err != nil {
-		t.Fatalf("%v\n%s", err, log.String())
+		t.Fatal(err)
 	}
-	if res.Steps != 3 || len(res.Losses) != 3 {
-		t.Fatalf("%d steps, losses %v", res.Steps, res.Losses)
+	_, err = runTrainWith(context.Background(), j, "", io.Discard, runHooks{setup: distillSetup})
+	if err == nil || !strings.Contains(err.Error(), "distill.cross_tokenizer: uld") {
+		t.Fatalf("a llama3 teacher for a llama2 student without cross_tokenizer: %v", err)
 	}
-	if !strings.Contains(log.String(), "across tokenizers") || !strings.Contains(log.String(), " uld ") ||
-		!strings.Contains(log.String(), "paired with a teacher position") {
-		t.Fatalf("log:\n%s", log.String())
-	}
+}
+
+// checkULDParts: every training line of metrics.jsonl carries the parts
+// uld and ce, and the loss is kd_weight·uld + (1 − kd_weight)·ce.
+func checkULDParts(t *testing.T, name string, j *configs.Job) {
+	t.Helper()
 	ms, err := train.ReadMetrics(j.OutputDir)
 	if err != nil {
 		t.Fatal(err)
@@ -160,23 +198,10 @@ func TestDistillCrossTokenizer(t *testing.T) {
 		}
 		uld, ce := m.Parts["uld"], m.Parts["ce"]
 		if len(m.Parts) != 2 || uld <= 0 || ce <= 0 || math.IsNaN(m.Loss) {
-			t.Fatalf("step %d: loss %v, parts %v", m.Step, m.Loss, m.Parts)
+			t.Fatalf("%s: step %d: loss %v, parts %v", name, m.Step, m.Loss, m.Parts)
 		}
 		if want := w*uld + (1-w)*ce; math.Abs(m.Loss-want) > 1e-5*math.Max(1, want) {
-			t.Fatalf("step %d: loss %v but %g·uld + %g·ce = %v", m.Step, m.Loss, w, 1-w, want)
+			t.Fatalf("%s: step %d: loss %v but %g·uld + %g·ce = %v", name, m.Step, m.Loss, w, 1-w, want)
 		}
-	}
-	var out bytes.Buffer
-	err = runTeacherLogits(context.Background(), jobPath, nil, teacherLogitsFlags{out: filepath.Join(dir, "shards"), k: 8}, &out, &out)
-	if err == nil || !strings.Contains(err.Error(), "distill.cross_tokenizer") {
-		t.Fatalf("teacher-logits for a cross-tokenizer job: %v", err)
-	}
-	j, err = configs.Load(jobPath, []string{"output_dir=" + filepath.Join(dir, "run-same"), "distill.cross_tokenizer="})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = runTrainWith(context.Background(), j, "", io.Discard, runHooks{setup: distillSetup})
-	if err == nil || !strings.Contains(err.Error(), "distill.cross_tokenizer: uld") {
-		t.Fatalf("a llama3 teacher for a llama2 student without cross_tokenizer: %v", err)
 	}
 }
