@@ -3,6 +3,7 @@ package llama
 import (
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -238,5 +239,29 @@ func TestLayerActivations(t *testing.T) {
 	// 704 of the 832 in bf16: (704·2 + 128·4)/(832·4) = 0.577.
 	if bf16/f32 > 0.62 {
 		t.Errorf("bf16 compute holds %.3f× the f32 activations, want ≤ 0.62: activations are not stored in bf16", bf16/f32)
+	}
+}
+
+// A NaN weight is refused by an NF4 load, naming the tensor and the element:
+// quantized, it would turn every weight of the tensor into NaN (the mean
+// block scale of the double quantization).
+func TestLoadNF4RefusesNaN(t *testing.T) {
+	cfg := Config{Architectures: []string{"LlamaForCausalLM"}, ModelType: "llama", VocabSize: 97,
+		HiddenSize: 64, IntermediateSize: 128, NumHiddenLayers: 2, NumAttentionHeads: 4, NumKeyValueHeads: 2,
+		MaxPositionEmbeddings: 2048, RMSNormEps: 1e-5, RopeTheta: 500000, HiddenAct: "silu", InitializerRange: 0.02}
+	be := cpu.New()
+	m, err := NewRandom(cfg, be, kernels.F32, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const name = "model.layers.1.self_attn.q_proj.weight"
+	cpu.F32(m.Param(name).Buf)[77] = float32(math.NaN())
+	dir := t.TempDir()
+	if err := m.Save(dir, SaveOptions{DType: "BF16"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Load(dir, be, kernels.NF4)
+	if err == nil || !strings.Contains(err.Error(), name+": element 77 is NaN") || !strings.Contains(err.Error(), "precision.weights: bf16") {
+		t.Fatalf("want the NaN weight refused by name and element: %v", err)
 	}
 }
