@@ -36,7 +36,9 @@ type Distill struct {
 	// micro-batch, with probability λ, has its completions replaced by ones
 	// the student samples itself (Generate's temperature, top_p and
 	// max_new_tokens, capped by the document's room in its row), and the
-	// teacher scores those. 0 (the default) is plain off-policy KD.
+	// teacher scores those. Those batches are trained on the divergence
+	// alone (kd_weight counts as 1 on them: no cross-entropy on the
+	// student's own samples). 0 (the default) is plain off-policy KD.
 	OnPolicy float64  `yaml:"on_policy,omitempty"`
 	Generate Generate `yaml:"generate"`
 }

@@ -197,4 +197,16 @@ func TestDistillOnPolicy(t *testing.T) {
 	if len(full) != 1 || *full[0].OnPolicyShare != 1 {
 		t.Fatalf("full fine-tuning, on_policy 1: %d steps, share %v", len(full), full[len(full)-1].OnPolicyShare)
 	}
+	// A server teacher scores the student's samples through prompt log-probs.
+	tm, err := llama.Load(filepath.Join(dir, "teacher"), cpu.New(), kernels.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := fakeserver.New(fakeserver.Options{Model: tm, Name: "tiny-teacher"})
+	defer srv.Close()
+	server, log := run("server", 0, "", "max_steps=1", "distill.on_policy=1", "distill.teacher.model=",
+		"distill.teacher.url="+srv.URL(), "distill.teacher.name=tiny-teacher", "distill.top_k=8")
+	if len(server) != 1 || *server[0].OnPolicyShare != 1 || !(server[0].Loss > 0) || math.IsInf(server[0].Loss, 0) {
+		t.Fatalf("server teacher, on_policy 1: %+v\n%s", server, log)
+	}
 }
