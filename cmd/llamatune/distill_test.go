@@ -85,6 +85,9 @@ func checkLossParts(t *testing.T, name string, j *configs.Job, log string) {
 		if m.Tokens == 0 {
 			continue // an evaluation's line
 		}
+		if m.OnPolicyShare != nil && j.Distill.OnPolicy == 0 {
+			t.Fatalf("%s: step %d logs on_policy_share %v without on_policy", name, m.Step, *m.OnPolicyShare)
+		}
 		kd, okKD := m.Parts["kd"]
 		ce, okCE := m.Parts["ce"]
 		if !okKD || !okCE || len(m.Parts) != 2 {
