@@ -46,7 +46,9 @@ func ParseKind(s string) (kernels.KDKind, error) {
 // by chunk inside the loss; other teachers give top-k log-probs. Its parts
 // are "kd" (the divergence at temperature T, before the KDWeight·T² weight)
 // and "ce" (the student's cross-entropy on the labels), each per trained
-// token like the total. A batch c.OnPolicy made is weighed with KDWeight 1.
+// token like the total. A batch c.OnPolicy made is weighed with KDWeight 1
+// (its ce part, the student's cross-entropy on its own samples, is still
+// reported).
 func KDLoss(ctx context.Context, student *llama.Model, teacher Teacher, c LossConfig) train.LossFunc {
 	args := kernels.KDArgs{Kind: c.Kind, Beta: float32(c.Beta), Temperature: float32(c.Temperature),
 		KDWeight: float32(c.KDWeight), Renorm: c.Renorm, Chunk: c.Chunk}

@@ -141,7 +141,7 @@ func onPolicy(s *session, o *train.Options) (*distill.OnPolicy, error) {
 	op := &distill.OnPolicy{Student: s.model, Lambda: d.OnPolicy, Seed: g.Seed, MaxNewTokens: g.MaxNewTokens,
 		Temperature: g.Temperature, TopP: g.TopP, StopIDs: stops}
 	o.Rollout = op.Rollout
-	fmt.Fprintf(o.Log, "on-policy: the student completes %g of the batches itself (temperature %g, top_p %g, max_new_tokens %d, capped by seq_len)\n",
+	fmt.Fprintf(o.Log, "on-policy (λ %g): the student completes that share of the micro-batches itself (temperature %g, top_p %g, max_new_tokens %d, capped by seq_len)\n",
 		d.OnPolicy, g.Temperature, g.TopP, g.MaxNewTokens)
 	return op, nil
 }

@@ -169,7 +169,7 @@ func TestDistillOnPolicy(t *testing.T) {
 		return steps, log.String()
 	}
 	want, log := run("straight", 0, "")
-	if len(want) != 3 || !strings.Contains(log, "on-policy: the student completes 0.5") || !strings.Contains(log, " on_policy ") {
+	if len(want) != 3 || !strings.Contains(log, "on-policy (λ 0.5): the student completes") || !strings.Contains(log, " on_policy ") {
 		t.Fatalf("%d metrics lines; log:\n%s", len(want), log)
 	}
 	last := want[len(want)-1].OnPolicyShare
