@@ -22,6 +22,8 @@ const ServerTopK = 20
 //	  kd_weight: 0.5            # loss = kd_weight·T²·KD + (1 − kd_weight)·CE
 //	  top_k: 32                 # server/shards teachers give top-k (default: server 20, shards 32); in-process: 0 = full distribution
 //	  sparse: tail              # tail: top-k + one bucket for the rest | renorm: top-k renormalized
+//	  on_policy: 0.5            # GKD's λ: share of batches whose completions the student samples itself
+//	                            # (with generate's temperature, top_p, max_new_tokens); model or url teachers
 //	  cross_tokenizer: uld      # a teacher with another tokenizer: Universal Logit Distillation (in-process, or a server with teacher.tokenizer)
 //
 // With cross_tokenizer: uld the teacher re-tokenizes the student's text with
@@ -42,9 +44,17 @@ type Distill struct {
 	KDWeight    float64 `yaml:"kd_weight"`
 	TopK        int     `yaml:"top_k"`
 	Sparse      string  `yaml:"sparse"`
+	// OnPolicy is λ of on-policy distillation (GKD, TRL's lmbda): each
+	// micro-batch, with probability λ, has its completions replaced by ones
+	// the student samples itself (Generate's temperature, top_p and
+	// max_new_tokens, capped by the document's room in its row), and the
+	// teacher scores those. Those batches are trained on the divergence
+	// alone (kd_weight counts as 1 on them: no cross-entropy on the
+	// student's own samples). 0 (the default) is plain off-policy KD.
+	OnPolicy float64 `yaml:"on_policy,omitempty"`
 	// CrossTokenizer is "" (teacher and student share a tokenizer) or
 	// "uld" (Universal Logit Distillation across tokenizers).
-	CrossTokenizer string   `yaml:"cross_tokenizer"`
+	CrossTokenizer string   `yaml:"cross_tokenizer,omitempty"`
 	Generate       Generate `yaml:"generate"`
 }
 
@@ -65,7 +75,8 @@ type Teacher struct {
 	Tokenizer string `yaml:"tokenizer"`
 }
 
-// Generate are the sampling settings of llamatune generate.
+// Generate are the sampling settings of llamatune generate, and of the
+// student's own completions when distill.on_policy > 0.
 type Generate struct {
 	MaxNewTokens int     `yaml:"max_new_tokens"` // default 512
 	Temperature  float64 `yaml:"temperature"`    // default 0.7
@@ -186,6 +197,15 @@ func (d *Distill) validate() []error {
 	}
 	if t.Concurrency < 1 || t.Timeout <= 0 || t.Retries < 0 {
 		addf("distill.teacher: concurrency must be ≥ 1, timeout > 0 and retries ≥ 0")
+	}
+	if d.OnPolicy < 0 || d.OnPolicy > 1 || d.OnPolicy != d.OnPolicy {
+		addf("distill.on_policy: must be in [0, 1] (the share of batches the student completes itself), got %g", d.OnPolicy)
+	}
+	if d.OnPolicy > 0 && d.CrossTokenizer != "" {
+		addf("distill.on_policy: on-policy batches are not supported with cross_tokenizer: %s yet (the ULD loss does not score the student's samples); set on_policy: 0", d.CrossTokenizer)
+	}
+	if d.OnPolicy > 0 && t.Shards != "" {
+		addf("distill.on_policy: %g needs a teacher that can score new sequences; the shards teacher holds pre-computed logits of fixed ones: use distill.teacher.model (in-process) or url (a server), or set on_policy: 0", d.OnPolicy)
 	}
 	g := d.Generate
 	if g.MaxNewTokens < 1 || g.Temperature < 0 || g.TopP <= 0 || g.TopP > 1 {

@@ -2,6 +2,7 @@ package configs
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -60,4 +61,33 @@ func TestDistillCrossTokenizer(t *testing.T) {
 	mustContain(t, err, "distill.teacher.tokenizer", "only used with cross_tokenizer: uld")
 	_, err = Load(path, []string{"distill.cross_tokenizer=uld", "distill.teacher.model=", "distill.teacher.shards=s"})
 	mustContain(t, err, "distill.cross_tokenizer", "shards")
+}
+
+// TestDistillOnPolicy: distill.on_policy is λ in [0, 1]; a shards teacher
+// (pre-computed logits of fixed sequences) cannot score the student's
+// samples and is refused with the key named; 0 stays out of the resolved job.
+func TestDistillOnPolicy(t *testing.T) {
+	load := func(distill string) (*Job, error) {
+		return Load(tinyJob(t, minimalJob+"distill:\n"+distill), nil)
+	}
+	j, err := load("  teacher: {model: model}\n  on_policy: 0.5\n  loss: reverse_kl\n")
+	if err != nil || j.Distill.OnPolicy != 0.5 {
+		t.Fatalf("on_policy 0.5: %v %+v", err, j)
+	}
+	for _, bad := range []string{"-0.1", "1.5"} {
+		_, err := load("  teacher: {model: model}\n  on_policy: " + bad + "\n")
+		mustContain(t, err, "distill.on_policy", "[0, 1]")
+	}
+	_, err = load("  teacher: {model: model}\n  on_policy: 0.5\n  cross_tokenizer: uld\n")
+	mustContain(t, err, "distill.on_policy", "cross_tokenizer: uld")
+	_, err = load("  teacher: {shards: model}\n  on_policy: 1\n")
+	mustContain(t, err, "distill.on_policy", "shards", "score new sequences")
+	j, err = load("  teacher: {model: model}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := j.YAML()
+	if strings.Contains(string(b), "on_policy") {
+		t.Fatalf("on_policy 0 shows in the resolved job (existing jobs' hashes would change):\n%s", b)
+	}
 }

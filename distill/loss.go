@@ -20,6 +20,10 @@ type LossConfig struct {
 	TopK        int     // > 0: use the teacher's top-k even when it could give its full distribution
 	Renorm      bool    // sparse: renormalize the top-k instead of a tail bucket (forward KL only)
 	Chunk       int     // positions per logits chunk (default the student's CEChunk)
+	// OnPolicy, when set, made some batches from the student's own samples:
+	// those are trained on the divergence alone (KDWeight 1, as TRL's GKD),
+	// since cross-entropy on its own samples would only reinforce them.
+	OnPolicy *OnPolicy
 }
 
 // ParseKind maps forward_kl | reverse_kl | jsd to a kernels.KDKind.
@@ -42,7 +46,9 @@ func ParseKind(s string) (kernels.KDKind, error) {
 // by chunk inside the loss; other teachers give top-k log-probs. Its parts
 // are "kd" (the divergence at temperature T, before the KDWeight·T² weight)
 // and "ce" (the student's cross-entropy on the labels), each per trained
-// token like the total.
+// token like the total. A batch c.OnPolicy made is weighed with KDWeight 1
+// (its ce part, the student's cross-entropy on its own samples, is still
+// reported).
 func KDLoss(ctx context.Context, student *llama.Model, teacher Teacher, c LossConfig) train.LossFunc {
 	args := kernels.KDArgs{Kind: c.Kind, Beta: float32(c.Beta), Temperature: float32(c.Temperature),
 		KDWeight: float32(c.KDWeight), Renorm: c.Renorm, Chunk: c.Chunk}
@@ -98,7 +104,11 @@ func KDLoss(ctx context.Context, student *llama.Model, teacher Teacher, c LossCo
 			}
 			kt = tensor.KDTeacher{K: k, IDs: top.IDs, LogProbs: top.LogProbs}
 		}
-		loss, kdSum, ceSum, count := tp.LinearKD(h, student.LMHead, hr, wr, kt, targets, args, normalizer)
+		a := args
+		if c.OnPolicy != nil && c.OnPolicy.Sampled(b) {
+			a.KDWeight = 1
+		}
+		loss, kdSum, ceSum, count := tp.LinearKD(h, student.LMHead, hr, wr, kt, targets, a, normalizer)
 		if normalizer <= 0 {
 			normalizer = float64(max(count, 1)) // as LinearKD does
 		}

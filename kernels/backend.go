@@ -10,8 +10,10 @@
 //     input does not need a gradient" and the op skips that work.
 //   - Storage: BF16 buffers are accepted wherever an op reads a weight
 //     (MatMul, the fused losses' W, Embedding, RMSNorm weight) and are read in
-//     place (never widened as a whole); activations, outputs and gradients
-//     are F32. NF4 buffers (QLoRA base weights, see kernels/nf4) are frozen
+//     place (never widened as a whole). Outputs and gradients are F32;
+//     activations are F32, except that a backend implementing
+//     BF16Activations also reads BF16 activations where that interface says,
+//     and the model then stores those in bf16 under bf16 compute. NF4 buffers (QLoRA base weights, see kernels/nf4) are frozen
 //     and read only by MatMul, as either operand, dequantized block by block
 //     while the GEMM packs them; backends that cannot do so do not
 //     implement NF4Wrapper.
@@ -211,6 +213,25 @@ type Backend interface {
 // at all. The buffer is read-only: ops only ever read weights.
 type HostMapper interface {
 	WrapHostBF16(v []uint16) Buffer
+}
+
+// BF16Activations is implemented by backends whose ops also read BF16
+// activations: MatMul's A and B (as for any operand), Attention's and
+// AttentionBackward's q, k, v and out, SwiGLU's and SwiGLUBackward's gate
+// and up, Copy's source. Under bf16 compute the model then keeps the
+// activations those ops save for backward in bf16 (tensor.Tape.KeepBF16),
+// as torch autocast does, halving what a layer holds; the residual stream,
+// norm statistics and every gradient stay f32. A backend without it (or
+// answering false) gets F32 activations only.
+type BF16Activations interface {
+	ReadsBF16Activations() bool
+}
+
+// ReadsBF16Activations reports whether be implements BF16Activations and
+// answers true.
+func ReadsBF16Activations(be Backend) bool {
+	r, ok := be.(BF16Activations)
+	return ok && r.ReadsBF16Activations()
 }
 
 // NF4Wrapper is implemented by backends whose MatMul reads NF4 weights

@@ -1,6 +1,10 @@
 package tensor
 
-import "math/rand/v2"
+import (
+	"math/rand/v2"
+
+	"github.com/llamatune/llamatune/kernels"
+)
 
 // Dropout zeroes each element with probability p and scales the rest by
 // 1/(1−p) (inverted dropout, as torch.nn.Dropout in training). The mask comes
@@ -25,7 +29,7 @@ func (tp *Tape) Dropout(x *Tensor, p float64, seed uint64) *Tensor {
 			mask[i] = keep
 		}
 	}
-	m := tp.be.FromF32(x.DType(), mask)
+	m := tp.be.FromF32(kernels.F32, mask) // exact 1/(1−p) whatever x's dtype
 	tp.owned = append(tp.owned, m)
 	y := tp.result(tp.alloc(n), x.Shape, x)
 	tp.be.Copy(y.Buf, x.Buf)

@@ -47,23 +47,52 @@ func (tp *Tape) Recompute(x *Tensor, fn func(tp *Tape, x *Tensor) *Tensor) *Tens
 	return y
 }
 
-// KeepBF16 stores x, an activation the forward pass reads no more and that
-// is kept only as the input of a Recompute (an activation checkpoint), in
-// bf16 from now on: its f32 buffer is freed, halving what checkpoints hold
-// over a step. Recompute's backward widens it again and recomputes from the
-// rounded values, as bf16 mixed precision does. Only buffers the tape made
-// are converted; anything else is left as it is.
+// KeepBF16 stores x in bf16 from now on: its f32 buffer is freed. Two uses:
+//
+//   - an activation checkpoint (the input of a Recompute, which the forward
+//     pass reads no more): Recompute's backward widens it again and
+//     recomputes from the rounded values, as bf16 mixed precision does;
+//   - an activation a layer saves for backward, under bf16 compute on a
+//     backend that reads bf16 activations (kernels.BF16Activations): every
+//     op that reads x afterwards, forward or backward, must accept BF16
+//     there (see that interface), as torch autocast's bf16 activations.
+//
+// Either halves what x holds. Only buffers the tape made are converted;
+// anything else is left as it is.
 func (tp *Tape) KeepBF16(x *Tensor) {
 	if x.Buf.DType() == kernels.BF16 {
 		return
 	}
+	if i := tp.ownedIndex(x.Buf); i >= 0 {
+		h := tp.be.Alloc(kernels.BF16, x.Numel())
+		tp.be.Copy(h, x.Buf)
+		tp.be.Free(x.Buf)
+		tp.owned[i], x.Buf = h, h
+	}
+}
+
+// Drop frees x's buffer now, before Release: the caller states that no op
+// reads x's values again, neither later in the forward pass nor in any VJP
+// already recorded (Linear, Add, AddLinear, RoPE and Scale never read their
+// output's values, so a projection's output that only fed one of those is
+// dead once it has). Gradients still flow through x. Buffers the tape did
+// not make are left alone. Reading x afterwards is a bug, and panics.
+func (tp *Tape) Drop(x *Tensor) {
+	if i := tp.ownedIndex(x.Buf); i >= 0 {
+		tp.be.Free(x.Buf)
+		last := len(tp.owned) - 1
+		tp.owned[i] = tp.owned[last]
+		tp.owned = tp.owned[:last]
+		x.Buf = nil
+	}
+}
+
+// ownedIndex is b's index in tp.owned (searched from the newest), or -1.
+func (tp *Tape) ownedIndex(b kernels.Buffer) int {
 	for i := len(tp.owned) - 1; i >= 0; i-- {
-		if tp.owned[i] == x.Buf {
-			h := tp.be.Alloc(kernels.BF16, x.Numel())
-			tp.be.Copy(h, x.Buf)
-			tp.be.Free(x.Buf)
-			tp.owned[i], x.Buf = h, h
-			return
+		if tp.owned[i] == b {
+			return i
 		}
 	}
+	return -1
 }

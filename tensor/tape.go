@@ -163,6 +163,17 @@ func (tp *Tape) dropGrads(i int) {
 	}
 }
 
+// HeldBytes is the storage of the intermediate buffers the tape holds now
+// (what Release would free): activations saved for backward, and outputs
+// not yet dropped.
+func (tp *Tape) HeldBytes() int64 {
+	var n int64
+	for _, b := range tp.owned {
+		n += int64(b.Len()) * int64(b.DType().Size())
+	}
+	return n
+}
+
 // Release frees every intermediate buffer the tape made. Tensors computed on
 // the tape must not be used afterwards; leaves are untouched.
 func (tp *Tape) Release() {

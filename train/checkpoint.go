@@ -34,10 +34,12 @@ const CheckpointFormat = checkpoint.StateFormat
 // It is written into a temporary directory (every file fsynced) and renamed
 // into place, so a crash never leaves a half-written checkpoint.
 type state struct {
-	Format string       `json:"format"`
-	Step   int          `json:"step"`
-	Micro  int          `json:"micro_batches"`
-	Cursor *data.Cursor `json:"data_cursor,omitempty"`
+	Format string `json:"format"`
+	Step   int    `json:"step"`
+	Micro  int    `json:"micro_batches"`
+	// OnPolicy counts the micro-batches Options.Rollout replaced.
+	OnPolicy int          `json:"on_policy_batches,omitempty"`
+	Cursor   *data.Cursor `json:"data_cursor,omitempty"`
 	// ElapsedSec is the training time of the run up to this checkpoint,
 	// summed over every process that worked on it: a resumed run goes on
 	// counting from here (metrics elapsed_sec, ETA).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/llamatune/llamatune/data"
@@ -158,5 +159,72 @@ func TestInterruptBeforeFirstStep(t *testing.T) {
 	b.opts.MaxSteps, b.opts.OpenEval = 1, nil
 	if res, err := train.Run(context.Background(), b.opts); err != nil || res.Steps != 1 {
 		t.Fatalf("a fresh run into the directory: %v (%+v)", err, res)
+	}
+}
+
+// Options.Rollout replaces micro-batches before their loss: the step is
+// normalized by the replaced batches' trained tokens, the replaced share is
+// logged as on_policy_share (and kept across a checkpoint), a stop inside
+// Rollout is a stop inside the step, and its other errors end the run
+// naming the step.
+func TestRollout(t *testing.T) {
+	modelDir := randmodel.MustTinyModel(t, randmodel.TinyOptions{Tokenizer: "llama2"})
+	raw, _ := os.ReadFile("../testdata/war-and-peace-60k.txt")
+	dataPath := writeText(t, t.TempDir(), string(raw[:6000]), 500)
+	// Every second micro-batch keeps only the labels of its first row.
+	firstRow := func(ctx context.Context, step, micro int, b *data.Batch) (*data.Batch, bool, error) {
+		if micro != 1 {
+			return b, false, nil
+		}
+		c := *b
+		c.Labels = append([]int32(nil), b.Labels...)
+		for i := b.SeqLen; i < len(c.Labels); i++ {
+			c.Labels[i] = data.IgnoreIndex
+		}
+		return &c, true, nil
+	}
+	s := newSetup(t, modelDir, dataPath, t.TempDir(), "lora", data.SplitTrain)
+	s.opts.MaxSteps, s.opts.OpenEval, s.opts.Rollout = 2, nil, firstRow
+	var ms []train.StepMetrics
+	s.opts.AfterStep = func(m train.StepMetrics) { ms = append(ms, m) }
+	if _, err := train.Run(context.Background(), s.opts); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if m.OnPolicyShare == nil || *m.OnPolicyShare != 0.5 || m.TrainedTokens >= 2*2*48 {
+			t.Fatalf("step %d: on_policy_share %v, trained tokens %d", m.Step, m.OnPolicyShare, m.TrainedTokens)
+		}
+	}
+
+	out := t.TempDir()
+	a := newSetup(t, modelDir, dataPath, out, "lora", data.SplitTrain)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a.opts.MaxSteps, a.opts.OpenEval = 3, nil
+	a.opts.Rollout = func(c context.Context, step, micro int, b *data.Batch) (*data.Batch, bool, error) {
+		if step == 2 && micro == 1 {
+			cancel() // as SIGINT during sampling
+			return nil, false, c.Err()
+		}
+		return firstRow(c, step, micro, b)
+	}
+	res, err := train.Run(ctx, a.opts)
+	if err != nil || !res.Interrupted || res.Steps != 1 {
+		t.Fatalf("stopped inside Rollout of step 2: %v %+v", err, res)
+	}
+	if got := checkpoints(t, out); len(got) != 1 || got[0] != "step-000001" {
+		t.Fatalf("checkpoints: %v, want [step-000001]", got)
+	}
+	b := newSetup(t, modelDir, dataPath, out, "lora", data.SplitTrain)
+	b.opts.MaxSteps, b.opts.OpenEval, b.opts.Resume = 3, nil, "latest"
+	b.opts.Rollout = func(context.Context, int, int, *data.Batch) (*data.Batch, bool, error) {
+		return nil, false, errors.New("sampler broke")
+	}
+	if _, err := train.Run(context.Background(), b.opts); err == nil || !strings.Contains(err.Error(), "step 2: sampler broke") {
+		t.Fatalf("a failing Rollout: %v", err)
+	}
+	st, err := train.ReadState(filepath.Join(out, "checkpoints", "step-000001"))
+	if err != nil || st.OnPolicy != 1 || st.Micro != 2 {
+		t.Fatalf("state.json: %+v %v", st, err)
 	}
 }

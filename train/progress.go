@@ -36,8 +36,12 @@ func (p *progress) step(m StepMetrics) {
 	if m.EvalLoss != 0 {
 		evalPart = fmt.Sprintf(" eval_loss %.4f ppl %.5g", m.EvalLoss, m.EvalPPL)
 	}
-	line := fmt.Sprintf("step %d/%d loss %.4f%s lr %.3g grad_norm %.3g tok/s %.0f%s%s",
-		m.Step, p.total, m.Loss, m.Parts.String(), m.LR, m.GradNorm, m.TokensPerSec, evalPart, eta)
+	onPolicy := ""
+	if m.OnPolicyShare != nil {
+		onPolicy = fmt.Sprintf(" on_policy %.2f", *m.OnPolicyShare)
+	}
+	line := fmt.Sprintf("step %d/%d loss %.4f%s lr %.3g grad_norm %.3g tok/s %.0f%s%s%s",
+		m.Step, p.total, m.Loss, m.Parts.String(), m.LR, m.GradNorm, m.TokensPerSec, onPolicy, evalPart, eta)
 	if !p.tty {
 		fmt.Fprintln(p.w, line)
 		return

@@ -182,19 +182,29 @@ func (r *runner) nextMicroBatches() ([]*data.Batch, error) {
 }
 
 // step runs one optimizer step over micro: forward and backward of each
-// micro-batch, clipping and AdamW (skipped, with on_nan: skip, when the loss
-// or the gradient norm is not finite). Stopped inside, it drops the partial
-// gradients and sets Interrupted: weights, optimizer, cursor and RNG are
-// still those of the last completed step.
+// micro-batch (after Rollout, when set, replaced it), clipping and AdamW
+// (skipped, with on_nan: skip, when the loss or the gradient norm is not
+// finite). Stopped inside, it drops the partial gradients and sets
+// Interrupted: weights, optimizer, cursor and RNG are still those of the last
+// completed step.
 func (r *runner) step(micro []*data.Batch) (StepMetrics, error) {
 	o, st := r.o, &r.st
+	cursor := &micro[len(micro)-1].Cursor
+	m := StepMetrics{Step: st.Step + 1}
+	t0 := time.Now() // tokens/s counts the sampling of on-policy batches too
+	micro, onPolicy, err := r.rollout(micro)
+	if err != nil {
+		if r.ctx.Err() != nil {
+			return m, r.stoppedInside()
+		}
+		return m, fmt.Errorf("step %d: %w", m.Step, err)
+	}
 	total, tokens := 0, 0
 	for _, b := range micro {
 		total += countTargets(b)
 		tokens += len(b.InputIDs)
 	}
-	t0 := time.Now()
-	m := StepMetrics{Step: st.Step + 1, TrainedTokens: total, Tokens: tokens}
+	m.TrainedTokens, m.Tokens = total, tokens
 	cancel := func() bool { return r.ctx.Err() != nil }
 	for i, b := range micro {
 		if o.LoRA != nil {
@@ -204,11 +214,7 @@ func (r *runner) step(micro []*data.Batch) (StepMetrics, error) {
 		if err != nil && (errors.Is(err, errStopped) || r.ctx.Err() != nil) {
 			// Stopped inside the step (or its loss failed because of the
 			// stop, e.g. a teacher request).
-			r.opt.ZeroGrad()
-			r.prog.done()
-			fmt.Fprintf(o.Log, "stopped inside step %d: its partial work is dropped\n", st.Step+1)
-			r.res.Interrupted = true
-			return m, nil
+			return m, r.stoppedInside()
 		}
 		if err != nil {
 			return m, err
@@ -217,7 +223,12 @@ func (r *runner) step(micro []*data.Batch) (StepMetrics, error) {
 		p.addTo(&m.Parts)
 	}
 	st.Micro += len(micro)
-	r.lastCursor = &micro[len(micro)-1].Cursor
+	st.OnPolicy += onPolicy
+	if o.Rollout != nil {
+		share := float64(st.OnPolicy) / float64(max(st.Micro, 1))
+		m.OnPolicyShare = &share
+	}
+	r.lastCursor = cursor
 	m.GradNorm = optim.ClipGradNorm(o.Model.Backend(), o.Trainable, o.MaxGradNorm)
 	m.LR = o.Optim.LR * o.Schedule.Factor(st.Step)
 	if bad(m.Loss) || bad(m.GradNorm) {
@@ -236,6 +247,37 @@ func (r *runner) step(micro []*data.Batch) (StepMetrics, error) {
 	m.TokensPerSec = float64(tokens) / time.Since(t0).Seconds()
 	r.res.Losses = append(r.res.Losses, m.Loss)
 	return m, nil
+}
+
+// stoppedInside drops the partial work of a step that a stop interrupted
+// and marks the run interrupted.
+func (r *runner) stoppedInside() error {
+	r.opt.ZeroGrad()
+	r.prog.done()
+	fmt.Fprintf(r.o.Log, "stopped inside step %d: its partial work is dropped\n", r.st.Step+1)
+	r.res.Interrupted = true
+	return nil
+}
+
+// rollout lets Options.Rollout replace the step's micro-batches and counts
+// the ones it replaced.
+func (r *runner) rollout(micro []*data.Batch) ([]*data.Batch, int, error) {
+	if r.o.Rollout == nil {
+		return micro, 0, nil
+	}
+	out := make([]*data.Batch, len(micro))
+	n := 0
+	for i, b := range micro {
+		nb, replaced, err := r.o.Rollout(r.ctx, r.st.Step+1, i, b)
+		if err != nil {
+			return nil, 0, err
+		}
+		if replaced {
+			n++
+		}
+		out[i] = nb
+	}
+	return out, n, nil
 }
 
 // afterStep evaluates when it is due, writes the step's metrics.jsonl line

@@ -5,6 +5,7 @@
 package train
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -70,6 +71,16 @@ type Options struct {
 	// AfterStep, when set, runs after every optimizer step (tests use it to
 	// interrupt a run).
 	AfterStep func(s StepMetrics)
+
+	// Rollout, when set, may replace each micro-batch before its loss is
+	// taken: on-policy distillation swaps a batch's completions for ones the
+	// student samples itself. step is the optimizer step under way (1-based)
+	// and micro the batch's index within it, so that a resumed run makes the
+	// same choices; replaced says whether b was swapped. The run counts the
+	// swapped batches (kept in checkpoints) and logs their share of all
+	// micro-batches so far as on_policy_share. The step's loss is normalized
+	// by the trained tokens of the batches Rollout returns.
+	Rollout func(ctx context.Context, step, micro int, b *data.Batch) (out *data.Batch, replaced bool, err error)
 }
 
 // LossFunc returns the loss of one micro-batch on the tape: the SUM of its
@@ -147,6 +158,9 @@ type StepMetrics struct {
 	Skipped       bool      `json:"skipped,omitempty"`
 	EvalLoss      float64   `json:"eval_loss,omitempty"`
 	EvalPPL       float64   `json:"eval_ppl,omitempty"`
+	// OnPolicyShare is the share of the run's micro-batches so far that
+	// Options.Rollout replaced (on-policy distillation); nil without one.
+	OnPolicyShare *float64 `json:"on_policy_share,omitempty"`
 }
 
 // MarshalJSON writes a metrics.jsonl line. JSON has no NaN or infinity: a

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -105,8 +106,13 @@ func distillSetup(ctx context.Context, s *session, o *train.Options) (func(), er
 	} else if t, err = openTeacher(s.job, s, o.Log); err != nil {
 		return nil, err
 	}
+	op, err := onPolicy(s, o)
+	if err != nil {
+		t.Close()
+		return nil, err
+	}
 	o.Loss = distill.KDLoss(ctx, s.model, t, distill.LossConfig{Kind: kind, Beta: d.Beta, Temperature: d.Temperature,
-		KDWeight: d.KDWeight, TopK: d.TopK, Renorm: d.Sparse == "renorm"})
+		KDWeight: d.KDWeight, TopK: d.TopK, Renorm: d.Sparse == "renorm", OnPolicy: op})
 	fmt.Fprintf(o.Log, "distilling from %s (%s, T=%g, kd_weight %g, top_k %d)\n", t.Info().Name, d.Loss, d.Temperature, d.KDWeight, d.TopK)
 	return func() { t.Close() }, nil
 }
@@ -147,6 +153,38 @@ func uldSetup(ctx context.Context, s *session, o *train.Options) (func(), error)
 	fmt.Fprintf(o.Log, "distilling from %s across tokenizers (%s teacher, %s student: ULD over the top %d sorted probabilities, T=%g, kd_weight %g)\n",
 		t.Info().Name, ttok.Kind(), stok.Kind(), k, d.Temperature, d.KDWeight)
 	return func() { t.Close() }, nil
+}
+
+// onPolicy sets up on-policy distillation when distill.on_policy > 0: the
+// student samples the completions of that share of micro-batches itself
+// (distill.generate's sampling, seeded from its seed, the step and the
+// micro-batch), stopping at its tokenizer's or config's end tokens. nil
+// when on_policy is 0: the run is exactly the off-policy one.
+func onPolicy(s *session, o *train.Options) (*distill.OnPolicy, error) {
+	d := s.job.Distill
+	if d.OnPolicy <= 0 {
+		return nil, nil
+	}
+	if d.Teacher.Shards != "" {
+		return nil, fmt.Errorf("distill.on_policy: the shards teacher cannot score the student's samples; use distill.teacher.model or url")
+	}
+	tok, err := tokenizer.Load(s.job.Model)
+	if err != nil {
+		return nil, err
+	}
+	var stops []int
+	for _, id := range append([]int{tok.EOS(), tok.EOT()}, s.model.Config.EOSIDs()...) {
+		if id >= 0 && !slices.Contains(stops, id) {
+			stops = append(stops, id)
+		}
+	}
+	g := d.Generate
+	op := &distill.OnPolicy{Student: s.model, Lambda: d.OnPolicy, Seed: g.Seed, MaxNewTokens: g.MaxNewTokens,
+		Temperature: g.Temperature, TopP: g.TopP, StopIDs: stops}
+	o.Rollout = op.Rollout
+	fmt.Fprintf(o.Log, "on-policy (λ %g): the student completes that share of the micro-batches itself (temperature %g, top_p %g, max_new_tokens %d, capped by seq_len)\n",
+		d.OnPolicy, g.Temperature, g.TopP, g.MaxNewTokens)
+	return op, nil
 }
 
 // shardTeacher forwards to the shard reader the trainer opened last (the

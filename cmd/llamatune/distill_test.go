@@ -23,21 +23,8 @@ import (
 // distribution), offline shards written by teacher-logits, and an
 // OpenAI-compatible server (the fake vLLM).
 func TestDistillTeachers(t *testing.T) {
-	dir := t.TempDir()
+	dir, jobPath := distillTinyDir(t, "distill_tiny.yaml")
 	teacherDir := filepath.Join(dir, "teacher")
-	if _, err := randmodel.WriteTinyModel(teacherDir, randmodel.TinyOptions{Tokenizer: "llama2", Layers: 2, Hidden: 64, Seed: 1}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "student"), randmodel.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Seed: 2}); err != nil {
-		t.Fatal(err)
-	}
-	writeTextRows(t, filepath.Join(dir, "data.jsonl"), 6000)
-	job, err := os.ReadFile("../../configs/examples/distill_tiny.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	jobPath := filepath.Join(dir, "job.yaml")
-	os.WriteFile(jobPath, job, 0o644)
 	run := func(name string, sets ...string) {
 		t.Helper()
 		sets = append(sets, "output_dir="+filepath.Join(dir, "run-"+name))
@@ -99,6 +86,9 @@ func checkLossParts(t *testing.T, name string, j *configs.Job, log string) {
 		if m.Tokens == 0 {
 			continue // an evaluation's line
 		}
+		if m.OnPolicyShare != nil && j.Distill.OnPolicy == 0 {
+			t.Fatalf("%s: step %d logs on_policy_share %v without on_policy", name, m.Step, *m.OnPolicyShare)
+		}
 		kd, okKD := m.Parts["kd"]
 		ce, okCE := m.Parts["ce"]
 		if !okKD || !okCE || len(m.Parts) != 2 {
@@ -110,6 +100,118 @@ func checkLossParts(t *testing.T, name string, j *configs.Job, log string) {
 	}
 	if !strings.Contains(log, "(ce ") || !strings.Contains(log, " kd ") {
 		t.Fatalf("%s: progress lines lack the loss parts:\n%s", name, log)
+	}
+}
+
+// distillTinyDir copies the example job name into a temp dir beside a tiny
+// teacher (2 layers, hidden 64), a tiny student (1 layer, hidden 32), both
+// Llama 2 vocabulary, and data.jsonl; it returns the dir and the job's path.
+func distillTinyDir(t *testing.T, name string) (dir, jobPath string) {
+	t.Helper()
+	dir = t.TempDir()
+	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "teacher"), randmodel.TinyOptions{Tokenizer: "llama2", Layers: 2, Hidden: 64, Seed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "student"), randmodel.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Seed: 2}); err != nil {
+		t.Fatal(err)
+	}
+	writeTextRows(t, filepath.Join(dir, "data.jsonl"), 6000)
+	job, err := os.ReadFile("../../configs/examples/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobPath = filepath.Join(dir, "job.yaml")
+	if err := os.WriteFile(jobPath, job, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir, jobPath
+}
+
+// The on-policy example job (distill_on_policy_tiny.yaml, λ 0.5, in-process
+// teacher) trains with LoRA and full fine-tuning, logs on_policy_share in
+// metrics.jsonl and the progress lines, and a run stopped after step 2 and
+// resumed makes bit-identical losses and on-policy choices to one that ran
+// straight through.
+func TestDistillOnPolicy(t *testing.T) {
+	dir, jobPath := distillTinyDir(t, "distill_on_policy_tiny.yaml")
+	run := func(name string, stopAt int, resume string, sets ...string) ([]train.StepMetrics, string) {
+		t.Helper()
+		j, err := configs.Load(jobPath, append(sets, "output_dir="+filepath.Join(dir, "run-"+name)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		setup := func(ctx context.Context, s *session, o *train.Options) (func(), error) {
+			if stopAt > 0 {
+				o.AfterStep = func(m train.StepMetrics) {
+					if m.Step == stopAt {
+						cancel() // as SIGINT would
+					}
+				}
+			}
+			return distillSetup(ctx, s, o)
+		}
+		var log bytes.Buffer
+		res, err := runTrainWith(ctx, j, resume, &log, runHooks{setup: setup})
+		if err != nil && !res.Interrupted {
+			t.Fatalf("%s: %v\n%s", name, err, log.String())
+		}
+		all, err := train.ReadMetrics(j.OutputDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var steps []train.StepMetrics
+		for _, m := range all {
+			if m.Tokens > 0 { // not an evaluation's line
+				steps = append(steps, m)
+			}
+		}
+		return steps, log.String()
+	}
+	want, log := run("straight", 0, "")
+	if len(want) != 3 || !strings.Contains(log, "on-policy (λ 0.5): the student completes") || !strings.Contains(log, " on_policy ") {
+		t.Fatalf("%d metrics lines; log:\n%s", len(want), log)
+	}
+	last := want[len(want)-1].OnPolicyShare
+	for _, m := range want {
+		if m.OnPolicyShare == nil || math.IsNaN(m.Loss) || m.Loss <= 0 {
+			t.Fatalf("step %d: loss %v, on_policy_share %v", m.Step, m.Loss, m.OnPolicyShare)
+		}
+	}
+	if *last <= 0 || *last >= 1 {
+		t.Fatalf("on_policy 0.5 over 6 micro-batches: share %v", *last)
+	}
+	first, _ := run("resumed", 2, "")
+	if len(first) != 2 {
+		t.Fatalf("the stopped run made %d steps, want 2", len(first))
+	}
+	got, log := run("resumed", 0, "latest")
+	if len(got) != len(want) || !strings.Contains(log, "resumed from") {
+		t.Fatalf("resumed run: %d metrics lines, want %d\n%s", len(got), len(want), log)
+	}
+	for i := range want {
+		if got[i].Loss != want[i].Loss || *got[i].OnPolicyShare != *want[i].OnPolicyShare || got[i].TrainedTokens != want[i].TrainedTokens {
+			t.Fatalf("step %d: resumed loss %v share %v tokens %d; straight %v %v %d", i+1, got[i].Loss, *got[i].OnPolicyShare,
+				got[i].TrainedTokens, want[i].Loss, *want[i].OnPolicyShare, want[i].TrainedTokens)
+		}
+	}
+	t.Logf("on_policy_share after %d steps: %.3f; losses %v", len(want), *last, []float64{want[0].Loss, want[1].Loss, want[2].Loss})
+	full, _ := run("full", 0, "", "method=full", "max_steps=1", "distill.on_policy=1")
+	if len(full) != 1 || *full[0].OnPolicyShare != 1 {
+		t.Fatalf("full fine-tuning, on_policy 1: %d steps, share %v", len(full), full[len(full)-1].OnPolicyShare)
+	}
+	// A server teacher scores the student's samples through prompt log-probs.
+	tm, err := llama.Load(filepath.Join(dir, "teacher"), cpu.New(), kernels.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := fakeserver.New(fakeserver.Options{Model: tm, Name: "tiny-teacher"})
+	defer srv.Close()
+	server, log := run("server", 0, "", "max_steps=1", "distill.on_policy=1", "distill.teacher.model=",
+		"distill.teacher.url="+srv.URL(), "distill.teacher.name=tiny-teacher", "distill.top_k=8")
+	if len(server) != 1 || *server[0].OnPolicyShare != 1 || !(server[0].Loss > 0) || math.IsInf(server[0].Loss, 0) {
+		t.Fatalf("server teacher, on_policy 1: %+v\n%s", server, log)
 	}
 }
 

@@ -24,7 +24,7 @@ func memOptions(job *configs.Job, fileBF16 bool) memplan.Options {
 		R: job.LoRA.R, Dropout: job.LoRA.Dropout, TargetModules: job.LoRA.TargetModules, Layers: job.LoRA.Layers, UseDoRA: job.LoRA.UseDoRA,
 		FreezeLayers: job.Full.FreezeLayers, FreezeEmbeddings: job.Full.FreezeEmbeddings,
 		SeqLen: job.Data.SeqLen, MicroBatch: job.Batch.MicroBatchSize, Recompute: job.Precision.ActivationCheckpointing,
-		ComputeBF16: computeDType(job) == kernels.BF16,
+		ComputeBF16: computeDType(job) == kernels.BF16, BF16Activations: job.Device == "cpu",
 	}
 }
 

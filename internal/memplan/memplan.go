@@ -47,6 +47,19 @@ type Options struct {
 	// ComputeBF16: bf16 compute, whose activation checkpoints (each layer's
 	// input but the final norm's) are kept in bf16 (tensor.Tape.KeepBF16).
 	ComputeBF16 bool
+	// BF16Activations: the backend reads bf16 activations
+	// (kernels.BF16Activations: the CPU), so under bf16 compute the
+	// activations a layer saves for backward are kept in bf16 too.
+	BF16Activations bool
+}
+
+// activationBytes is the bytes per value of the activations a layer saves
+// for backward (LayerActivations).
+func (o Options) activationBytes() int64 {
+	if o.ComputeBF16 && o.BF16Activations {
+		return bf
+	}
+	return f32
 }
 
 // Bytes of one f32 and one bf16 value.
@@ -297,37 +310,35 @@ func adapterInputCost(T, in int64, dropout float64) int64 {
 }
 
 // LayerActivations is the bytes one decoder layer leaves on the tape
-// (model/llama layer(), every op's output f32):
+// (model/llama layer()): what its backward reads, the projections' outputs
+// that nothing reads again being freed as soon as they are used:
 //
-//	rmsnorm: T·H + T (1/rms)            per norm, two norms
-//	q, k, v: T·Q, T·KV, T·KV; RoPE q, k: T·Q, T·KV
-//	attention: T·Q + T·heads (log-sum-exp)
-//	o_proj: T·H, residual add: T·H
-//	gate, up, SwiGLU: 3·T·I; down_proj: T·H, residual add: T·H
+//	norm outputs 2·T·H; q, k after RoPE T·Q + T·KV; v T·KV;
+//	attention output T·Q; gate, up, SwiGLU output 3·T·I
 //
-// plus, for each adapted projection (in → out, rank r):
-// dropout mask and copy 2·T·in (dropout > 0), x·Aᵀ T·r, ·Bᵀ, scaling and
-// the add to the base output 3·T·out.
+// in bf16 under bf16 compute on a backend that reads bf16 activations, else
+// f32; and in f32: 1/rms 2·T, the attention log-sum-exp T·heads, the two
+// residual sums 2·T·H. Each adapted projection (in → out, rank r) adds its
+// dropout mask and dropped copy 2·T·in (dropout > 0) and x·Aᵀ T·r; a DoRA
+// one also its unscaled output T·out, or with dropout 4·T·out (d·Wᵀ, the
+// sum, its scaled copy, the negation).
 func LayerActivations(c llama.Config, o Options, adapted bool) int64 {
 	T := o.tokens()
 	H, I := int64(c.HiddenSize), int64(c.IntermediateSize)
 	hd := int64(c.HeadDimension())
 	Q, KV := int64(c.NumAttentionHeads)*hd, int64(c.NumKeyValueHeads)*hd
 	heads := int64(c.NumAttentionHeads)
-	n := 2*(T*H+T) + // two norms
-		T*Q + T*KV + T*KV + // q, k, v projections
-		T*Q + T*KV + // RoPE
-		T*Q + T*heads + // attention output and log-sum-exp
-		T*H + T*H + // o_proj, residual
-		3*T*I + // gate, up, SwiGLU
-		T*H + T*H // down_proj, residual
+	saved := 2*T*H + // two norm outputs
+		T*Q + T*KV + T*KV + // q, k (rotated), v
+		T*Q + // attention output
+		3*T*I // gate, up, SwiGLU
+	n := 2*T + T*heads + 2*T*H // 1/rms ×2, log-sum-exp, residual sums
 	if adapted {
 		targets := o.targets()
 		for _, m := range layerModules(c) {
 			if slices.Contains(targets, m.name) {
-				n += adapterInputCost(T, m.in, o.Dropout) + T*int64(o.R) + 3*T*m.out
+				n += adapterInputCost(T, m.in, o.Dropout) + T*int64(o.R)
 				if o.UseDoRA {
-					// The scaled output; with dropout also d·Wᵀ, its negation and a sum.
 					n += T * m.out
 					if o.Dropout > 0 {
 						n += 3 * T * m.out
@@ -336,7 +347,7 @@ func LayerActivations(c llama.Config, o Options, adapted bool) int64 {
 			}
 		}
 	}
-	return f32 * n
+	return o.activationBytes()*saved + f32*n
 }
 
 // QLoRAGCPercent is the Go collector's GOGC for jobs with NF4 base weights

@@ -43,13 +43,22 @@ func TestEstimateLlama32_1B(t *testing.T) {
 	check("grads", e.Grads, 4*11_272_192)
 	check("adamw", e.Optimizer, 8*11_272_192)
 
-	// One layer's tape: norms, projections, RoPE, attention + lse, residuals, MLP ...
-	base := int64(2*(T*H+T) + T*(Q+2*KV) + T*(Q+KV) + T*Q + T*heads + 2*T*H + 3*T*I + 2*T*H)
-	// ... and per adapter: dropout mask + copy of its input, x·Aᵀ, ·Bᵀ, scale, add.
-	ad := func(in, out int64) int64 { return 2*T*in + T*r + 3*T*out }
+	// One layer's tape, what backward reads: norm outputs, rotated q and k,
+	// v, attention output, gate, up, SwiGLU output ...
+	saved := int64(2*T*H + T*(Q+2*KV) + T*Q + 3*T*I)
+	// ... 1/rms, log-sum-exp and the residual sums ...
+	base := int64(2*T + T*heads + 2*T*H)
+	// ... and per adapter: dropout mask + copy of its input, x·Aᵀ.
+	ad := func(in, out int64) int64 { return 2*T*in + T*r }
 	adapters := ad(H, Q) + ad(H, KV) + ad(H, KV) + ad(Q, H) + ad(H, I) + ad(H, I) + ad(I, H)
-	layer := 4 * (base + adapters)
+	layer := 4 * (saved + base + adapters)
 	check("layer", memplan.LayerActivations(c, o, true), layer)
+	// bf16 compute on the CPU keeps the saved activations in bf16.
+	bfo := o
+	bfo.ComputeBF16, bfo.BF16Activations = true, true
+	check("layer, bf16 activations", memplan.LayerActivations(c, bfo, true), layer-2*saved)
+	bfo.BF16Activations = false // a backend that reads only f32 activations
+	check("layer, bf16 compute, f32 activations", memplan.LayerActivations(c, bfo, true), layer)
 	outside := int64(4 * (3*T*H + T)) // embedding, final norm (+1/rms), dH of the fused loss
 	check("activations without checkpointing", e.ActivationsFull, L*layer+outside)
 	check("activations with checkpointing", e.ActivationsCkpt, 4*L*T*H+layer+outside)

@@ -24,9 +24,13 @@ import (
 //
 // Work is split over (batch, kv head) so the heads that share a kv head never
 // write the same dk/dv rows concurrently.
+//
+// q, k and v (and out, in backward) may be BF16 activations
+// (kernels.BF16Activations): the GEMMs read them in place, as any bf16
+// operand; out itself is written in F32.
 func (*Backend) Attention(q, k, v, out, lse kernels.Buffer, a kernels.AttnArgs) {
 	checkAttn(a, q, k, v)
-	qv, kv, vv, ov := F32(q), F32(k), F32(v), F32(out)
+	qv, kv, vv, ov := operand(q), operand(k), operand(v), F32(out)
 	var lv []float32
 	if lse != nil {
 		lv = F32(lse)
@@ -40,8 +44,8 @@ func (*Backend) Attention(q, k, v, out, lse kernels.Buffer, a kernels.AttnArgs) 
 				for i0 := 0; i0 < a.Tq; i0 += attnBlock {
 					n, keys := w.probs(a, qv, kv, lv, b, h, kh, i0, false)
 					// O_blk = P · V
-					mm(a, false, false, n, a.HeadDim, keys, 1, w.p, keys,
-						vv[(b*a.Tk*a.KVHeads+kh)*a.HeadDim:], a.KVHeads*a.HeadDim, 0,
+					mm(a, false, false, n, a.HeadDim, keys, 1, f32Op(w.p), keys,
+						sliceOp(vv, (b*a.Tk*a.KVHeads+kh)*a.HeadDim), a.KVHeads*a.HeadDim, 0,
 						ov[((b*a.Tq+i0)*a.Heads+h)*a.HeadDim:], a.Heads*a.HeadDim)
 				}
 			}
@@ -51,7 +55,8 @@ func (*Backend) Attention(q, k, v, out, lse kernels.Buffer, a kernels.AttnArgs) 
 
 func (*Backend) AttentionBackward(q, k, v, out, lse, dout, dq, dk, dv kernels.Buffer, a kernels.AttnArgs) {
 	checkAttn(a, q, k, v)
-	qv, kv, vv, ov, lv, dov := F32(q), F32(k), F32(v), F32(out), F32(lse), F32(dout)
+	qv, kv, vv, ov := operand(q), operand(k), operand(v), operand(out)
+	lv, dov := F32(lse), F32(dout)
 	dqv, dkv, dvv := F32(dq), F32(dk), F32(dv)
 	group := a.Heads / a.KVHeads
 	hd := a.HeadDim
@@ -60,31 +65,31 @@ func (*Backend) AttentionBackward(q, k, v, out, lse, dout, dq, dk, dv kernels.Bu
 		w := newAttnWork(a)
 		for bk := lo; bk < hi; bk++ {
 			b, kh := bk/a.KVHeads, bk%a.KVHeads
-			kb, vb := kv[(b*a.Tk*a.KVHeads+kh)*hd:], vv[(b*a.Tk*a.KVHeads+kh)*hd:]
+			kb, vb := sliceOp(kv, (b*a.Tk*a.KVHeads+kh)*hd), sliceOp(vv, (b*a.Tk*a.KVHeads+kh)*hd)
 			for h := kh * group; h < (kh+1)*group; h++ {
 				for i0 := 0; i0 < a.Tq; i0 += attnBlock {
 					n, keys := w.probs(a, qv, kv, lv, b, h, kh, i0, true)
 					off := ((b*a.Tq+i0)*a.Heads + h) * hd
 					// dP = dO · Vᵀ
-					mm(a, false, true, n, keys, hd, 1, dov[off:], qs, vb, ks, 0, w.dp, keys)
+					mm(a, false, true, n, keys, hd, 1, f32Op(dov[off:]), qs, vb, ks, 0, w.dp, keys)
 					if dvv != nil { // dV += Pᵀ · dO
-						mm(a, true, false, keys, hd, n, 1, w.p, keys, dov[off:], qs, 1,
+						mm(a, true, false, keys, hd, n, 1, f32Op(w.p), keys, f32Op(dov[off:]), qs, 1,
 							dvv[(b*a.Tk*a.KVHeads+kh)*hd:], ks)
 					}
 					// dS = P ∘ (dP − D) · Scale, D_i = dO_i · O_i
 					for r := 0; r < n; r++ {
 						o := off + r*qs
-						D := dot(dov[o:o+hd], ov[o:o+hd])
+						D := dot(dov[o:o+hd], w.row(ov, o, hd))
 						p, dp := w.p[r*keys:(r+1)*keys], w.dp[r*keys:(r+1)*keys]
 						for j := range p {
 							dp[j] = p[j] * (dp[j] - D) * a.Scale
 						}
 					}
 					if dqv != nil { // dQ += dS · K
-						mm(a, false, false, n, hd, keys, 1, w.dp, keys, kb, ks, 1, dqv[off:], qs)
+						mm(a, false, false, n, hd, keys, 1, f32Op(w.dp), keys, kb, ks, 1, dqv[off:], qs)
 					}
 					if dkv != nil { // dK += dSᵀ · Q
-						mm(a, true, false, keys, hd, n, 1, w.dp, keys, qv[off:], qs, 1,
+						mm(a, true, false, keys, hd, n, 1, f32Op(w.dp), keys, sliceOp(qv, off), qs, 1,
 							dkv[(b*a.Tk*a.KVHeads+kh)*hd:], ks)
 					}
 				}
@@ -96,25 +101,37 @@ func (*Backend) AttentionBackward(q, k, v, out, lse, dout, dq, dk, dv kernels.Bu
 // attnBlock is how many queries are processed together (one GEMM each).
 const attnBlock = 64
 
-type attnWork struct{ p, dp []float32 }
+type attnWork struct{ p, dp, tmp []float32 }
 
 func newAttnWork(a kernels.AttnArgs) *attnWork {
 	n := min(attnBlock, a.Tq) * a.Tk
-	return &attnWork{p: make([]float32, n), dp: make([]float32, n)}
+	return &attnWork{p: make([]float32, n), dp: make([]float32, n), tmp: make([]float32, a.HeadDim)}
+}
+
+// row returns elements [off, off+n) of o as f32: in place for F32, widened
+// into w.tmp (n ≤ HeadDim) for BF16.
+func (w *attnWork) row(o gemm.Operand, off, n int) []float32 {
+	if o.BF16 == nil {
+		return o.F32[off : off+n]
+	}
+	for i, h := range o.BF16[off : off+n] {
+		w.tmp[i] = kernels.BF16ToF32(h)
+	}
+	return w.tmp[:n]
 }
 
 // probs fills w.p with the attention probabilities of queries [i0, i0+n) of
 // head h against keys [0, keys): S = Scale·Q·Kᵀ by one GEMM, then a masked
 // softmax per row (masked entries are 0). When lse is being written (forward)
 // it stores each row's log-sum-exp; with saved (backward) it reuses lv.
-func (w *attnWork) probs(a kernels.AttnArgs, qv, kv, lv []float32, b, h, kh, i0 int, saved bool) (n, keys int) {
+func (w *attnWork) probs(a kernels.AttnArgs, qv, kv gemm.Operand, lv []float32, b, h, kh, i0 int, saved bool) (n, keys int) {
 	n = min(attnBlock, a.Tq-i0)
 	_, lastKey := a.KeyRange(b, i0+n-1)
 	keys = lastKey + 1
 	hd := a.HeadDim
 	mm(a, false, true, n, keys, hd, a.Scale,
-		qv[((b*a.Tq+i0)*a.Heads+h)*hd:], a.Heads*hd,
-		kv[(b*a.Tk*a.KVHeads+kh)*hd:], a.KVHeads*hd, 0, w.p, keys)
+		sliceOp(qv, ((b*a.Tq+i0)*a.Heads+h)*hd), a.Heads*hd,
+		sliceOp(kv, (b*a.Tk*a.KVHeads+kh)*hd), a.KVHeads*hd, 0, w.p, keys)
 	for r := 0; r < n; r++ {
 		row := w.p[r*keys : (r+1)*keys]
 		first, last := a.KeyRange(b, i0+r)
@@ -174,7 +191,7 @@ func axpy(y, x []float32, s float32) {
 	}
 }
 
-// mm is one of attention's GEMMs (f32 operands) in the args' precision.
-func mm(a kernels.AttnArgs, transA, transB bool, m, n, k int, alpha float32, x []float32, ldx int, y []float32, ldy int, beta float32, c []float32, ldc int) {
-	gemm.Gemm(precision(a.Compute), transA, transB, m, n, k, alpha, f32Op(x), ldx, f32Op(y), ldy, beta, c, ldc)
+// mm is one of attention's GEMMs in the args' precision.
+func mm(a kernels.AttnArgs, transA, transB bool, m, n, k int, alpha float32, x gemm.Operand, ldx int, y gemm.Operand, ldy int, beta float32, c []float32, ldc int) {
+	gemm.Gemm(precision(a.Compute), transA, transB, m, n, k, alpha, x, ldx, y, ldy, beta, c, ldc)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"unsafe"
 
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu/gemm"
@@ -48,6 +49,10 @@ func init() {
 }
 
 func (*Backend) Name() string { return "cpu" }
+
+// ReadsBF16Activations: Attention and SwiGLU read BF16 activations in
+// place (kernels.BF16Activations).
+func (*Backend) ReadsBF16Activations() bool { return true }
 
 // F32 returns the f32 storage of b (no copy). It panics for BF16 buffers.
 func F32(b kernels.Buffer) []float32 {
@@ -134,7 +139,10 @@ func (*Backend) Alloc(dt kernels.DType, n int) kernels.Buffer {
 		panic("cpu.Alloc: NF4 buffers are quantized weights; make them with FromF32 or WrapNF4")
 	}
 	if dt == kernels.BF16 {
-		return &Buffer{dt: dt, bf16: make([]uint16, n)}
+		if v := recycled16.get(n); v != nil {
+			return &Buffer{dt: dt, bf16: v, owned: true}
+		}
+		return &Buffer{dt: dt, bf16: make([]uint16, n), owned: true}
 	}
 	if v := recycled.get(n); v != nil {
 		return &Buffer{dt: kernels.F32, f32: v, owned: true}
@@ -177,13 +185,17 @@ func (*Backend) Copy(dst, src kernels.Buffer) {
 	case d.dt == s.dt:
 		copy(d.bf16, s.bf16)
 	case d.dt == kernels.F32:
-		for i, h := range s.bf16 {
-			d.f32[i] = kernels.BF16ToF32(h)
-		}
+		parallelFor(len(d.f32), 1<<15, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				d.f32[i] = kernels.BF16ToF32(s.bf16[i])
+			}
+		})
 	default:
-		for i, f := range s.f32 {
-			d.bf16[i] = kernels.F32ToBF16(f)
-		}
+		parallelFor(len(d.bf16), 1<<15, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				d.bf16[i] = kernels.F32ToBF16(s.f32[i])
+			}
+		})
 	}
 }
 
@@ -193,13 +205,16 @@ func (*Backend) Zero(b kernels.Buffer) {
 	clear(cb.bf16)
 }
 
-// Free drops the storage: a large F32 buffer is kept for the next Alloc of
-// the same length (see bufferCache), an NF4 tensor's mapping is released,
+// Free drops the storage: a large F32 or BF16 buffer is kept for the next
+// Alloc of the same dtype and length (see bufferCache), an NF4 tensor's mapping is released,
 // others go to the Go GC.
 func (*Backend) Free(b kernels.Buffer) {
 	if cb, ok := b.(*Buffer); ok {
 		if cb.f32 != nil && cb.owned {
 			recycled.put(cb.f32)
+		}
+		if cb.bf16 != nil && cb.owned {
+			recycled16.put(cb.bf16)
 		}
 		if cb.nf4 != nil {
 			cb.nf4.Free() // its off-heap storage
@@ -214,9 +229,9 @@ func (*Backend) Free(b kernels.Buffer) {
 // (the Go collector would let garbage grow to about as much again before a
 // collection) and spares the page faults of fresh memory. Buffers shorter
 // than cacheMin go to the GC; at most cacheMax bytes are kept.
-type bufferCache struct {
+type bufferCache[T float32 | uint16] struct {
 	mu    sync.Mutex
-	free  map[int][][]float32
+	free  map[int][][]T
 	bytes int64
 }
 
@@ -225,10 +240,13 @@ const (
 	cacheMax = 1 << 30 // bytes
 )
 
-var recycled = &bufferCache{free: map[int][][]float32{}}
+var (
+	recycled   = &bufferCache[float32]{free: map[int][][]float32{}}
+	recycled16 = &bufferCache[uint16]{free: map[int][][]uint16{}}
+)
 
 // get returns a zeroed buffer of n elements, or nil.
-func (c *bufferCache) get(n int) []float32 {
+func (c *bufferCache[T]) get(n int) []T {
 	if n < cacheMin {
 		return nil
 	}
@@ -240,24 +258,30 @@ func (c *bufferCache) get(n int) []float32 {
 	}
 	v := l[len(l)-1]
 	c.free[n] = l[:len(l)-1]
-	c.bytes -= int64(4 * n)
+	c.bytes -= c.size(n)
 	c.mu.Unlock()
 	clear(v)
 	return v
 }
 
-func (c *bufferCache) put(v []float32) {
+// size is the bytes of n elements.
+func (c *bufferCache[T]) size(n int) int64 {
+	var z T
+	return int64(n) * int64(unsafe.Sizeof(z))
+}
+
+func (c *bufferCache[T]) put(v []T) {
 	n := len(v)
 	if n < cacheMin || cap(v) != n {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.bytes+int64(4*n) > cacheMax {
+	if c.bytes+c.size(n) > cacheMax {
 		return
 	}
 	c.free[n] = append(c.free[n], v)
-	c.bytes += int64(4 * n)
+	c.bytes += c.size(n)
 }
 
 // parallelFor splits [0,n) into contiguous chunks of at least minChunk and runs

@@ -8,28 +8,58 @@ import (
 
 // SwiGLU: out = silu(g)·u with silu(g) = g·σ(g).
 // Backward: du += dout·silu(g); dg += dout·u·σ(g)·(1 + g·(1−σ(g))).
+// gate and up may be BF16 activations (kernels.BF16Activations): they are
+// widened a run at a time; out and the gradients are F32.
 func (*Backend) SwiGLU(gate, up, out kernels.Buffer, n int) {
-	g, u, o := F32(gate), F32(up), F32(out)
+	o := F32(out)
 	parallelFor(n, 4096, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			s := 1 / (1 + float32(math.Exp(float64(-g[i]))))
-			o[i] = g[i] * s * u[i]
+		var gs, us [elemRun]float32
+		for r := lo; r < hi; r += elemRun {
+			e := min(r+elemRun, hi)
+			g, u := elems(gate, r, e, gs[:]), elems(up, r, e, us[:])
+			for i := range g {
+				s := 1 / (1 + float32(math.Exp(float64(-g[i]))))
+				o[r+i] = g[i] * s * u[i]
+			}
 		}
 	})
 }
 
 func (*Backend) SwiGLUBackward(dout, gate, up, dgate, dup kernels.Buffer, n int) {
-	d, g, u := F32(dout), F32(gate), F32(up)
+	d := F32(dout)
 	dg, du := F32(dgate), F32(dup)
 	parallelFor(n, 4096, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			s := 1 / (1 + float32(math.Exp(float64(-g[i]))))
-			if du != nil {
-				du[i] += d[i] * g[i] * s
-			}
-			if dg != nil {
-				dg[i] += d[i] * u[i] * s * (1 + g[i]*(1-s))
+		var gs, us [elemRun]float32
+		for r := lo; r < hi; r += elemRun {
+			e := min(r+elemRun, hi)
+			g, u := elems(gate, r, e, gs[:]), elems(up, r, e, us[:])
+			for i := range g {
+				j := r + i
+				s := 1 / (1 + float32(math.Exp(float64(-g[i]))))
+				if du != nil {
+					du[j] += d[j] * g[i] * s
+				}
+				if dg != nil {
+					dg[j] += d[j] * u[i] * s * (1 + g[i]*(1-s))
+				}
 			}
 		}
 	})
+}
+
+// elemRun is how many elements elementwise ops widen from bf16 at a time.
+const elemRun = 512
+
+// elems returns elements [lo, hi) of b as f32: in place for an F32 buffer,
+// widened into tmp (hi−lo ≤ len(tmp)) for a BF16 one.
+func elems(b kernels.Buffer, lo, hi int, tmp []float32) []float32 {
+	cb := b.(*Buffer)
+	if cb.dt != kernels.BF16 {
+		return F32(b)[lo:hi]
+	}
+	t := tmp[:hi-lo]
+	for i, h := range cb.bf16[lo:hi] {
+		t[i] = kernels.BF16ToF32(h)
+	}
+	return t
 }

@@ -187,26 +187,35 @@ func testRoPE(t *testing.T, be kernels.Backend) {
 
 func testSwiGLU(t *testing.T, be kernels.Backend) {
 	g := newGen(5)
-	n := 50
-	gt, up := g.vec(n, 4, kernels.F32), g.vec(n, 2, kernels.F32)
-	out := be.Alloc(kernels.F32, n)
-	be.SwiGLU(upload(be, kernels.F32, gt), upload(be, kernels.F32, up), out, n)
-	check(t, "swiglu", be.ToF32(out), refSwiGLU(gt, up), tolF32)
+	n := 1300 // more than one widening run of a bf16 input
+	for _, dt := range activationDTypes(be) {
+		gt, up := g.vec(n, 4, dt), g.vec(n, 2, dt)
+		out := be.Alloc(kernels.F32, n)
+		be.SwiGLU(upload(be, dt, gt), upload(be, dt, up), out, n)
+		check(t, fmt.Sprintf("swiglu %v", dt), be.ToF32(out), refSwiGLU(gt, up), tolF32)
 
-	c := g.vec(n, 1, kernels.F32)
-	dg, du := be.Alloc(kernels.F32, n), be.Alloc(kernels.F32, n)
-	be.SwiGLUBackward(upload(be, kernels.F32, c), upload(be, kernels.F32, gt), upload(be, kernels.F32, up), dg, du, n)
-	loss := func() float64 { return dot64(c, refSwiGLU(gt, up)) }
-	check(t, "swiglu dgate", be.ToF32(dg), numGrad(gt, loss), tolGrad)
-	check(t, "swiglu dup", be.ToF32(du), numGrad(up, loss), tolGrad)
+		c := g.vec(n, 1, kernels.F32)
+		dg, du := be.Alloc(kernels.F32, n), be.Alloc(kernels.F32, n)
+		be.SwiGLUBackward(upload(be, kernels.F32, c), upload(be, dt, gt), upload(be, dt, up), dg, du, n)
+		loss := func() float64 { return dot64(c, refSwiGLU(gt, up)) }
+		check(t, fmt.Sprintf("swiglu %v dgate", dt), be.ToF32(dg), numGrad(gt, loss), tolGrad)
+		check(t, fmt.Sprintf("swiglu %v dup", dt), be.ToF32(du), numGrad(up, loss), tolGrad)
+	}
+}
+
+// activationDTypes are the storage dtypes of activations be's ops read:
+// F32, and BF16 too when be implements kernels.BF16Activations. The
+// reference gets the same (rounded) values, so a bf16 input changes the
+// tolerance of nothing: only reading it is checked.
+func activationDTypes(be kernels.Backend) []kernels.DType {
+	if kernels.ReadsBF16Activations(be) {
+		return []kernels.DType{kernels.F32, kernels.BF16}
+	}
+	return []kernels.DType{kernels.F32}
 }
 
 func testAttention(t *testing.T, be kernels.Backend) {
-	cases := []struct {
-		name                       string
-		B, Tq, Tk, H, KV, hd, qoff int
-		docs                       bool
-	}{
+	cases := []attnCase{
 		{"causal MHA", 1, 7, 7, 2, 2, 8, 0, false},
 		{"GQA packed documents", 2, 9, 9, 4, 2, 8, 0, true},
 		{"MQA", 1, 5, 5, 3, 1, 4, 0, false},
@@ -214,37 +223,58 @@ func testAttention(t *testing.T, be kernels.Backend) {
 	}
 	g := newGen(6)
 	for _, comp := range computes {
-		tolV, tolG := tols(comp)
-		for _, tc := range cases {
-			q := g.vec(tc.B*tc.Tq*tc.H*tc.hd, 1.5, kernels.F32)
-			k := g.vec(tc.B*tc.Tk*tc.KV*tc.hd, 1.5, kernels.F32)
-			v := g.vec(tc.B*tc.Tk*tc.KV*tc.hd, 1, kernels.F32)
-			var docs []int32
-			if tc.docs {
-				// row 0: documents [0,3) [3,4) [4,9); row 1: [0,6) [6,9)
-				docs = []int32{0, 0, 0, 3, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 6, 6, 6}
+		for _, act := range activationDTypes(be) {
+			for _, tc := range cases {
+				testAttentionCase(t, be, g, comp, act, tc)
 			}
-			scale := 1 / math.Sqrt(float64(tc.hd))
-			args := kernels.AttnArgs{Batch: tc.B, Tq: tc.Tq, Tk: tc.Tk, Heads: tc.H, KVHeads: tc.KV, HeadDim: tc.hd,
-				QOffset: tc.qoff, Scale: float32(scale), DocStart: docs, Compute: comp}
-			qb, kb, vb := upload(be, kernels.F32, q), upload(be, kernels.F32, k), upload(be, kernels.F32, v)
-			out, lse := be.Alloc(kernels.F32, len(q)), be.Alloc(kernels.F32, tc.B*tc.H*tc.Tq)
-			be.Attention(qb, kb, vb, out, lse, args)
-			ref := func() []float64 {
-				return refAttention(q, k, v, tc.B, tc.Tq, tc.Tk, tc.H, tc.KV, tc.hd, tc.qoff, scale, docs)
-			}
-			name := fmt.Sprintf("%s compute %v", tc.name, comp)
-			check(t, name+" out", be.ToF32(out), ref(), tolV)
-
-			c := g.vec(len(q), 1, kernels.F32)
-			dq, dk, dv := be.Alloc(kernels.F32, len(q)), be.Alloc(kernels.F32, len(k)), be.Alloc(kernels.F32, len(v))
-			be.AttentionBackward(qb, kb, vb, out, lse, upload(be, kernels.F32, c), dq, dk, dv, args)
-			loss := func() float64 { return dot64(c, ref()) }
-			check(t, name+" dq", be.ToF32(dq), numGrad(q, loss), tolG)
-			check(t, name+" dk", be.ToF32(dk), numGrad(k, loss), tolG)
-			check(t, name+" dv", be.ToF32(dv), numGrad(v, loss), tolG)
 		}
 	}
+}
+
+// attnCase is one attention shape of the conformance suite.
+type attnCase struct {
+	name                       string
+	B, Tq, Tk, H, KV, hd, qoff int
+	docs                       bool
+}
+
+// testAttentionCase checks one attention shape in compute comp with q, k, v
+// and, in backward, out stored as act (the output itself is written F32;
+// backward reads it as the model stores it).
+func testAttentionCase(t *testing.T, be kernels.Backend, g *gen, comp, act kernels.DType, tc attnCase) {
+	tolV, tolG := tols(comp)
+	q := g.vec(tc.B*tc.Tq*tc.H*tc.hd, 1.5, act)
+	k := g.vec(tc.B*tc.Tk*tc.KV*tc.hd, 1.5, act)
+	v := g.vec(tc.B*tc.Tk*tc.KV*tc.hd, 1, act)
+	var docs []int32
+	if tc.docs {
+		// row 0: documents [0,3) [3,4) [4,9); row 1: [0,6) [6,9)
+		docs = []int32{0, 0, 0, 3, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 6, 6, 6}
+	}
+	scale := 1 / math.Sqrt(float64(tc.hd))
+	args := kernels.AttnArgs{Batch: tc.B, Tq: tc.Tq, Tk: tc.Tk, Heads: tc.H, KVHeads: tc.KV, HeadDim: tc.hd,
+		QOffset: tc.qoff, Scale: float32(scale), DocStart: docs, Compute: comp}
+	qb, kb, vb := upload(be, act, q), upload(be, act, k), upload(be, act, v)
+	out, lse := be.Alloc(kernels.F32, len(q)), be.Alloc(kernels.F32, tc.B*tc.H*tc.Tq)
+	be.Attention(qb, kb, vb, out, lse, args)
+	ref := func() []float64 {
+		return refAttention(q, k, v, tc.B, tc.Tq, tc.Tk, tc.H, tc.KV, tc.hd, tc.qoff, scale, docs)
+	}
+	name := fmt.Sprintf("%s compute %v activations %v", tc.name, comp, act)
+	check(t, name+" out", be.ToF32(out), ref(), tolV)
+	stored := out
+	if act != kernels.F32 {
+		stored = be.Alloc(act, len(q))
+		be.Copy(stored, out)
+	}
+
+	c := g.vec(len(q), 1, kernels.F32)
+	dq, dk, dv := be.Alloc(kernels.F32, len(q)), be.Alloc(kernels.F32, len(k)), be.Alloc(kernels.F32, len(v))
+	be.AttentionBackward(qb, kb, vb, stored, lse, upload(be, kernels.F32, c), dq, dk, dv, args)
+	loss := func() float64 { return dot64(c, ref()) }
+	check(t, name+" dq", be.ToF32(dq), numGrad(q, loss), tolG)
+	check(t, name+" dk", be.ToF32(dk), numGrad(k, loss), tolG)
+	check(t, name+" dv", be.ToF32(dv), numGrad(v, loss), tolG)
 }
 
 func testCE(t *testing.T, be kernels.Backend) {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -127,16 +128,28 @@ func QuantizedParam(n string) bool {
 // quantizeParam quantizes tensor n to NF4: bf16 tensors from the mapped file
 // in place, others converted to bf16 on the heap first (one tensor). The
 // tensor's pages are evicted afterwards, so the file does not stay resident.
+//
+// A NaN or infinite weight is refused: its block scale would make the mean
+// scale of the double quantization, and so every weight of the tensor, NaN.
 func quantizeParam(r *checkpoint.Reader, n, fileDType string) (*nf4.Tensor, error) {
-	var t *nf4.Tensor
-	if v := mappedBF16(r, n); fileDType == "BF16" && v != nil {
-		t = nf4.QuantizeBF16(v)
-	} else {
-		v, err := r.BF16(n)
-		if err != nil {
+	v := mappedBF16(r, n)
+	if fileDType != "BF16" || v == nil {
+		var err error
+		if v, err = r.BF16(n); err != nil {
 			return nil, err
 		}
-		t = nf4.QuantizeBF16(v)
+	}
+	t := nf4.QuantizeBF16(v)
+	if off := float64(t.Offset); math.IsNaN(off) || math.IsInf(off, 0) {
+		t.Free()
+		r.Evict(n, 0, len(v))
+		for i, h := range v {
+			if h&0x7f80 == 0x7f80 { // exponent all ones: Inf or NaN
+				return nil, fmt.Errorf("%s: element %d is %v; NF4 quantization (precision.weights: nf4) needs finite weights: the checkpoint is damaged, or use precision.weights: bf16 to train on it as it is",
+					n, i, kernels.BF16ToF32(h))
+			}
+		}
+		return nil, fmt.Errorf("%s: the NF4 block scales are not finite; precision.weights: nf4 needs finite weights", n)
 	}
 	r.Evict(n, 0, t.N)
 	return t, nil

@@ -224,16 +224,25 @@ func (in *Input) positions() []int32 {
 }
 
 // linear applies a frozen or trainable projection plus its adapter, if any.
+// The base output x·Wᵀ is freed once the adapter's sum is made (no VJP
+// reads it).
 func (m *Model) linear(tp *tensor.Tape, name string, x, w *tensor.Tensor) *tensor.Tensor {
 	y := tp.Linear(x, w)
+	var z *tensor.Tensor
 	switch a := m.Adapters[name].(type) {
 	case nil:
+		return y
 	case FusedAdapter:
-		y = a.AddTo(tp, y, x)
+		z = a.AddTo(tp, y, x)
 	default:
-		y = tp.Add(y, a.Forward(tp, x))
+		f := a.Forward(tp, x)
+		z = tp.Add(y, f)
+		tp.Drop(f)
 	}
-	return y
+	if z != y {
+		tp.Drop(y)
+	}
+	return z
 }
 
 // Hidden runs the decoder and the final norm: [Rows·SeqLen, hidden].
@@ -282,10 +291,11 @@ func (m *Model) layer(tp *tensor.Tape, i int, x *tensor.Tensor, pos []int32, arg
 	L, c := &m.Layers[i], m.Config
 	eps := float32(c.RMSNormEps)
 	p := fmt.Sprintf("model.layers.%d.", i)
-	h := tp.RMSNorm(x, L.InputLayernorm, eps)
-	q := tp.RoPE(m.linear(tp, p+"self_attn.q_proj", h, L.QProj), pos, args.Heads, args.HeadDim, m.invFreq)
-	k := tp.RoPE(m.linear(tp, p+"self_attn.k_proj", h, L.KProj), pos, args.KVHeads, args.HeadDim, m.invFreq)
-	v := m.linear(tp, p+"self_attn.v_proj", h, L.VProj)
+	keep := m.activations(tp)
+	h := keep(tp.RMSNorm(x, L.InputLayernorm, eps))
+	q := keep(m.rope(tp, m.linear(tp, p+"self_attn.q_proj", h, L.QProj), pos, args.Heads, args.HeadDim))
+	k := keep(m.rope(tp, m.linear(tp, p+"self_attn.k_proj", h, L.KProj), pos, args.KVHeads, args.HeadDim))
+	v := keep(m.linear(tp, p+"self_attn.v_proj", h, L.VProj))
 	if cache != nil {
 		kvw := args.KVHeads * args.HeadDim
 		cache.K[i] = append(cache.K[i], k.F32()...)
@@ -293,12 +303,41 @@ func (m *Model) layer(tp *tensor.Tape, i int, x *tensor.Tensor, pos []int32, arg
 		k = tensor.FromF32(m.be, kernels.F32, cache.K[i], args.Tk, kvw)
 		v = tensor.FromF32(m.be, kernels.F32, cache.V[i], args.Tk, kvw)
 	}
-	a := tp.Attention(q, k, v, args)
-	x = tp.Add(x, m.linear(tp, p+"self_attn.o_proj", a, L.OProj))
-	h = tp.RMSNorm(x, L.PostAttentionLayernorm, eps)
-	g := m.linear(tp, p+"mlp.gate_proj", h, L.GateProj)
-	u := m.linear(tp, p+"mlp.up_proj", h, L.UpProj)
-	return tp.Add(x, m.linear(tp, p+"mlp.down_proj", tp.SwiGLU(g, u), L.DownProj))
+	a := keep(tp.Attention(q, k, v, args))
+	x = m.residual(tp, x, m.linear(tp, p+"self_attn.o_proj", a, L.OProj))
+	h = keep(tp.RMSNorm(x, L.PostAttentionLayernorm, eps))
+	g := keep(m.linear(tp, p+"mlp.gate_proj", h, L.GateProj))
+	u := keep(m.linear(tp, p+"mlp.up_proj", h, L.UpProj))
+	return m.residual(tp, x, m.linear(tp, p+"mlp.down_proj", keep(tp.SwiGLU(g, u)), L.DownProj))
+}
+
+// activations returns how layer stores the activations it saves for
+// backward (norm outputs, q, k, v, attention output, gate, up, SwiGLU
+// output): in bf16 under bf16 compute on a backend that reads bf16
+// activations (kernels.BF16Activations), as torch autocast does; else as
+// made (f32). The residual stream stays f32. The GEMMs round their
+// operands to bf16 anyway, so only SwiGLU's inputs and attention
+// backward's copy of its output see the extra rounding.
+func (m *Model) activations(tp *tensor.Tape) func(*tensor.Tensor) *tensor.Tensor {
+	if tp.Compute != kernels.BF16 || !kernels.ReadsBF16Activations(m.be) {
+		return func(t *tensor.Tensor) *tensor.Tensor { return t }
+	}
+	return func(t *tensor.Tensor) *tensor.Tensor { tp.KeepBF16(t); return t }
+}
+
+// rope rotates a projection's output, freeing the unrotated values (the
+// rotation's VJP reads none).
+func (m *Model) rope(tp *tensor.Tape, x *tensor.Tensor, pos []int32, heads, headDim int) *tensor.Tensor {
+	y := tp.RoPE(x, pos, heads, headDim, m.invFreq)
+	tp.Drop(x)
+	return y
+}
+
+// residual is x + y, freeing y (a projection's output that only feeds the sum).
+func (m *Model) residual(tp *tensor.Tape, x, y *tensor.Tensor) *tensor.Tensor {
+	out := tp.Add(x, y)
+	tp.Drop(y)
+	return out
 }
 
 // Logits returns [Rows·SeqLen, vocab] logits (for evaluation and tests; the

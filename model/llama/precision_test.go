@@ -3,12 +3,14 @@ package llama
 import (
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"unsafe"
 
 	"github.com/llamatune/llamatune/checkpoint"
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/kernels/cpu"
+	"github.com/llamatune/llamatune/tensor"
 )
 
 // sharpModelDir writes a random tiny model whose weights are large enough
@@ -82,7 +84,8 @@ func TestLoadBF16ZeroCopy(t *testing.T) {
 
 // bf16LogitTolerance bounds |logit(bf16 compute) − logit(f32 compute)|
 // relative to the largest |logit|, with sharp attention: every GEMM operand
-// rounded to 8 significant bits, errors compounding over two layers.
+// rounded to 8 significant bits, SwiGLU reading its bf16-stored gate and up,
+// errors compounding over two layers.
 const bf16LogitTolerance = 0.03
 
 // BF16 compute tracks the f32 reference with sharp attention (a planted bug
@@ -193,5 +196,72 @@ func TestLoadNF4(t *testing.T) {
 	}
 	if worst > 1e-5*scale {
 		t.Fatalf("NF4 logits differ from the dequantized f32 model's by %.3g (max |logit| %.2f)", worst, scale)
+	}
+}
+
+// heldPerTokenLayer runs Hidden on a recording tape without recomputation
+// and returns the bytes the tape then holds, per token and layer.
+func heldPerTokenLayer(t *testing.T, m *Model, compute kernels.DType) float64 {
+	t.Helper()
+	m.Compute = compute
+	in := &Input{Rows: 2, SeqLen: 24, InputIDs: make([]int32, 48)}
+	for i := range in.InputIDs {
+		in.InputIDs[i] = int32(i % m.Config.VocabSize)
+	}
+	tp := tensor.NewTape(m.Backend())
+	defer tp.Release()
+	if _, err := m.Hidden(tp, in); err != nil {
+		t.Fatal(err)
+	}
+	return float64(tp.HeldBytes()) / float64(48*m.Config.NumHiddenLayers)
+}
+
+// A layer holds only what its backward reads, and under bf16 compute holds
+// those activations in bf16. Per token, with H hidden, I intermediate and
+// the q, k, v widths: norm outputs (2H), q, k, v, attention output (H),
+// the residual after attention (H), gate, up, SwiGLU output (3I), the
+// layer's output (H): 832 values here. Keeping the projections' outputs
+// that no VJP reads (q, k before RoPE, o_proj, down_proj: 224 more) fails
+// the f32 bound; not narrowing to bf16 fails the ratio.
+func TestLayerActivations(t *testing.T) {
+	m, err := Load(sharpModelDir(t), cpu.New(), kernels.BF16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	f32 := heldPerTokenLayer(t, m, kernels.F32)
+	bf16 := heldPerTokenLayer(t, m, kernels.BF16)
+	t.Logf("held per token and layer: f32 compute %.0f B, bf16 compute %.0f B (%.3f×)", f32, bf16, bf16/f32)
+	// 832 f32 values, plus the embedding and final norm outputs spread over 2 layers.
+	if want := float64(4 * (832 + 64)); f32 > want {
+		t.Errorf("f32 compute holds %.0f B per token and layer, want ≤ %.0f: dead outputs are kept", f32, want)
+	}
+	// 704 of the 832 in bf16: (704·2 + 128·4)/(832·4) = 0.577.
+	if bf16/f32 > 0.62 {
+		t.Errorf("bf16 compute holds %.3f× the f32 activations, want ≤ 0.62: activations are not stored in bf16", bf16/f32)
+	}
+}
+
+// A NaN weight is refused by an NF4 load, naming the tensor and the element:
+// quantized, it would turn every weight of the tensor into NaN (the mean
+// block scale of the double quantization).
+func TestLoadNF4RefusesNaN(t *testing.T) {
+	cfg := Config{Architectures: []string{"LlamaForCausalLM"}, ModelType: "llama", VocabSize: 97,
+		HiddenSize: 64, IntermediateSize: 128, NumHiddenLayers: 2, NumAttentionHeads: 4, NumKeyValueHeads: 2,
+		MaxPositionEmbeddings: 2048, RMSNormEps: 1e-5, RopeTheta: 500000, HiddenAct: "silu", InitializerRange: 0.02}
+	be := cpu.New()
+	m, err := NewRandom(cfg, be, kernels.F32, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const name = "model.layers.1.self_attn.q_proj.weight"
+	cpu.F32(m.Param(name).Buf)[77] = float32(math.NaN())
+	dir := t.TempDir()
+	if err := m.Save(dir, SaveOptions{DType: "BF16"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Load(dir, be, kernels.NF4)
+	if err == nil || !strings.Contains(err.Error(), name+": element 77 is NaN") || !strings.Contains(err.Error(), "precision.weights: bf16") {
+		t.Fatalf("want the NaN weight refused by name and element: %v", err)
 	}
 }
