@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -61,7 +62,7 @@ func benchGEMMCmd() *cobra.Command {
 // benchStepCmd is `llamatune bench step`.
 func benchStepCmd() *cobra.Command {
 	var o benchmark.StepOptions
-	var compute string
+	var compute, cpuProfile string
 	step := &cobra.Command{
 		Use:   "step [--shape " + strings.Join(randmodel.ShapeNames(), "|") + " | --model DIR | --layers N --hidden N --vocab N] [--method lora|full] [--weights bf16|nf4|both] [--compute bf16|f32|both] [--seq N] [--batch N] [--steps N]",
 		Short: "Time training steps (forward, backward, AdamW) of a real-shaped model: tokens/s, GFLOP/s, peak RSS",
@@ -105,6 +106,17 @@ weight trainable in f32. --recompute defaults to true with --model/--shape.`,
 				return fmt.Errorf("bench step: --compute %q: want bf16, f32 or both", compute)
 			}
 			o.Log = os.Stderr
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return fmt.Errorf("bench step: --cpuprofile: %w", err)
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return fmt.Errorf("bench step: --cpuprofile: %w", err)
+				}
+				defer pprof.StopCPUProfile()
+			}
 			r, err := benchmark.Step(o)
 			if err != nil {
 				return err
@@ -126,6 +138,7 @@ weight trainable in f32. --recompute defaults to true with --model/--shape.`,
 	step.Flags().IntVar(&o.Rows, "batch", 4, "rows per step")
 	step.Flags().IntVar(&o.SeqLen, "seq", 256, "tokens per row")
 	step.Flags().IntVar(&o.Steps, "steps", 5, "timed steps (after one warm-up)")
+	step.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a Go CPU profile of the run to this file (go tool pprof)")
 	step.Flags().BoolVar(&o.Recompute, "recompute", false, "activation recomputation per layer (default true with --shape/--model)")
 	return step
 }

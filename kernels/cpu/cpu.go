@@ -192,9 +192,7 @@ func (*Backend) Copy(dst, src kernels.Buffer) {
 		})
 	default:
 		parallelFor(len(d.bf16), 1<<15, func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				d.bf16[i] = kernels.F32ToBF16(s.f32[i])
-			}
+			gemm.ToBF16(d.bf16[lo:hi], s.f32[lo:hi]) // the rounding of a BF16 GEMM's operands
 		})
 	}
 }

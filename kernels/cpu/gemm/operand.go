@@ -32,6 +32,13 @@ func (o Operand) len() int {
 	return len(o.F32)
 }
 
+// ToBF16 writes dst[i] = bf16(src[i]) (round to nearest even) for
+// i < len(src), as the GEMM rounds its operands in BF16 precision:
+// vcvtneps2bf16 where the bf16 kernel runs (denormals flush to zero, as its
+// products treat them), else the same rounding in Go. A value stored with
+// it is the exact operand a BF16-precision GEMM would make of src.
+func ToBF16(dst []uint16, src []float32) { toBF16(dst, src) }
+
 // Precision is how a product is computed.
 type Precision uint8
 
