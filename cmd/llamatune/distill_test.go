@@ -23,32 +23,15 @@ import (
 // distribution), offline shards written by teacher-logits, and an
 // OpenAI-compatible server (the fake vLLM).
 func TestDistillTeachers(t *testing.T) {
-	dir, jobPath := distillTinyDir(t, "distill_tiny.yaml")
+	dir, jobPath := distillTinyDir(t, "distill_tiny.yaml", "llama2")
 	teacherDir := filepath.Join(dir, "teacher")
 	run := func(name string, sets ...string) {
 		t.Helper()
-		sets = append(sets, "output_dir="+filepath.Join(dir, "run-"+name))
-		j, err := configs.Load(jobPath, sets)
-		if err != nil {
-			t.Fatal(err)
+		j, log := runDistillJob(t, dir, jobPath, name, sets...)
+		if !strings.Contains(log, "distilling from") {
+			t.Fatalf("%s: %s", name, log)
 		}
-		var log bytes.Buffer
-		res, err := runTrainWith(context.Background(), j, "", &log, runHooks{setup: distillSetup})
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", name, err, log.String())
-		}
-		if res.Steps != 3 || len(res.Losses) != 3 {
-			t.Fatalf("%s: %d steps, losses %v", name, res.Steps, res.Losses)
-		}
-		for _, l := range res.Losses {
-			if math.IsNaN(l) || l <= 0 {
-				t.Fatalf("%s: losses %v", name, res.Losses)
-			}
-		}
-		if !strings.Contains(log.String(), "distilling from") {
-			t.Fatalf("%s: %s", name, log.String())
-		}
-		checkLossParts(t, name, j, log.String())
+		checkLossParts(t, name, j, log)
 	}
 	run("in-process dense", "distill.top_k=0")
 	run("in-process top-k", "distill.top_k=8", "distill.loss=jsd")
@@ -104,12 +87,13 @@ func checkLossParts(t *testing.T, name string, j *configs.Job, log string) {
 }
 
 // distillTinyDir copies the example job name into a temp dir beside a tiny
-// teacher (2 layers, hidden 64), a tiny student (1 layer, hidden 32), both
-// Llama 2 vocabulary, and data.jsonl; it returns the dir and the job's path.
-func distillTinyDir(t *testing.T, name string) (dir, jobPath string) {
+// teacher (2 layers, hidden 64, teacherTok's vocabulary), a tiny student
+// (1 layer, hidden 32, Llama 2 vocabulary) and data.jsonl; it returns the
+// dir and the job's path.
+func distillTinyDir(t *testing.T, name, teacherTok string) (dir, jobPath string) {
 	t.Helper()
 	dir = t.TempDir()
-	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "teacher"), randmodel.TinyOptions{Tokenizer: "llama2", Layers: 2, Hidden: 64, Seed: 1}); err != nil {
+	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "teacher"), randmodel.TinyOptions{Tokenizer: teacherTok, Layers: 2, Hidden: 64, Seed: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "student"), randmodel.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Seed: 2}); err != nil {
@@ -127,13 +111,38 @@ func distillTinyDir(t *testing.T, name string) (dir, jobPath string) {
 	return dir, jobPath
 }
 
+// runDistillJob runs the job at jobPath with sets (output in dir/run-name)
+// and checks it made 3 steps of finite positive loss; it returns the job
+// and the run's log.
+func runDistillJob(t *testing.T, dir, jobPath, name string, sets ...string) (*configs.Job, string) {
+	t.Helper()
+	j, err := configs.Load(jobPath, append(sets, "output_dir="+filepath.Join(dir, "run-"+name)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	res, err := runTrainWith(context.Background(), j, "", &log, runHooks{setup: distillSetup})
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", name, err, log.String())
+	}
+	if res.Steps != 3 || len(res.Losses) != 3 {
+		t.Fatalf("%s: %d steps, losses %v", name, res.Steps, res.Losses)
+	}
+	for _, l := range res.Losses {
+		if math.IsNaN(l) || l <= 0 {
+			t.Fatalf("%s: losses %v", name, res.Losses)
+		}
+	}
+	return j, log.String()
+}
+
 // The on-policy example job (distill_on_policy_tiny.yaml, λ 0.5, in-process
 // teacher) trains with LoRA and full fine-tuning, logs on_policy_share in
 // metrics.jsonl and the progress lines, and a run stopped after step 2 and
 // resumed makes bit-identical losses and on-policy choices to one that ran
 // straight through.
 func TestDistillOnPolicy(t *testing.T) {
-	dir, jobPath := distillTinyDir(t, "distill_on_policy_tiny.yaml")
+	dir, jobPath := distillTinyDir(t, "distill_on_policy_tiny.yaml", "llama2")
 	run := func(name string, stopAt int, resume string, sets ...string) ([]train.StepMetrics, string) {
 		t.Helper()
 		j, err := configs.Load(jobPath, append(sets, "output_dir="+filepath.Join(dir, "run-"+name)))
@@ -223,38 +232,14 @@ func TestDistillOnPolicy(t *testing.T) {
 // job (shards are over the student's ids); the same job without
 // cross_tokenizer is refused with the advice to set it.
 func TestDistillCrossTokenizer(t *testing.T) {
-	dir := t.TempDir()
+	dir, jobPath := distillTinyDir(t, "distill_cross_tokenizer_tiny.yaml", "llama3")
 	teacherDir := filepath.Join(dir, "teacher")
-	if _, err := randmodel.WriteTinyModel(teacherDir, randmodel.TinyOptions{Tokenizer: "llama3", Layers: 2, Hidden: 64, Seed: 1}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := randmodel.WriteTinyModel(filepath.Join(dir, "student"), randmodel.TinyOptions{Tokenizer: "llama2", Layers: 1, Hidden: 32, Seed: 2}); err != nil {
-		t.Fatal(err)
-	}
-	writeTextRows(t, filepath.Join(dir, "data.jsonl"), 6000)
-	job, err := os.ReadFile("../../configs/examples/distill_cross_tokenizer_tiny.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	jobPath := filepath.Join(dir, "job.yaml")
-	os.WriteFile(jobPath, job, 0o644)
 	run := func(name string, sets ...string) {
 		t.Helper()
-		j, err := configs.Load(jobPath, append(sets, "output_dir="+filepath.Join(dir, "run-"+name)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var log bytes.Buffer
-		res, err := runTrainWith(context.Background(), j, "", &log, runHooks{setup: distillSetup})
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", name, err, log.String())
-		}
-		if res.Steps != 3 || len(res.Losses) != 3 {
-			t.Fatalf("%s: %d steps, losses %v", name, res.Steps, res.Losses)
-		}
-		if !strings.Contains(log.String(), "across tokenizers") || !strings.Contains(log.String(), " uld ") ||
-			!strings.Contains(log.String(), "paired with a teacher position") {
-			t.Fatalf("%s: log:\n%s", name, log.String())
+		j, log := runDistillJob(t, dir, jobPath, name, sets...)
+		if !strings.Contains(log, "across tokenizers") || !strings.Contains(log, " uld ") ||
+			!strings.Contains(log, "paired with a teacher position") {
+			t.Fatalf("%s: log:\n%s", name, log)
 		}
 		checkULDParts(t, name, j)
 	}
