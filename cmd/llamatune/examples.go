@@ -70,12 +70,17 @@ func exampleNames() []string {
 }
 
 func listExamples(w io.Writer) error {
-	for _, n := range exampleNames() {
+	names := exampleNames()
+	width := 0
+	for _, n := range names {
+		width = max(width, len(n))
+	}
+	for _, n := range names {
 		raw, err := configs.Examples.ReadFile("examples/" + n + ".yaml")
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "%-22s %s\n", n, firstComment(raw))
+		fmt.Fprintf(w, "%-*s  %s\n", width, n, firstComment(raw))
 	}
 	return nil
 }
