@@ -34,10 +34,16 @@ func Align(b *data.Batch, student, teacher tokenizer.Tokenizer) *Alignment {
 	}
 	var docs []doc
 	rowLen := make([]int, b.Rows)
+	docStart := func(i int) int32 { // nil DocStart: one document per row
+		if b.DocStart == nil {
+			return 0
+		}
+		return b.DocStart[i]
+	}
 	for r := 0; r < b.Rows; r++ {
 		for s := 0; s < b.SeqLen; {
 			e := s + 1
-			for e < b.SeqLen && b.DocStart[r*b.SeqLen+e] == b.DocStart[r*b.SeqLen+s] {
+			for e < b.SeqLen && docStart(r*b.SeqLen+e) == docStart(r*b.SeqLen+s) {
 				e++
 			}
 			if e-s >= 2 { // a document with a next-token target (padding positions stand alone)

@@ -227,6 +227,16 @@ func TestAlignBatch(t *testing.T) {
 			t.Fatalf("pair %d: student %d (row %d), teacher %d (row %d)", i, s, sr, a.TeacherPos[i], tr)
 		}
 	}
+
+	// A batch without DocStart is one document per row, as everywhere else.
+	one := &data.Batch{Rows: 1, SeqLen: 8, InputIDs: slices.Clone(b.InputIDs[16:24]), Labels: slices.Clone(b.Labels[16:24]),
+		PositionIDs: slices.Clone(b.PositionIDs[16:24])}
+	withStarts := *one
+	withStarts.DocStart = make([]int32, 8)
+	if got, want := Align(one, l2, l3), Align(&withStarts, l2, l3); !slices.Equal(got.Student, want.Student) ||
+		!slices.Equal(got.Teacher.InputIDs, want.Teacher.InputIDs) {
+		t.Fatalf("nil DocStart aligns %v, zero DocStart %v", got.Student, want.Student)
+	}
 }
 
 // hasNext: position i of b has a next token in its document.

@@ -56,7 +56,7 @@ func CheckVocab(teacher, student Info) error {
 	return fmt.Errorf("teacher %q (vocab %d, hash %s) and student %q (vocab %d, hash %s) do not share a vocabulary (%s): "+
 		"logit knowledge distillation compares next-token distributions id by id, so teacher and student must use the same tokenizer — "+
 		"pick a teacher of the same family (e.g. Llama 3.1 405B/70B/8B for a Llama 3.2 1B/3B student), "+
-		"or set distill.cross_tokenizer: uld to align the two tokenizations instead (in-process teacher only)",
+		"or set distill.cross_tokenizer: uld to align the two tokenizations instead (an in-process teacher, or a server with distill.teacher.tokenizer and temperature 1)",
 		teacher.Name, teacher.VocabSize, orNone(teacher.VocabHash), student.Name, student.VocabSize, orNone(student.VocabHash), why)
 }
 

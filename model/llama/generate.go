@@ -47,7 +47,12 @@ func (m *Model) Step(cache *KVCache, tokens []int32) ([]float32, error) {
 	eps := float32(c.RMSNormEps)
 	x := tp.Embedding(m.EmbedTokens, tokens)
 	for i := range m.Layers {
-		x = m.layer(tp, i, x, pos, args, cache)
+		// One layer at a time: its intermediates are freed before the next
+		// (a non-recording Recompute keeps only the output), so a long prompt
+		// costs one layer's activations, as Hidden's inference path does.
+		x = tp.Recompute(x, func(sub *tensor.Tape, x *tensor.Tensor) *tensor.Tensor {
+			return m.layer(sub, i, x, pos, args, cache)
+		})
 	}
 	cache.Len += n
 	H := c.HiddenSize

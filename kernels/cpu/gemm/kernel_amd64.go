@@ -3,6 +3,8 @@
 package gemm
 
 import (
+	"math"
+
 	"github.com/llamatune/llamatune/internal/switches"
 
 	"golang.org/x/sys/cpu"
@@ -156,19 +158,23 @@ func cvtF32ToBF16AVX512(dst *uint16, src *float32, n16 int)
 
 // toBF16 writes dst[i] = bf16(src[i]) for i < len(src) (len(dst) >=
 // len(src)): vcvtneps2bf16 where the bf16 kernel runs (AVX512_BF16, whose
-// products treat denormals as zero just as this conversion does), else
-// f32ToBF16.
+// products treat denormals as zero just as this conversion does), the
+// elements past the last 16 flushed the same way, so that every element
+// rounds alike wherever a slice is cut; else f32ToBF16.
 func toBF16(dst []uint16, src []float32) {
-	n16 := 0
-	if bf16Kernel != nil && !forceGeneric {
-		n16 = len(src) / 16
+	if bf16Kernel == nil || forceGeneric {
+		for i, f := range src {
+			dst[i] = f32ToBF16(f)
+		}
+		return
 	}
+	n16 := len(src) / 16
 	if n16 > 0 {
 		_ = dst[len(src)-1]
 		cvtF32ToBF16AVX512(&dst[0], &src[0], n16)
 	}
-	for i := 16 * n16; i < len(src); i++ {
-		dst[i] = f32ToBF16(src[i])
+	for i := 16 * n16; i < len(src); i++ { // the tail as vcvtneps2bf16 does it: denormals flushed
+		dst[i] = f32ToBF16(flushDenormal(src[i]))
 	}
 }
 
@@ -225,4 +231,12 @@ func transpose16(panel []float32, w int, src []float32, ld, n16 int) bool {
 	_ = panel[(16*n16-1)*w+15]
 	transpose16Runs(&panel[0], w, &src[0], ld, n16)
 	return true
+}
+
+// flushDenormal is f with a denormal replaced by a zero of its sign.
+func flushDenormal(f float32) float32 {
+	if u := math.Float32bits(f); u&0x7f800000 == 0 {
+		return math.Float32frombits(u & 0x80000000)
+	}
+	return f
 }

@@ -199,3 +199,26 @@ func BenchmarkGemmPrecision(b *testing.B) {
 		}
 	}
 }
+
+// ToBF16 rounds an element the same whether it falls in a vector block or a
+// slice's tail: converting a slice in pieces cut anywhere gives the bits of
+// converting it whole (denormals included, which vcvtneps2bf16 flushes).
+func TestToBF16Cuts(t *testing.T) {
+	src := make([]float32, 100)
+	for i := range src {
+		src[i] = float32(i-50) * 1e-40 // denormals of both signs, and zero
+	}
+	src[3], src[40] = 1.5, float32(math.Inf(-1))
+	whole := make([]uint16, len(src))
+	ToBF16(whole, src)
+	for _, cut := range []int{1, 7, 16, 17, 33, 99} {
+		parts := make([]uint16, len(src))
+		ToBF16(parts[:cut], src[:cut])
+		ToBF16(parts[cut:], src[cut:])
+		for i := range whole {
+			if parts[i] != whole[i] {
+				t.Fatalf("cut at %d: element %d (%g) rounds to %#x in pieces, %#x whole", cut, i, src[i], parts[i], whole[i])
+			}
+		}
+	}
+}
