@@ -23,7 +23,8 @@ const ServerTopK = 20
 //	  top_k: 32                 # server/shards teachers give top-k (default: server 20, shards 32); in-process: 0 = full distribution
 //	  sparse: tail              # tail: top-k + one bucket for the rest | renorm: top-k renormalized
 //	  on_policy: 0.5            # GKD's λ: share of batches whose completions the student samples itself
-//	                            # (with generate's temperature, top_p, max_new_tokens); model or url teachers
+//	                            # (with generate's temperature, top_p, max_new_tokens); model or url teachers;
+//	                            # with cross_tokenizer: uld too
 //	  cross_tokenizer: uld      # a teacher with another tokenizer: Universal Logit Distillation (in-process, or a server with teacher.tokenizer)
 //
 // With cross_tokenizer: uld the teacher re-tokenizes the student's text with
@@ -200,9 +201,6 @@ func (d *Distill) validate() []error {
 	}
 	if d.OnPolicy < 0 || d.OnPolicy > 1 || d.OnPolicy != d.OnPolicy {
 		addf("distill.on_policy: must be in [0, 1] (the share of batches the student completes itself), got %g", d.OnPolicy)
-	}
-	if d.OnPolicy > 0 && d.CrossTokenizer != "" {
-		addf("distill.on_policy: on-policy batches are not supported with cross_tokenizer: %s yet (the ULD loss does not score the student's samples); set on_policy: 0", d.CrossTokenizer)
 	}
 	if d.OnPolicy > 0 && t.Shards != "" {
 		addf("distill.on_policy: %g needs a teacher that can score new sequences; the shards teacher holds pre-computed logits of fixed ones: use distill.teacher.model (in-process) or url (a server), or set on_policy: 0", d.OnPolicy)

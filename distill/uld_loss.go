@@ -27,6 +27,10 @@ type ULDConfig struct {
 	// Log, when set, gets one line on the first batch: how many of its
 	// trained positions the alignment paired with a teacher position.
 	Log io.Writer
+	// OnPolicy, when set, made some batches from the student's own samples
+	// (on-policy cross-tokenizer distillation): those are trained on ULD
+	// alone (KDWeight 1), as KDLoss does.
+	OnPolicy *OnPolicy
 }
 
 // ULDLoss is a train.LossFunc for a teacher with another tokenizer:
@@ -43,7 +47,8 @@ type ULDConfig struct {
 // student's logits for the ULD term are made chunk by chunk and not kept:
 // each chunk is recomputed in the backward pass (tensor.Tape.Recompute), so
 // [tokens × vocab] never exists at once. Its parts are "uld" and "ce", each
-// per trained token like the total.
+// per trained token like the total. A batch c.OnPolicy made is weighed with
+// KDWeight 1 (its ce part is still reported).
 func ULDLoss(ctx context.Context, student *llama.Model, teacher Teacher, c ULDConfig) train.LossFunc {
 	k := c.TopK
 	if k <= 0 {
@@ -55,9 +60,12 @@ func ULDLoss(ctx context.Context, student *llama.Model, teacher Teacher, c ULDCo
 		chunk = max(1, DefaultLogitBudget/4/V) // logits, their copy and gradient
 	}
 	invT := float32(1 / c.Temperature)
-	w := c.KDWeight
 	var once sync.Once
 	return func(tp *tensor.Tape, b *data.Batch, normalizer float64) (*tensor.Tensor, train.LossParts, error) {
+		w := c.KDWeight
+		if c.OnPolicy != nil && c.OnPolicy.Sampled(b) {
+			w = 1 // the student's own samples: no cross-entropy on them
+		}
 		if c.Temperature <= 0 || w < 0 || w > 1 || c.Student == nil || c.Teacher == nil {
 			return nil, nil, fmt.Errorf("distill: ULD needs temperature > 0, kd_weight in [0, 1] and both tokenizers")
 		}

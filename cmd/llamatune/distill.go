@@ -144,8 +144,13 @@ func uldSetup(ctx context.Context, s *session, o *train.Options) (func(), error)
 	if err != nil {
 		return nil, err
 	}
+	op, err := onPolicy(s, o)
+	if err != nil {
+		t.Close()
+		return nil, err
+	}
 	o.Loss = distill.ULDLoss(ctx, s.model, t, distill.ULDConfig{Temperature: d.Temperature, KDWeight: d.KDWeight,
-		TopK: d.TopK, Student: stok, Teacher: ttok, Log: o.Log})
+		TopK: d.TopK, Student: stok, Teacher: ttok, Log: o.Log, OnPolicy: op})
 	k := d.TopK
 	if k <= 0 {
 		k = distill.DefaultULDTopK

@@ -244,6 +244,8 @@ func TestDistillCrossTokenizer(t *testing.T) {
 		checkULDParts(t, name, j)
 	}
 	run("in-process")
+	// On-policy across tokenizers: the student's own samples, aligned and scored by the teacher.
+	run("on-policy", "distill.on_policy=1")
 
 	// The same teacher behind the fake vLLM, its tokenizer named by teacher.tokenizer.
 	tm, err := llama.Load(teacherDir, cpu.New(), kernels.F32)
@@ -271,7 +273,8 @@ func TestDistillCrossTokenizer(t *testing.T) {
 }
 
 // checkULDParts: every training line of metrics.jsonl carries the parts
-// uld and ce, and the loss is kd_weight·uld + (1 − kd_weight)·ce.
+// uld and ce, and the loss is kd_weight·uld + (1 − kd_weight)·ce (uld alone
+// when on_policy is 1: every batch is then the student's own samples).
 func checkULDParts(t *testing.T, name string, j *configs.Job) {
 	t.Helper()
 	ms, err := train.ReadMetrics(j.OutputDir)
@@ -279,9 +282,15 @@ func checkULDParts(t *testing.T, name string, j *configs.Job) {
 		t.Fatal(err)
 	}
 	w := j.Distill.KDWeight
+	if j.Distill.OnPolicy == 1 {
+		w = 1 // every batch is the student's own samples: ULD alone
+	}
 	for _, m := range ms {
 		if m.Tokens == 0 {
 			continue // an evaluation's line
+		}
+		if j.Distill.OnPolicy == 1 && (m.OnPolicyShare == nil || *m.OnPolicyShare != 1) {
+			t.Fatalf("%s: step %d: on_policy_share %v, want 1", name, m.Step, m.OnPolicyShare)
 		}
 		uld, ce := m.Parts["uld"], m.Parts["ce"]
 		if len(m.Parts) != 2 || uld <= 0 || ce <= 0 || math.IsNaN(m.Loss) {
