@@ -34,29 +34,14 @@ func Align(b *data.Batch, student, teacher tokenizer.Tokenizer) *Alignment {
 	}
 	var docs []doc
 	rowLen := make([]int, b.Rows)
-	docStart := func(i int) int32 { // nil DocStart: one document per row
-		if b.DocStart == nil {
-			return 0
+	for _, d := range documents(b) { // padding positions stand alone: no documents
+		ids := make([]int, d.end-d.start)
+		for i := range ids {
+			ids[i] = int(b.InputIDs[d.row*b.SeqLen+d.start+i])
 		}
-		return b.DocStart[i]
-	}
-	for r := 0; r < b.Rows; r++ {
-		for s := 0; s < b.SeqLen; {
-			e := s + 1
-			for e < b.SeqLen && docStart(r*b.SeqLen+e) == docStart(r*b.SeqLen+s) {
-				e++
-			}
-			if e-s >= 2 { // a document with a next-token target (padding positions stand alone)
-				ids := make([]int, e-s)
-				for i := range ids {
-					ids[i] = int(b.InputIDs[r*b.SeqLen+s+i])
-				}
-				tids, match := AlignDoc(ids, student, teacher)
-				docs = append(docs, doc{r, s, tids, match})
-				rowLen[r] += len(tids)
-			}
-			s = e
-		}
+		tids, match := AlignDoc(ids, student, teacher)
+		docs = append(docs, doc{d.row, d.start, tids, match})
+		rowLen[d.row] += len(tids)
 	}
 	seqLen := 1
 	for _, n := range rowLen {

@@ -9,6 +9,7 @@ import (
 	"github.com/llamatune/llamatune/kernels"
 	"github.com/llamatune/llamatune/model/llama"
 	"github.com/llamatune/llamatune/tensor"
+	"github.com/llamatune/llamatune/train"
 )
 
 // DefaultLogitBudget is how many logits (floats) an in-process teacher makes
@@ -88,8 +89,7 @@ func (t *InProcess) TopK(ctx context.Context, b *data.Batch, k int) (*TopK, erro
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	in := &llama.Input{Rows: b.Rows, SeqLen: b.SeqLen, InputIDs: b.InputIDs, PositionIDs: b.PositionIDs, DocStart: b.DocStart}
-	h, err := t.hidden(ctx, in)
+	h, err := t.hidden(ctx, train.Input(b))
 	if err != nil {
 		return nil, err
 	}
@@ -116,8 +116,7 @@ func (t *InProcess) SortedProbs(ctx context.Context, b *data.Batch, positions []
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	in := &llama.Input{Rows: b.Rows, SeqLen: b.SeqLen, InputIDs: b.InputIDs, PositionIDs: b.PositionIDs, DocStart: b.DocStart}
-	h, err := t.hidden(ctx, in)
+	h, err := t.hidden(ctx, train.Input(b))
 	if err != nil {
 		return nil, err
 	}

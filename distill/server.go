@@ -178,14 +178,14 @@ type document struct {
 
 // documents lists the documents of b that need the teacher: runs of equal
 // DocStart of at least two tokens (a one-token document — padding included —
-// has no next-token target).
+// has no next-token target). A nil DocStart is one document per row.
 func documents(b *data.Batch) []document {
 	var docs []document
 	for r := 0; r < b.Rows; r++ {
 		o := r * b.SeqLen
 		for s := 0; s < b.SeqLen; {
 			e := s + 1
-			for e < b.SeqLen && b.DocStart[o+e] == int32(s) {
+			for e < b.SeqLen && (b.DocStart == nil || b.DocStart[o+e] == int32(s)) {
 				e++
 			}
 			if e-s >= 2 {

@@ -15,29 +15,31 @@ const MissingLogProb = -1e4
 // largest log-softmax values (best first; equal values by smaller id) into
 // ids[r*k:] and lps[r*k:]. Rows are spread over the cores.
 func topKLogSoftmax(logits []float32, rows, vocab, k int, ids []int32, lps []float32) {
-	workers := min(runtime.GOMAXPROCS(0), rows)
-	if workers <= 1 {
+	parallelRows(rows, func(lo, hi int) {
 		h := make([]topEntry, 0, k)
-		for r := 0; r < rows; r++ {
+		for r := lo; r < hi; r++ {
 			rowTopK(logits[r*vocab:(r+1)*vocab], k, ids[r*k:(r+1)*k], lps[r*k:(r+1)*k], &h)
+		}
+	})
+}
+
+// parallelRows runs fn over [0, rows) split into one range per core.
+func parallelRows(rows int, fn func(lo, hi int)) {
+	workers := max(1, min(runtime.GOMAXPROCS(0), rows))
+	if workers == 1 {
+		if rows > 0 {
+			fn(0, rows)
 		}
 		return
 	}
-	var wg sync.WaitGroup
 	per := (rows + workers - 1) / workers
-	for w := 0; w < workers; w++ {
-		lo, hi := w*per, min((w+1)*per, rows)
-		if lo >= hi {
-			break
-		}
+	var wg sync.WaitGroup
+	for lo := 0; lo < rows; lo += per {
 		wg.Add(1)
-		go func() {
+		go func(lo, hi int) {
 			defer wg.Done()
-			h := make([]topEntry, 0, k)
-			for r := lo; r < hi; r++ {
-				rowTopK(logits[r*vocab:(r+1)*vocab], k, ids[r*k:(r+1)*k], lps[r*k:(r+1)*k], &h)
-			}
-		}()
+			fn(lo, hi)
+		}(lo, min(lo+per, rows))
 	}
 	wg.Wait()
 }

@@ -3,8 +3,6 @@ package distill
 import (
 	"fmt"
 	"math"
-	"runtime"
-	"sync"
 
 	"github.com/llamatune/llamatune/kernels/cpu/vmath"
 )
@@ -140,19 +138,4 @@ func uldRows(z []float32, rows int, q []float32, k int, invT float32, dz []float
 		sum += l
 	}
 	return sum
-}
-
-// parallelRows runs fn over [0, rows) split into one range per core.
-func parallelRows(rows int, fn func(lo, hi int)) {
-	workers := max(1, min(runtime.GOMAXPROCS(0), rows))
-	per := (rows + workers - 1) / workers
-	var wg sync.WaitGroup
-	for lo := 0; lo < rows; lo += per {
-		wg.Add(1)
-		go func(lo, hi int) {
-			defer wg.Done()
-			fn(lo, hi)
-		}(lo, min(lo+per, rows))
-	}
-	wg.Wait()
 }
