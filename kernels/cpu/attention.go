@@ -79,7 +79,7 @@ func (*Backend) AttentionBackward(q, k, v, out, lse, dout, dq, dk, dv kernels.Bu
 					// dS = P ∘ (dP − D) · Scale, D_i = dO_i · O_i
 					for r := 0; r < n; r++ {
 						o := off + r*qs
-						D := dot(dov[o:o+hd], w.row(ov, o, hd))
+						D := dot(dov[o:o+hd], elems(ov, o, o+hd, w.tmp))
 						p, dp := w.p[r*keys:(r+1)*keys], w.dp[r*keys:(r+1)*keys]
 						for j := range p {
 							dp[j] = p[j] * (dp[j] - D) * a.Scale
@@ -106,18 +106,6 @@ type attnWork struct{ p, dp, tmp []float32 }
 func newAttnWork(a kernels.AttnArgs) *attnWork {
 	n := min(attnBlock, a.Tq) * a.Tk
 	return &attnWork{p: make([]float32, n), dp: make([]float32, n), tmp: make([]float32, a.HeadDim)}
-}
-
-// row returns elements [off, off+n) of o as f32: in place for F32, widened
-// into w.tmp (n ≤ HeadDim) for BF16.
-func (w *attnWork) row(o gemm.Operand, off, n int) []float32 {
-	if o.BF16 == nil {
-		return o.F32[off : off+n]
-	}
-	for i, h := range o.BF16[off : off+n] {
-		w.tmp[i] = kernels.BF16ToF32(h)
-	}
-	return w.tmp[:n]
 }
 
 // probs fills w.p with the attention probabilities of queries [i0, i0+n) of

@@ -93,6 +93,19 @@ func operand(b kernels.Buffer) gemm.Operand {
 	return gemm.Operand{F32: cb.f32}
 }
 
+// elems returns elements [lo, hi) of o as f32: in place for f32 storage,
+// widened into tmp (hi−lo ≤ len(tmp)) for bf16.
+func elems(o gemm.Operand, lo, hi int, tmp []float32) []float32 {
+	if o.BF16 == nil {
+		return o.F32[lo:hi]
+	}
+	t := tmp[:hi-lo]
+	for i, h := range o.BF16[lo:hi] {
+		t[i] = kernels.BF16ToF32(h)
+	}
+	return t
+}
+
 // precision maps a Compute dtype to the GEMM precision.
 func precision(dt kernels.DType) gemm.Precision {
 	if dt == kernels.BF16 {

@@ -16,7 +16,7 @@ func (*Backend) SwiGLU(gate, up, out kernels.Buffer, n int) {
 		var gs, us, es [elemRun]float32
 		for r := lo; r < hi; r += elemRun {
 			e := min(r+elemRun, hi)
-			g, u := elems(gate, r, e, gs[:]), elems(up, r, e, us[:])
+			g, u := elems(operand(gate), r, e, gs[:]), elems(operand(up), r, e, us[:])
 			x := es[:len(g)]
 			vmath.ExpSum(x, g, 0, -1) // exp(−g): σ(g) = 1/(1+exp(−g))
 			for i := range g {
@@ -33,7 +33,7 @@ func (*Backend) SwiGLUBackward(dout, gate, up, dgate, dup kernels.Buffer, n int)
 		var gs, us, es [elemRun]float32
 		for r := lo; r < hi; r += elemRun {
 			e := min(r+elemRun, hi)
-			g, u := elems(gate, r, e, gs[:]), elems(up, r, e, us[:])
+			g, u := elems(operand(gate), r, e, gs[:]), elems(operand(up), r, e, us[:])
 			x := es[:len(g)]
 			vmath.ExpSum(x, g, 0, -1)
 			for i := range g {
@@ -52,17 +52,3 @@ func (*Backend) SwiGLUBackward(dout, gate, up, dgate, dup kernels.Buffer, n int)
 
 // elemRun is how many elements elementwise ops widen from bf16 at a time.
 const elemRun = 512
-
-// elems returns elements [lo, hi) of b as f32: in place for an F32 buffer,
-// widened into tmp (hi−lo ≤ len(tmp)) for a BF16 one.
-func elems(b kernels.Buffer, lo, hi int, tmp []float32) []float32 {
-	cb := b.(*Buffer)
-	if cb.dt != kernels.BF16 {
-		return F32(b)[lo:hi]
-	}
-	t := tmp[:hi-lo]
-	for i, h := range cb.bf16[lo:hi] {
-		t[i] = kernels.BF16ToF32(h)
-	}
-	return t
-}
