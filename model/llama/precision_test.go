@@ -13,15 +13,20 @@ import (
 	"github.com/llamatune/llamatune/tensor"
 )
 
+// tinyConfig is the precision tests' model: 2 layers of hidden 64, GQA 4/2,
+// vocabulary 97, weights of std initRange.
+func tinyConfig(initRange float64) Config {
+	return Config{Architectures: []string{"LlamaForCausalLM"}, ModelType: "llama", VocabSize: 97,
+		HiddenSize: 64, IntermediateSize: 128, NumHiddenLayers: 2, NumAttentionHeads: 4, NumKeyValueHeads: 2,
+		MaxPositionEmbeddings: 2048, RMSNormEps: 1e-5, RopeTheta: 500000, HiddenAct: "silu",
+		InitializerRange: initRange, TorchDtype: "float32"}
+}
+
 // sharpModelDir writes a random tiny model whose weights are large enough
 // (std 0.25) that attention is sharp, saved in bf16 as real checkpoints are.
 func sharpModelDir(t *testing.T) string {
 	t.Helper()
-	cfg := Config{Architectures: []string{"LlamaForCausalLM"}, ModelType: "llama", VocabSize: 97,
-		HiddenSize: 64, IntermediateSize: 128, NumHiddenLayers: 2, NumAttentionHeads: 4, NumKeyValueHeads: 2,
-		MaxPositionEmbeddings: 2048, RMSNormEps: 1e-5, RopeTheta: 500000, HiddenAct: "silu",
-		InitializerRange: 0.25, TorchDtype: "float32"}
-	m, err := NewRandom(cfg, cpu.New(), kernels.F32, 5)
+	m, err := NewRandom(tinyConfig(0.25), cpu.New(), kernels.F32, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,11 +251,8 @@ func TestLayerActivations(t *testing.T) {
 // quantized, it would turn every weight of the tensor into NaN (the mean
 // block scale of the double quantization).
 func TestLoadNF4RefusesNaN(t *testing.T) {
-	cfg := Config{Architectures: []string{"LlamaForCausalLM"}, ModelType: "llama", VocabSize: 97,
-		HiddenSize: 64, IntermediateSize: 128, NumHiddenLayers: 2, NumAttentionHeads: 4, NumKeyValueHeads: 2,
-		MaxPositionEmbeddings: 2048, RMSNormEps: 1e-5, RopeTheta: 500000, HiddenAct: "silu", InitializerRange: 0.02}
 	be := cpu.New()
-	m, err := NewRandom(cfg, be, kernels.F32, 5)
+	m, err := NewRandom(tinyConfig(0.02), be, kernels.F32, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
